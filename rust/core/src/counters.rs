@@ -1,0 +1,52 @@
+//! Counters the core keeps about its own work. Observation is injected, never logged: the
+//! owner reads these and turns them into metrics. Syscall counts are deterministic for a given
+//! workload, so tests guard them (the fstat regression guard is such a count).
+
+/// System calls made by the core, by kind.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscalls {
+    pub open: u64,
+    pub close: u64,
+    /// `read(2)` and `pread(2)` on log files.
+    pub read: u64,
+    /// `fstat` on an open descriptor.
+    pub fstat: u64,
+    /// `stat`/`statx` of a path.
+    pub stat: u64,
+    pub lseek: u64,
+    /// Directory listings (`getdents`, one per directory scanned).
+    pub readdir: u64,
+    /// `read(2)` on the inotify descriptor.
+    pub inotify_read: u64,
+}
+
+impl Syscalls {
+    /// All stat-family calls: what the fstat regression guard counts.
+    pub fn stat_family(&self) -> u64 {
+        self.fstat + self.stat
+    }
+}
+
+/// What happened to the files and lines the core handled.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub syscalls: Syscalls,
+    /// Records emitted (complete lines, split pieces and flushed partials).
+    pub lines: u64,
+    /// Input bytes consumed into records, newlines included.
+    pub bytes: u64,
+    pub files_opened: u64,
+    pub files_closed: u64,
+    pub rotations: u64,
+    pub truncations: u64,
+    pub deletions: u64,
+    /// Lines longer than `max_line_bytes`, emitted as flagged pieces.
+    pub split_lines: u64,
+    /// Trailing partial lines flushed after `partial_flush` of idleness or at rotation.
+    pub partial_flushes: u64,
+    pub invalid_utf8: u64,
+    /// Files that matched but could not be opened or read (permissions, races).
+    pub open_errors: u64,
+    pub read_errors: u64,
+    pub batches: u64,
+}

@@ -1,0 +1,181 @@
+//! Discovery: which paths an input tails. Expands include globs (`**` crosses directories),
+//! drops excluded paths and non-regular files, and stats what is left so the tailer can compare
+//! identities. It knows nothing of readers or offsets; the tailer decides what a path means.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::counters::Syscalls;
+use crate::identity::FileKey;
+
+/// One regular file found at a path.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub key: FileKey,
+    pub size: u64,
+    pub mtime: SystemTime,
+}
+
+/// What a scan found, and what it could not look at.
+#[derive(Default, Debug)]
+pub struct Scan {
+    pub files: Vec<Found>,
+    /// Paths or patterns that could not be read (permission denied, races), with the reason.
+    pub errors: Vec<(String, String)>,
+    /// Include patterns that matched no file at all.
+    pub unmatched: Vec<String>,
+}
+
+pub struct Discoverer {
+    include: Vec<String>,
+    exclude: Vec<glob::Pattern>,
+}
+
+impl Discoverer {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+        for p in include {
+            glob::Pattern::new(p).map_err(|e| format!("paths: bad glob {p:?}: {e}"))?;
+        }
+        let exclude = exclude
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| format!("exclude: bad glob {p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Discoverer { include: include.to_vec(), exclude })
+    }
+
+    pub fn is_excluded(&self, path: &Path) -> bool {
+        self.exclude.iter().any(|p| p.matches_path(path))
+    }
+
+    pub fn scan(&self, sys: &mut Syscalls) -> Scan {
+        let mut scan = Scan::default();
+        let mut seen = std::collections::HashSet::new();
+        for pattern in &self.include {
+            let mut matched = false;
+            let paths = match glob::glob(pattern) {
+                Ok(p) => p,
+                Err(e) => {
+                    scan.errors.push((pattern.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            sys.readdir += 1;
+            for entry in paths {
+                let path = match entry {
+                    Ok(p) => p,
+                    Err(e) => {
+                        scan.errors.push((e.path().display().to_string(), e.error().to_string()));
+                        continue;
+                    }
+                };
+                if self.is_excluded(&path) || !seen.insert(path.clone()) {
+                    continue;
+                }
+                if let Some(found) = stat_path(&path, sys, &mut scan.errors) {
+                    matched = true;
+                    scan.files.push(found);
+                }
+            }
+            if !matched {
+                scan.unmatched.push(pattern.clone());
+            }
+        }
+        scan
+    }
+}
+
+/// `stat` a path (following symlinks, as Kubernetes' /var/log/containers links need).
+pub fn stat_path(path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Option<Found> {
+    sys.stat += 1;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Some(Found {
+            path: path.to_path_buf(),
+            key: FileKey { dev: m.dev(), ino: m.ino() },
+            size: m.size(),
+            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            errors.push((path.display().to_string(), e.to_string()));
+            None
+        }
+    }
+}
+
+/// Regular files in `path`'s directory whose names start with its file name (rotated siblings:
+/// `app.log.1`, `app.log-20260101`, ...), excluding `path` itself.
+pub fn rotated_siblings(path: &Path, sys: &mut Syscalls) -> Vec<Found> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
+    let name = name.as_encoded_bytes();
+    sys.readdir += 1;
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for e in entries.flatten() {
+        let fname = e.file_name();
+        let b = fname.as_encoded_bytes();
+        if b.len() > name.len() && b.starts_with(name) {
+            if let Some(f) = stat_path(&e.path(), sys, &mut errors) {
+                out.push(f);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Raise the open-files soft limit to the hard limit (a node can hold thousands of log files).
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let want = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        rl.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_with_double_star_and_exclude() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        for p in ["x.log", "a/y.log", "a/b/z.log", "a/b/skip.log", "a/b/n.txt"] {
+            std::fs::write(d.path().join(p), "1\n").unwrap();
+        }
+        let inc = vec![format!("{}/**/*.log", d.path().display())];
+        let exc = vec!["**/skip.log".to_string()];
+        let disc = Discoverer::new(&inc, &exc).unwrap();
+        let mut sys = Syscalls::default();
+        let scan = disc.scan(&mut sys);
+        let mut names: Vec<_> = scan.files.iter().map(|f| f.path.strip_prefix(d.path()).unwrap().display().to_string()).collect();
+        names.sort();
+        assert_eq!(names, vec!["a/b/z.log", "a/y.log", "x.log"]);
+        assert!(scan.unmatched.is_empty());
+    }
+
+    #[test]
+    fn raise_limit_reaches_hard_limit() {
+        let soft = raise_nofile_limit();
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+        assert_eq!(soft, rl.rlim_max);
+        assert_eq!(rl.rlim_cur, rl.rlim_max);
+    }
+}

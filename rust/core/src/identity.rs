@@ -1,0 +1,100 @@
+//! File identity: (dev, inode) plus a fingerprint of the file's first bytes. The inode alone is
+//! not enough (inodes are reused after deletion); the fingerprint alone is not enough (many log
+//! files start alike). The fingerprint grows with the file up to [`FINGERPRINT_MAX`] bytes and is
+//! compared by prefix while either side is shorter, so a growing small file keeps its identity.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::counters::Syscalls;
+
+pub const FINGERPRINT_MAX: usize = 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub bytes: Vec<u8>,
+}
+
+impl Fingerprint {
+    /// Read up to [`FINGERPRINT_MAX`] bytes from the head of `file` (one `pread`).
+    pub fn read(file: &File, sys: &mut Syscalls) -> std::io::Result<Self> {
+        let mut bytes = vec![0u8; FINGERPRINT_MAX];
+        sys.read += 1;
+        let n = file.read_at(&mut bytes, 0)?;
+        bytes.truncate(n);
+        Ok(Fingerprint { bytes })
+    }
+
+    /// Same content as far as both sides go.
+    pub fn compatible(&self, other: &Fingerprint) -> bool {
+        let n = self.bytes.len().min(other.bytes.len());
+        self.bytes[..n] == other.bytes[..n]
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= FINGERPRINT_MAX
+    }
+
+    /// Extend with bytes read at `offset` (free: they come from the reader's own buffer).
+    pub fn extend_from(&mut self, offset: u64, data: &[u8]) {
+        let have = self.bytes.len() as u64;
+        if self.is_full() || offset > have || offset + data.len() as u64 <= have {
+            return;
+        }
+        let start = (have - offset) as usize;
+        let take = (FINGERPRINT_MAX - self.bytes.len()).min(data.len() - start);
+        self.bytes.extend_from_slice(&data[start..start + take]);
+    }
+
+    pub fn to_hex(&self) -> String {
+        const H: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(self.bytes.len() * 2);
+        for b in &self.bytes {
+            s.push(H[(b >> 4) as usize] as char);
+            s.push(H[(b & 15) as usize] as char);
+        }
+        s
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() % 2 != 0 {
+            return None;
+        }
+        let v: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect();
+        v.map(|bytes| Fingerprint { bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_compare_and_growth() {
+        let mut a = Fingerprint { bytes: b"abc".to_vec() };
+        let b = Fingerprint { bytes: b"abcdef".to_vec() };
+        assert!(a.compatible(&b));
+        assert!(!a.compatible(&Fingerprint { bytes: b"abX".to_vec() }));
+        a.extend_from(2, b"cdefg");
+        assert_eq!(a.bytes, b"abcdefg");
+        a.extend_from(100, b"zz");
+        assert_eq!(a.bytes, b"abcdefg");
+        assert_eq!(Fingerprint::from_hex(&a.to_hex()).unwrap(), a);
+    }
+
+    #[test]
+    fn growth_stops_at_max() {
+        let mut a = Fingerprint::default();
+        a.extend_from(0, &vec![7u8; 3000]);
+        assert_eq!(a.bytes.len(), FINGERPRINT_MAX);
+    }
+}

@@ -1,0 +1,396 @@
+//! Reader: one open log file. `read()` into a reused buffer, memchr line split, a trailing
+//! partial line carried until its newline arrives, lines over `max_line_bytes` emitted as
+//! flagged pieces. EOF is learnt from a short read, never from `fstat`. What a file's path
+//! means (rotation, truncation, deletion) is decided by the tailer, which tells the reader.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::counters::Counters;
+use crate::identity::{FileKey, Fingerprint};
+
+/// Where records come from; shared by every record of one file.
+#[derive(Debug)]
+pub struct Source {
+    pub key: FileKey,
+    /// The path the file was discovered at (stays the same after it is rotated away).
+    pub path: String,
+    /// The checkpoint epoch the records belong to (bumped at truncation).
+    pub epoch: u32,
+}
+
+/// Flags carried by a record, exported as `tailrace.*` attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// A piece of a line longer than `max_line_bytes`.
+    pub split: bool,
+    /// A trailing partial line flushed without its newline (idle, rotation, truncation).
+    pub partial: bool,
+}
+
+/// Receives records in file order. `end_offset` is the file position just past the record:
+/// committing it means everything before it was delivered.
+pub trait LineSink {
+    fn record(&mut self, source: &Arc<Source>, body: &[u8], end_offset: u64, consumed: u64, flags: Flags);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// The file is at its discovered path.
+    Active,
+    /// Renamed away, deleted, or truncated-and-copied: drain to EOF, then close after
+    /// `rotate_wait` without new bytes.
+    Draining { since: Instant },
+}
+
+pub struct FileReader {
+    pub source: Arc<Source>,
+    pub fp: Fingerprint,
+    file: Option<File>,
+    /// Next read position in the file.
+    pub pos: u64,
+    /// End of the last emitted record; `pos - emitted` bytes are carried.
+    pub emitted: u64,
+    carry: Vec<u8>,
+    carry_split: bool,
+    carry_since: Option<Instant>,
+    pub state: FileState,
+    pub last_data: Instant,
+    /// The last read stopped at EOF (a short read).
+    pub eof: bool,
+    /// Size, mtime and wall time at the tailer's last look at the path.
+    pub look_size: u64,
+    pub look_mtime: SystemTime,
+    pub look_wall: SystemTime,
+}
+
+pub struct ReadResult {
+    pub bytes: usize,
+    pub eof: bool,
+}
+
+impl FileReader {
+    /// Open `path`, check it is still `key`, take its fingerprint, and position at `offset`
+    /// (clamped to 0 when the file is now shorter: truncated while we were away).
+    pub fn open(
+        path: PathBuf,
+        key: FileKey,
+        offset: u64,
+        now: Instant,
+        c: &mut Counters,
+    ) -> std::io::Result<(FileReader, bool)> {
+        use std::os::unix::fs::MetadataExt;
+        c.syscalls.open += 1;
+        let mut file = File::open(&path)?;
+        c.syscalls.fstat += 1;
+        let meta = file.metadata()?;
+        let actual = FileKey { dev: meta.dev(), ino: meta.ino() };
+        if actual != key {
+            c.syscalls.close += 1;
+            return Err(std::io::Error::other("file replaced while opening"));
+        }
+        let fp = Fingerprint::read(&file, &mut c.syscalls)?;
+        let truncated = meta.size() < offset;
+        let offset = if truncated { 0 } else { offset };
+        if offset > 0 {
+            c.syscalls.lseek += 1;
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        c.files_opened += 1;
+        let reader = FileReader {
+            source: Arc::new(Source { key, path: path.display().to_string(), epoch: 0 }),
+            fp,
+            file: Some(file),
+            pos: offset,
+            emitted: offset,
+            carry: Vec::new(),
+            carry_split: false,
+            carry_since: None,
+            state: FileState::Active,
+            last_data: now,
+            eof: false,
+            look_size: meta.size(),
+            look_mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            look_wall: SystemTime::now(),
+        };
+        Ok((reader, truncated))
+    }
+
+    pub fn key(&self) -> FileKey {
+        self.source.key
+    }
+
+    /// Records from now on carry this path and checkpoint epoch.
+    pub fn set_source(&mut self, path: String, epoch: u32) {
+        self.source = Arc::new(Source { key: self.source.key, path, epoch });
+    }
+
+    /// Position a freshly opened file at a resume offset (checkpoint or copy).
+    pub fn seek_to(&mut self, offset: u64, c: &mut Counters) -> std::io::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            c.syscalls.lseek += 1;
+            f.seek(SeekFrom::Start(offset))?;
+        }
+        self.pos = offset;
+        self.emitted = offset;
+        Ok(())
+    }
+
+    /// Through the descriptor: is the file now shorter than our position, or does its head no
+    /// longer match the fingerprint (truncated, then rewritten)? One fstat, one pread.
+    pub fn replaced(&self, c: &mut Counters) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(f) = self.file.as_ref() else { return false };
+        c.syscalls.fstat += 1;
+        match f.metadata() {
+            Ok(m) if m.size() < self.pos => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if self.fp.bytes.is_empty() {
+            return false;
+        }
+        Fingerprint::read(f, &mut c.syscalls).is_ok_and(|fp| !fp.compatible(&self.fp))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    pub fn close(&mut self, c: &mut Counters) {
+        if self.file.take().is_some() {
+            c.syscalls.close += 1;
+            c.files_closed += 1;
+        }
+    }
+
+    /// Reopen a file closed by `close_inactive` at its read position.
+    pub fn reopen(&mut self, c: &mut Counters) -> std::io::Result<()> {
+        c.syscalls.open += 1;
+        let mut f = File::open(&self.source.path)?;
+        if self.pos > 0 {
+            c.syscalls.lseek += 1;
+            f.seek(SeekFrom::Start(self.pos))?;
+        }
+        c.files_opened += 1;
+        self.file = Some(f);
+        self.eof = false;
+        Ok(())
+    }
+
+    /// The file was truncated (or replaced in place): forget the carried bytes and start at 0.
+    /// The caller decides whether the carry was recovered elsewhere (a copytruncate copy).
+    pub fn restart_at_zero(&mut self, c: &mut Counters) -> std::io::Result<()> {
+        self.carry.clear();
+        self.carry_split = false;
+        self.carry_since = None;
+        self.pos = 0;
+        self.emitted = 0;
+        self.fp = Fingerprint::default();
+        self.eof = false;
+        if let Some(f) = self.file.as_mut() {
+            c.syscalls.lseek += 1;
+            f.seek(SeekFrom::Start(0))?;
+        }
+        Ok(())
+    }
+
+    pub fn carried(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Read up to `budget` bytes (whole buffers; at least one read), emitting every complete line.
+    pub fn read(
+        &mut self,
+        buf: &mut [u8],
+        budget: usize,
+        max_line: usize,
+        now: Instant,
+        sink: &mut dyn LineSink,
+        c: &mut Counters,
+    ) -> std::io::Result<ReadResult> {
+        let mut total = 0usize;
+        let mut eof = false;
+        while total < budget.max(1) {
+            let Some(file) = self.file.as_mut() else { break };
+            c.syscalls.read += 1;
+            let n = match file.read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            let start = self.pos;
+            if !self.fp.is_full() {
+                self.fp.extend_from(start, &buf[..n]);
+            }
+            self.pos += n as u64;
+            total += n;
+            self.split(&buf[..n], start, max_line, now, sink, c);
+            if n < buf.len() {
+                eof = true;
+                break;
+            }
+        }
+        if total > 0 {
+            self.last_data = now;
+        }
+        self.eof = eof;
+        Ok(ReadResult { bytes: total, eof })
+    }
+
+    fn split(&mut self, data: &[u8], start: u64, max_line: usize, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {
+        let mut from = 0usize;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            if self.carry.is_empty() && !self.carry_split {
+                self.emit_line(&data[from..nl], start + nl as u64 + 1, max_line, false, sink, c);
+            } else {
+                let mut line = std::mem::take(&mut self.carry);
+                line.extend_from_slice(&data[from..nl]);
+                let was_split = self.carry_split;
+                self.carry_split = false;
+                self.emit_line(&line, start + nl as u64 + 1, max_line, was_split, sink, c);
+                line.clear();
+                self.carry = line; // keep the allocation
+            }
+            self.carry_since = None;
+            from = nl + 1;
+        }
+        if from < data.len() {
+            if self.carry.is_empty() {
+                self.carry_since = Some(now);
+            }
+            self.carry.extend_from_slice(&data[from..]);
+            while self.carry.len() > max_line {
+                // A line longer than max_line_bytes: emit its head as a flagged piece.
+                let end = self.emitted + max_line as u64;
+                let piece: Vec<u8> = self.carry.drain(..max_line).collect();
+                if !self.carry_split {
+                    c.split_lines += 1;
+                }
+                self.emit(&piece, end, Flags { split: true, partial: false }, sink, c);
+                self.carry_split = true;
+            }
+        }
+    }
+
+    /// Emit one complete line (without its newline) ending at `end_offset`.
+    fn emit_line(&mut self, line: &[u8], end_offset: u64, max_line: usize, split: bool, sink: &mut dyn LineSink, c: &mut Counters) {
+        if line.len() <= max_line {
+            self.emit(line, end_offset, Flags { split, partial: false }, sink, c);
+            return;
+        }
+        if !split {
+            c.split_lines += 1;
+        }
+        let mut rest = line;
+        while rest.len() > max_line {
+            let end = self.emitted + max_line as u64;
+            self.emit(&rest[..max_line], end, Flags { split: true, partial: false }, sink, c);
+            rest = &rest[max_line..];
+        }
+        self.emit(rest, end_offset, Flags { split: true, partial: false }, sink, c);
+    }
+
+    fn emit(&mut self, body: &[u8], end_offset: u64, flags: Flags, sink: &mut dyn LineSink, c: &mut Counters) {
+        let consumed = end_offset - self.emitted;
+        c.lines += 1;
+        c.bytes += consumed;
+        self.emitted = end_offset;
+        sink.record(&self.source, body, end_offset, consumed, flags);
+    }
+
+    /// Flush the carried partial line if it has waited `idle` (or unconditionally when `idle`
+    /// is `None`: the file is being closed).
+    pub fn flush_partial(&mut self, now: Instant, idle: Option<std::time::Duration>, sink: &mut dyn LineSink, c: &mut Counters) -> bool {
+        if self.carry.is_empty() {
+            return false;
+        }
+        if let (Some(idle), Some(since)) = (idle, self.carry_since) {
+            if now.saturating_duration_since(since) < idle {
+                return false;
+            }
+        }
+        let body = std::mem::take(&mut self.carry);
+        let split = self.carry_split;
+        self.carry_split = false;
+        self.carry_since = None;
+        c.partial_flushes += 1;
+        let end = self.pos;
+        self.emit(&body, end, Flags { split, partial: true }, sink, c);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Default)]
+    struct Collect(Vec<(Vec<u8>, u64, Flags)>);
+    impl LineSink for Collect {
+        fn record(&mut self, _s: &Arc<Source>, body: &[u8], end: u64, _n: u64, flags: Flags) {
+            self.0.push((body.to_vec(), end, flags));
+        }
+    }
+
+    fn open(path: &std::path::Path, c: &mut Counters) -> FileReader {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        FileReader::open(path.to_path_buf(), FileKey { dev: m.dev(), ino: m.ino() }, 0, Instant::now(), c).unwrap().0
+    }
+
+    #[test]
+    fn lines_partials_and_long_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(b"one\ntw").unwrap();
+        let mut c = Counters::default();
+        let mut r = open(&p, &mut c);
+        let mut buf = vec![0u8; 4];
+        let mut sink = Collect::default();
+        let now = Instant::now();
+        r.read(&mut buf, 1 << 20, 5, now, &mut sink, &mut c).unwrap();
+        assert_eq!(sink.0, vec![(b"one".to_vec(), 4, Flags::default())]);
+        assert_eq!((r.pos, r.emitted, r.carried()), (6, 4, 2));
+        f.write_all(b"o\n0123456789ab\nxyz").unwrap();
+        r.read(&mut buf, 1 << 20, 5, now, &mut sink, &mut c).unwrap();
+        let split = Flags { split: true, partial: false };
+        assert_eq!(
+            sink.0[1..],
+            [(b"two".to_vec(), 8, Flags::default()), (b"01234".to_vec(), 13, split), (b"56789".to_vec(), 18, split), (b"ab".to_vec(), 21, split)]
+        );
+        assert_eq!(c.split_lines, 1);
+        assert!(!r.flush_partial(now, Some(std::time::Duration::from_secs(1)), &mut sink, &mut c));
+        assert!(r.flush_partial(now + std::time::Duration::from_secs(2), Some(std::time::Duration::from_secs(1)), &mut sink, &mut c));
+        assert_eq!(sink.0.last().unwrap(), &(b"xyz".to_vec(), 24, Flags { split: false, partial: true }));
+        assert_eq!(r.emitted, 24);
+        assert_eq!(c.bytes, 24);
+    }
+
+    #[test]
+    fn budget_limits_one_pass_and_short_read_means_eof() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, "x\n".repeat(100)).unwrap();
+        let mut c = Counters::default();
+        let mut r = open(&p, &mut c);
+        let mut buf = vec![0u8; 64];
+        let mut sink = Collect::default();
+        let res = r.read(&mut buf, 128, 1024, Instant::now(), &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.eof, sink.0.len()), (128, false, 64));
+        let reads = c.syscalls.read;
+        let res = r.read(&mut buf, 1 << 20, 1024, Instant::now(), &mut sink, &mut c).unwrap();
+        // 72 bytes left: one full read of 64, one short read of 8, and no read returning 0.
+        assert_eq!((res.bytes, res.eof, sink.0.len()), (72, true, 100));
+        assert_eq!(c.syscalls.read - reads, 2);
+    }
+}

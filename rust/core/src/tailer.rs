@@ -1,0 +1,551 @@
+//! Tailer: one input's files, end to end in the core. It owns the discoverer, the watcher, the
+//! readers and the batcher; it decides what a path means at each look (new file, rename
+//! rotation, copytruncate, truncation, deletion), and it turns acknowledgements into
+//! checkpoints. It is driven by its owner's clock (`step(now)`): no threads, no sleeping.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::batcher::{Batch, BatchLimits, Batcher, Encoding};
+use crate::checkpoints::{unix_ns, Checkpointer};
+use crate::counters::Counters;
+use crate::discovery::{self, Discoverer, Found};
+use crate::identity::{FileKey, Fingerprint};
+use crate::reader::{FileReader, FileState};
+use crate::watcher::{PollWatcher, Watcher};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    Poll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    Beginning,
+    /// Only for files present at the very first start (no checkpoint file yet).
+    End,
+}
+
+#[derive(Clone, Debug)]
+pub struct TailerConfig {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub watch: WatchMode,
+    pub poll_interval: Duration,
+    /// Glob rescan and path check (new files, rotation, truncation), on its own timer.
+    pub rescan_interval: Duration,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: usize,
+    /// Bytes read from one file per pass, so one hot file cannot starve the others.
+    pub read_budget: usize,
+    pub buffer_size: usize,
+    /// A trailing partial line is flushed (flagged) after this long without its newline.
+    pub partial_flush: Duration,
+    /// A rotated or deleted file is closed after this long at EOF without new bytes.
+    pub rotate_wait: Duration,
+    /// An idle file's descriptor is closed after this long; reopened when it grows.
+    pub close_inactive: Duration,
+    pub batch: BatchLimits,
+    pub encoding: Encoding,
+    pub host: String,
+    /// Stop reading in a step once this many batches are ready (backpressure).
+    pub max_ready_batches: usize,
+}
+
+impl Default for TailerConfig {
+    fn default() -> Self {
+        TailerConfig {
+            name: "default".into(),
+            paths: vec![],
+            exclude: vec![],
+            watch: WatchMode::Poll,
+            poll_interval: Duration::from_millis(250),
+            rescan_interval: Duration::from_secs(1),
+            read_from: ReadFrom::Beginning,
+            max_line_bytes: 1 << 20,
+            read_budget: 256 * 1024,
+            buffer_size: 64 * 1024,
+            partial_flush: Duration::from_secs(5),
+            rotate_wait: Duration::from_secs(5),
+            close_inactive: Duration::from_secs(300),
+            batch: BatchLimits::default(),
+            encoding: Encoding::OtlpJson,
+            host: "localhost".into(),
+            max_ready_batches: 4,
+        }
+    }
+}
+
+struct Pending {
+    id: u64,
+    offsets: Vec<(FileKey, u32, u64)>,
+    acked: bool,
+}
+
+pub struct Tailer {
+    cfg: TailerConfig,
+    discoverer: Discoverer,
+    watcher: Box<dyn Watcher>,
+    readers: BTreeMap<FileKey, FileReader>,
+    checkpoints: Arc<Mutex<Checkpointer>>,
+    batcher: Batcher,
+    pub counters: Counters,
+    buf: Vec<u8>,
+    pending: VecDeque<Pending>,
+    looked: bool,
+    next_look: Option<Instant>,
+    /// Files whose last pass stopped at the budget, not at EOF.
+    more: Vec<FileKey>,
+    /// Problems to report once each (unreadable paths), drained by the owner.
+    reports: Vec<String>,
+    reported: HashSet<String>,
+}
+
+impl Tailer {
+    pub fn new(cfg: TailerConfig, checkpoints: Arc<Mutex<Checkpointer>>, first_batch_id: u64) -> Result<Self, String> {
+        let discoverer = Discoverer::new(&cfg.paths, &cfg.exclude)?;
+        let watcher: Box<dyn Watcher> = match cfg.watch {
+            WatchMode::Poll => Box::new(PollWatcher::new(cfg.poll_interval)),
+        };
+        let batcher = Batcher::new(cfg.batch.clone(), cfg.encoding, &cfg.host, first_batch_id);
+        let buf = vec![0u8; cfg.buffer_size.max(4096)];
+        Ok(Tailer {
+            cfg,
+            discoverer,
+            watcher,
+            readers: BTreeMap::new(),
+            checkpoints,
+            batcher,
+            counters: Counters::default(),
+            buf,
+            pending: VecDeque::new(),
+            looked: false,
+            next_look: None,
+            more: Vec::new(),
+            reports: Vec::new(),
+            reported: HashSet::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn files_open(&self) -> usize {
+        self.readers.values().filter(|r| r.is_open()).count()
+    }
+
+    pub fn files_tracked(&self) -> usize {
+        self.readers.len()
+    }
+
+    pub fn pending_batches(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes read from files but not yet in a committed batch, summed over open files.
+    pub fn take_reports(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.reports)
+    }
+
+    fn report(&mut self, key: String, msg: String) {
+        if self.reported.insert(key) {
+            self.reports.push(msg);
+        }
+    }
+
+    /// One pass: look at paths if due, read the files that may have new bytes (each within its
+    /// budget), flush idle partial lines, close drained files, and return the batches closed.
+    pub fn step(&mut self, now: Instant) -> Vec<Batch> {
+        if self.next_look.is_none_or(|t| now >= t) {
+            self.look(now);
+            self.next_look = Some(now + self.cfg.rescan_interval);
+        }
+        self.batcher.set_clock(now, unix_ns(SystemTime::now()));
+        let mut dirty = std::mem::take(&mut self.more);
+        {
+            let readers = &self.readers;
+            let mut open = readers.iter().filter(|(_, r)| r.is_open()).map(|(k, _)| *k);
+            self.watcher.collect(now, &mut open, &mut dirty);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        // Files rotated away first: their lines were written before those of their successors.
+        let readers = &self.readers;
+        dirty.sort_by_key(|k| readers.get(k).map(|r| r.state == FileState::Active));
+        let mut i = 0;
+        while i < dirty.len() {
+            if self.batcher.ready_len() >= self.cfg.max_ready_batches {
+                self.more.extend_from_slice(&dirty[i..]);
+                break;
+            }
+            let key = dirty[i];
+            i += 1;
+            let Some(r) = self.readers.get_mut(&key) else { continue };
+            match r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters) {
+                Ok(res) if !res.eof => self.more.push(key),
+                Ok(_) => {}
+                Err(e) => {
+                    self.counters.read_errors += 1;
+                    let msg = format!("read {}: {e}", r.source.path);
+                    r.close(&mut self.counters);
+                    self.report(format!("read:{}", key.ino), msg);
+                }
+            }
+        }
+        self.housekeep(now);
+        self.batcher.close_if_due(now, false);
+        self.take_ready()
+    }
+
+    /// Close the open batch now (shutdown) and return every batch not yet handed out.
+    pub fn flush(&mut self, now: Instant) -> Vec<Batch> {
+        self.batcher.close_if_due(now, true);
+        self.take_ready()
+    }
+
+    fn take_ready(&mut self) -> Vec<Batch> {
+        let mut out = Vec::new();
+        while let Some(b) = self.batcher.pop_ready() {
+            self.counters.batches += 1;
+            self.pending.push_back(Pending { id: b.id, offsets: b.offsets.clone(), acked: false });
+            out.push(b);
+        }
+        out
+    }
+
+    /// When `step` next has work without new input: the watcher's tick, the next look, the open
+    /// batch's age limit, a partial line's flush, a drained file's close.
+    pub fn next_wakeup(&self, now: Instant) -> Instant {
+        if !self.more.is_empty() || self.batcher.ready_len() > 0 {
+            return now;
+        }
+        let mut t = self.next_look.unwrap_or(now);
+        for c in [self.watcher.next_wakeup(), self.batcher.deadline()].into_iter().flatten() {
+            t = t.min(c);
+        }
+        t
+    }
+
+    /// The batch was delivered (or deliberately dropped) by every output. Checkpoints advance to
+    /// the end of the longest run of acknowledged batches, in order.
+    pub fn commit(&mut self, id: u64) -> bool {
+        let Some(p) = self.pending.iter_mut().find(|p| p.id == id) else { return false };
+        p.acked = true;
+        let mut cp = self.checkpoints.lock().expect("checkpointer lock");
+        while self.pending.front().is_some_and(|p| p.acked) {
+            let p = self.pending.pop_front().expect("front exists");
+            for (key, epoch, off) in p.offsets {
+                let fp = self.readers.get(&key).map(|r| &r.fp);
+                cp.commit(&self.cfg.name, key, epoch, off, fp);
+            }
+        }
+        true
+    }
+
+    fn housekeep(&mut self, now: Instant) {
+        let mut closed = Vec::new();
+        for (key, r) in self.readers.iter_mut() {
+            r.flush_partial(now, Some(self.cfg.partial_flush), &mut self.batcher, &mut self.counters);
+            let idle = now.saturating_duration_since(r.last_data);
+            match r.state {
+                FileState::Draining { since } if r.eof && idle >= self.cfg.rotate_wait && now.saturating_duration_since(since) >= self.cfg.rotate_wait => {
+                    r.flush_partial(now, None, &mut self.batcher, &mut self.counters);
+                    r.close(&mut self.counters);
+                    closed.push(*key);
+                }
+                FileState::Active if r.is_open() && r.eof && r.carried() == 0 && idle >= self.cfg.close_inactive => {
+                    r.close(&mut self.counters);
+                }
+                _ => {}
+            }
+        }
+        for k in closed {
+            self.readers.remove(&k);
+            self.watcher.unwatch(k);
+        }
+    }
+
+    /// Look at every path: new files, rotation, truncation, deletion, inactive files that grew.
+    fn look(&mut self, now: Instant) {
+        let first = !self.looked;
+        self.looked = true;
+        let scan = self.discoverer.scan(&mut self.counters.syscalls);
+        for (path, err) in &scan.errors {
+            self.counters.open_errors += 1;
+            let msg = format!("cannot read {path}: {err}");
+            self.report(format!("scan:{path}"), msg);
+        }
+        for pattern in &scan.unmatched {
+            let msg = format!("input {}: no file matches {pattern} (yet)", self.cfg.name);
+            self.report(format!("unmatched:{pattern}"), msg);
+        }
+        let at_path: HashMap<&Path, FileKey> = scan.files.iter().map(|f| (f.path.as_path(), f.key)).collect();
+        let wall = SystemTime::now();
+
+        // Files that left their path: renamed away or deleted. Drain them, then look for
+        // rotated siblings this tailer never saw (a file rotated twice between two looks).
+        let moved: Vec<FileKey> = self
+            .readers
+            .values()
+            .filter(|r| r.state == FileState::Active && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .map(|r| r.key())
+            .collect();
+        for key in moved {
+            let path = {
+                let r = self.readers.get_mut(&key).expect("listed above");
+                r.state = FileState::Draining { since: now };
+                if !r.is_open() {
+                    let _ = r.reopen(&mut self.counters);
+                }
+                PathBuf::from(&r.source.path)
+            };
+            if path.exists() {
+                self.counters.rotations += 1;
+            } else {
+                self.counters.deletions += 1;
+            }
+            if self.readers[&key].replaced(&mut self.counters) {
+                // Truncated (copytruncate) and then rotated before we looked.
+                self.truncated(key, now);
+            }
+            self.adopt_siblings(&path, now);
+        }
+
+        let known_ckpt = self.checkpoints.lock().expect("checkpointer lock").existed();
+        for f in &scan.files {
+            if let Some(r) = self.readers.get_mut(&f.key) {
+                if r.state != FileState::Active {
+                    continue;
+                }
+                let mut replaced = f.size < r.pos;
+                // Changed since the last look (size, mtime, or an mtime too recent for its coarse
+                // clock to tell): check the head is still the same content (truncated and
+                // rewritten past our offset between two looks). Idle files cost nothing here.
+                let changed = f.size != r.look_size || f.mtime != r.look_mtime || f.mtime + Duration::from_secs(1) >= r.look_wall;
+                if !replaced && changed && !r.fp.bytes.is_empty() && r.is_open() {
+                    if let Ok(file) = std::fs::File::open(&f.path) {
+                        self.counters.syscalls.open += 1;
+                        if let Ok(fp) = Fingerprint::read(&file, &mut self.counters.syscalls) {
+                            replaced = !fp.compatible(&r.fp);
+                        }
+                        self.counters.syscalls.close += 1;
+                    }
+                }
+                r.look_size = f.size;
+                r.look_mtime = f.mtime;
+                r.look_wall = wall;
+                if replaced {
+                    self.truncated(f.key, now);
+                } else if !r.is_open() && f.size > r.pos {
+                    if let Err(e) = r.reopen(&mut self.counters) {
+                        self.counters.open_errors += 1;
+                        let msg = format!("cannot reopen {}: {e}", f.path.display());
+                        self.report(format!("open:{}", f.path.display()), msg);
+                    }
+                }
+                continue;
+            }
+            let from_end = first && !known_ckpt && self.cfg.read_from == ReadFrom::End;
+            if let Some(resumed) = self.adopt(f, if from_end { Some(f.size) } else { None }, FileState::Active, now) {
+                if first && !known_ckpt {
+                    // Very first start: what lies beside the file is history, not ours to ship.
+                    self.note_archives(&f.path);
+                } else if !resumed {
+                    // A new file at a matched path: its predecessor may have been rotated away
+                    // (even twice) while no reader held it; read siblings never seen.
+                    self.adopt_siblings(&f.path, now);
+                }
+            }
+        }
+
+        if first {
+            // Files checkpointed before a restart that are no longer at a matched path: look in
+            // their directories for them (rotated while we were down) and anything newer.
+            let entries = self.checkpoints.lock().expect("checkpointer lock").entries_for(&self.cfg.name);
+            let mut dirs_done = HashSet::new();
+            for (key, e) in entries {
+                if self.readers.contains_key(&key) || !dirs_done.insert(e.path.clone()) {
+                    continue;
+                }
+                self.adopt_siblings(Path::new(&e.path), now);
+            }
+        }
+        let ns = unix_ns(wall);
+        let mut cp = self.checkpoints.lock().expect("checkpointer lock");
+        for k in self.readers.keys() {
+            cp.touch(&self.cfg.name, *k, ns);
+        }
+    }
+
+    /// Start reading a file: at its checkpoint if known, else at `start` or 0. Returns whether
+    /// it resumed from a checkpoint, or `None` when it could not be opened.
+    fn adopt(&mut self, f: &Found, start: Option<u64>, state: FileState, now: Instant) -> Option<bool> {
+        let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &mut self.counters) {
+            Ok(x) => x,
+            Err(e) => {
+                self.counters.open_errors += 1;
+                let msg = format!("cannot open {}: {e}", f.path.display());
+                self.report(format!("open:{}", f.path.display()), msg);
+                return None;
+            }
+        };
+        let mut cp = self.checkpoints.lock().expect("checkpointer lock");
+        let stale = cp.get(&self.cfg.name, f.key).filter(|e| !e.fp.compatible(&r.fp) || e.offset > f.size).map(|e| (e.fp.clone(), e.offset, e.path.clone()));
+        if let Some((fp, offset, was_at)) = stale {
+            // Known identity, other content: truncated (or copytruncated) while no reader held
+            // it. A copy, if any, lies beside the path the file had then.
+            drop(cp);
+            self.counters.truncations += 1;
+            self.recover_copy(Path::new(&was_at), &fp, offset, 0, now);
+            cp = self.checkpoints.lock().expect("checkpointer lock");
+        }
+        let resume = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size).map(|e| (e.offset, e.path.clone()));
+        let offset = match &resume {
+            Some((off, _)) => *off,
+            None if state != FileState::Active => {
+                // A sibling never seen whose head is that of a file we read: a copy of it
+                // (copytruncate seen only after a rotation). Its bytes up to what we emitted
+                // from the original were delivered already.
+                let held = self.readers.values().filter_map(|o| copy_offset(&o.fp, o.emitted, &r.fp, f.size)).max();
+                let ckpt = cp.entries_for(&self.cfg.name).into_iter().filter(|(k, _)| *k != f.key).filter_map(|(_, e)| copy_offset(&e.fp, e.offset, &r.fp, f.size)).max();
+                held.max(ckpt).unwrap_or(0)
+            }
+            None => start.unwrap_or(0),
+        };
+        // A file resumed at a rotated path keeps the path it was discovered at.
+        let resumed = resume.is_some();
+        let path = resume.map(|(_, p)| p).filter(|_| state != FileState::Active).unwrap_or_else(|| f.path.display().to_string());
+        let epoch = cp.register(&self.cfg.name, f.key, &r.fp, &path, offset);
+        drop(cp);
+        if offset > 0 && r.seek_to(offset, &mut self.counters).is_err() {
+            return None;
+        }
+        r.set_source(path, epoch);
+        r.state = state;
+        r.look_size = f.size;
+        r.look_mtime = f.mtime;
+        self.watcher.watch(f.key, &f.path, &mut self.counters);
+        self.readers.insert(f.key, r);
+        self.clear_report(&f.path);
+        Some(resumed)
+    }
+
+    fn clear_report(&mut self, path: &Path) {
+        let k = format!("open:{}", path.display());
+        self.reported.remove(&k);
+    }
+
+    /// Siblings of `path` (`app.log.1`, ...) that no reader holds: a checkpointed one resumes at
+    /// its offset (usually its end); one never seen was rotated away before any look (rotated
+    /// twice between two looks, or while tailrace was down) and is read from 0.
+    fn adopt_siblings(&mut self, path: &Path, now: Instant) {
+        let ns = unix_ns(SystemTime::now());
+        for s in discovery::rotated_siblings(path, &mut self.counters.syscalls) {
+            if self.readers.contains_key(&s.key) {
+                continue;
+            }
+            self.checkpoints.lock().expect("checkpointer lock").touch(&self.cfg.name, s.key, ns);
+            // Even a sibling read to its end is opened: its head tells whether it is still the
+            // file we read (rotations are rare; this is not the read path).
+            self.adopt(&s, None, FileState::Draining { since: now }, now);
+        }
+    }
+
+    /// Record the siblings present at the very first start as seen to their end, so a later
+    /// rotation does not mistake them for lines rotated away unseen.
+    fn note_archives(&mut self, path: &Path) {
+        for s in discovery::rotated_siblings(path, &mut self.counters.syscalls) {
+            if self.readers.contains_key(&s.key) {
+                continue;
+            }
+            let Ok((mut r, _)) = FileReader::open(s.path.clone(), s.key, 0, Instant::now(), &mut self.counters) else { continue };
+            let mut cp = self.checkpoints.lock().expect("checkpointer lock");
+            if cp.get(&self.cfg.name, s.key).is_none() {
+                cp.register(&self.cfg.name, s.key, &r.fp, &s.path.display().to_string(), s.size);
+            }
+            drop(cp);
+            r.close(&mut self.counters);
+        }
+    }
+
+    /// After a copytruncate the bytes past `emitted` survive in a copy beside `path` whose head
+    /// matches `fp`: drain that copy from `emitted`, as if it were the file rotated away.
+    fn recover_copy(&mut self, path: &Path, fp: &Fingerprint, emitted: u64, carried: usize, now: Instant) -> bool {
+        if fp.bytes.is_empty() {
+            return false;
+        }
+        let mut copies: Vec<Found> = discovery::rotated_siblings(path, &mut self.counters.syscalls)
+            .into_iter()
+            .filter(|s| !self.readers.contains_key(&s.key) && s.size >= emitted)
+            .collect();
+
+        copies.sort_by_key(|s| std::cmp::Reverse(s.mtime));
+        for s in copies {
+            let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &mut self.counters) else { continue };
+            // A copy is a file never seen before: known siblings are older rotations (an entry
+            // whose head differs is an inode reused, not a file seen).
+            if self.checkpoints.lock().expect("checkpointer lock").lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| !e.fp.bytes.is_empty()) {
+                copy.close(&mut self.counters);
+                continue;
+            }
+            // Nothing emitted yet but a partial line carried: the copy must start with it.
+            let carry_copy = emitted == 0 && carried > 0 && carried <= fp.bytes.len() && copy.fp.bytes.starts_with(&fp.bytes[..carried]);
+            if !carry_copy && copy_offset(fp, emitted, &copy.fp, s.size) != Some(emitted) {
+                copy.close(&mut self.counters);
+                continue;
+            }
+            let path = path.display().to_string();
+            let epoch = self.checkpoints.lock().expect("checkpointer lock").register(&self.cfg.name, s.key, &copy.fp, &path, emitted);
+            if copy.seek_to(emitted, &mut self.counters).is_err() {
+                continue;
+            }
+            copy.set_source(path, epoch);
+            copy.state = FileState::Draining { since: now };
+            self.readers.insert(s.key, copy);
+            return true;
+        }
+        false
+    }
+
+    /// The file at its path was truncated or replaced in place. Bytes we had not yet emitted may
+    /// survive in a copy (copytruncate): drain that copy from our offset. Then restart at 0.
+    fn truncated(&mut self, key: FileKey, now: Instant) {
+        self.counters.truncations += 1;
+        let (path, emitted, fp, carried) = {
+            let r = &self.readers[&key];
+            (PathBuf::from(&r.source.path), r.emitted, r.fp.clone(), r.carried())
+        };
+        let recovered = self.recover_copy(&path, &fp, emitted, carried, now);
+        let r = self.readers.get_mut(&key).expect("truncated file is held");
+        if !recovered && carried > 0 {
+            r.flush_partial(now, None, &mut self.batcher, &mut self.counters);
+        }
+        if r.restart_at_zero(&mut self.counters).is_err() {
+            r.close(&mut self.counters);
+        }
+        let path = path.display().to_string();
+        let epoch = self.checkpoints.lock().expect("checkpointer lock").register(&self.cfg.name, key, &Fingerprint::default(), &path, 0);
+        r.set_source(path, epoch);
+        self.more.push(key);
+    }
+}
+
+/// If `copy` (a file of `copy_size` bytes with head `copy_fp`) is a copy of a file whose head is
+/// `orig_fp` and of which `orig_offset` bytes were emitted, the offset to resume the copy at.
+/// The evidence must cover what was emitted: the copy's head holds every emitted byte up to
+/// the fingerprint's length, ending at a line end (a short shared prefix proves nothing).
+pub fn copy_offset(orig_fp: &Fingerprint, orig_offset: u64, copy_fp: &Fingerprint, copy_size: u64) -> Option<u64> {
+    if orig_offset == 0 || orig_fp.bytes.is_empty() || !orig_fp.compatible(copy_fp) || copy_size < orig_offset {
+        return None;
+    }
+    let n = orig_offset as usize;
+    if n <= orig_fp.bytes.len() {
+        (copy_fp.bytes.len() >= n && orig_fp.bytes[n - 1] == b'\n').then_some(orig_offset)
+    } else {
+        (orig_fp.is_full() && copy_fp.is_full()).then_some(orig_offset)
+    }
+}
