@@ -37,6 +37,12 @@ impl Fingerprint {
         self.bytes[..n] == other.bytes[..n]
     }
 
+    /// Enough to tell files apart: a whole line, or the full length. A head shorter than its
+    /// first line (a lone partial write) matches too much to prove identity.
+    pub fn is_evidence(&self) -> bool {
+        self.is_full() || memchr::memchr(b'\n', &self.bytes).is_some()
+    }
+
     pub fn is_full(&self) -> bool {
         self.bytes.len() >= FINGERPRINT_MAX
     }

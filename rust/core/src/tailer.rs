@@ -142,11 +142,15 @@ impl Tailer {
         self.readers.len()
     }
 
+    /// Records whose bytes were not valid UTF-8 (exported with replacement characters).
+    pub fn invalid_utf8(&self) -> u64 {
+        self.batcher.invalid_utf8
+    }
+
     pub fn pending_batches(&self) -> usize {
         self.pending.len()
     }
 
-    /// Bytes read from files but not yet in a committed batch, summed over open files.
     pub fn take_reports(&mut self) -> Vec<String> {
         std::mem::take(&mut self.reports)
     }
@@ -394,7 +398,7 @@ impl Tailer {
             }
         };
         let mut cp = self.checkpoints.lock().expect("checkpointer lock");
-        let stale = cp.get(&self.cfg.name, f.key).filter(|e| !e.fp.compatible(&r.fp) || e.offset > f.size).map(|e| (e.fp.clone(), e.offset, e.path.clone()));
+        let stale = cp.get(&self.cfg.name, f.key).filter(|e| e.fp.is_evidence() && (!e.fp.compatible(&r.fp) || e.offset > f.size)).map(|e| (e.fp.clone(), e.offset, e.path.clone()));
         if let Some((fp, offset, was_at)) = stale {
             // Known identity, other content: truncated (or copytruncated) while no reader held
             // it. A copy, if any, lies beside the path the file had then.
@@ -403,7 +407,11 @@ impl Tailer {
             self.recover_copy(Path::new(&was_at), &fp, offset, 0, now);
             cp = self.checkpoints.lock().expect("checkpointer lock");
         }
-        let resume = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size).map(|e| (e.offset, e.path.clone()));
+        // An entry whose head is shorter than a line proves nothing about identity (an inode
+        // reused); its offset can only be 0 or a flushed partial, so it is not resumed.
+        let entry = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size && e.fp.is_evidence());
+        let same_file = entry.is_some();
+        let resume = entry.map(|e| (e.offset, e.path.clone()));
         let offset = match &resume {
             Some((off, _)) => *off,
             None if state != FileState::Active => {
@@ -417,7 +425,7 @@ impl Tailer {
             None => start.unwrap_or(0),
         };
         // A file resumed at a rotated path keeps the path it was discovered at.
-        let resumed = resume.is_some();
+        let resumed = same_file;
         let path = resume.map(|(_, p)| p).filter(|_| state != FileState::Active).unwrap_or_else(|| f.path.display().to_string());
         let epoch = cp.register(&self.cfg.name, f.key, &r.fp, &path, offset);
         drop(cp);
@@ -488,7 +496,7 @@ impl Tailer {
             let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &mut self.counters) else { continue };
             // A copy is a file never seen before: known siblings are older rotations (an entry
             // whose head differs is an inode reused, not a file seen).
-            if self.checkpoints.lock().expect("checkpointer lock").lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| !e.fp.bytes.is_empty()) {
+            if self.checkpoints.lock().expect("checkpointer lock").lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| e.fp.is_evidence()) {
                 copy.close(&mut self.counters);
                 continue;
             }

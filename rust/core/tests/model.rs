@@ -432,3 +432,9 @@ fn truncate_with_carried_partial_then_restart() {
     use Action::*;
     run(vec![WritePartial(1), Step, Truncate, Step, Restart, WriteLine(0)], 1 << 20);
 }
+
+#[test]
+fn deleted_partial_file_inode_reused_after_restart() {
+    use Action::*;
+    run(vec![WritePartial(1), Step, Delete, Restart, WriteLine(0), Step, Restart, CopyTruncate(0)], 1 << 20);
+}

@@ -1,0 +1,90 @@
+"""The `tailrace` command: run, demo, check-config, --version. Exit codes: 0 done (also after
+SIGINT/SIGTERM), 2 configuration error, 1 anything else."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from collector import __version__, config, log
+from collector.pipeline import Pipeline, progress
+
+
+def _load(path: str | None) -> config.Config:
+    cfg = config.load(path or config.DEFAULT_CONFIG)
+    problems = config.check(cfg)
+    if problems:
+        raise config.ConfigError("\n".join(problems))
+    return cfg
+
+
+async def _serve(cfg: config.Config, demo: bool) -> None:
+    pipeline = Pipeline(cfg)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def on_signal() -> None:
+                async for sig in signals:
+                    if pipeline.stopping:
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info(f"{signal.Signals(sig).name}: stopping; flushing and committing")
+                    pipeline.request_stop()
+
+            nursery.start_soon(on_signal)
+            await nursery.start(pipeline.run)
+            if cfg.progress_interval:
+                nursery.start_soon(progress, pipeline, float(cfg.progress_interval))
+            if demo:
+                from collector.demo import write_traffic
+
+                directory = Path(cfg.inputs[0].paths[0]).parent
+                nursery.start_soon(write_traffic, directory)
+                log.info(f"demo: writing lines into {directory}/; Ctrl-C to stop")
+            outs = ", ".join(o.name for o in pipeline.outputs)
+            log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
+            await _until_stopped(pipeline)
+            nursery.cancel_scope.cancel()
+
+
+async def _until_stopped(pipeline: Pipeline) -> None:
+    while not pipeline.stopping:
+        await trio.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
+    ap.add_argument("--version", action="version", version=f"tailrace {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM")
+    run.add_argument("--config", help="YAML file (default: the embedded configs/local.yaml)")
+    demo = sub.add_parser("demo", help="run the embedded default with generated demo traffic")
+    demo.add_argument("--config", help=argparse.SUPPRESS)
+    chk = sub.add_parser("check-config", help="validate a configuration and exit")
+    chk.add_argument("file")
+    args = ap.parse_args(argv)
+
+    try:
+        cfg = _load(args.file if args.command == "check-config" else args.config)
+    except config.ConfigError as e:
+        print(f"tailrace: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.file}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
+        return 0
+    log.configure(cfg.log.level, cfg.log.format == "json")
+    try:
+        trio.run(_serve, cfg, args.command == "demo")
+    except ValueError as e:  # the core refuses a setting (bad glob, unreadable state_dir)
+        print(f"tailrace: configuration error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

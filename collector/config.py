@@ -1,0 +1,220 @@
+"""Configuration: a YAML file decoded into msgspec structs. Unknown keys, wrong types and bad
+values are errors that name the key (`$.inputs[0].paths`); `${ENV_VAR}` (or `${ENV_VAR:-default}`)
+is expanded in string values; durations are `250ms`, `5s`, `1m`, `2h`; sizes are `64KiB`,
+`1MiB`, `1GiB` or integer bytes. These names are the stable contract of tailrace."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; the message names the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS_B = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Duration = str | int | float
+Size = str | int
+
+
+def duration(value: Duration, key: str) -> float:
+    """Seconds from `250ms`, `5s`, `1m`, `2h`, or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a duration like 250ms, 5s or 1m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"{key}: expected a duration like 250ms, 5s or 1m, got {value!r}")
+        seconds = float(m.group(1)) * _UNITS_S[m.group(2)]
+    if seconds < 0:
+        raise ValueError(f"{key}: must not be negative")
+    return seconds
+
+
+def size(value: Size, key: str) -> int:
+    """Bytes from `64KiB`, `1MiB`, or an integer."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a size like 64KiB or 1MiB, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{key}: expected a size like 64KiB, 1MiB or bytes, got {value!r}")
+        n = int(m.group(1)) * _UNITS_B[m.group(2)]
+    if n <= 0:
+        raise ValueError(f"{key}: must be positive")
+    return n
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class InputConfig(_Strict):
+    paths: list[str]
+    name: str = ""
+    exclude: list[str] = []
+    watch: Literal["auto", "inotify", "poll", "naive"] = "auto"
+    poll_interval: Duration = "250ms"
+    rescan_interval: Duration = "1s"
+    read_from: Literal["beginning", "end"] = "beginning"
+    format: Literal["plain", "cri", "docker", "auto"] = "plain"
+    max_line_bytes: Size = "1MiB"
+    read_budget: Size = "256KiB"
+    partial_flush: Duration = "5s"
+    rotate_wait: Duration = "5s"
+    close_inactive: Duration = "5m"
+
+    def __post_init__(self) -> None:
+        if not self.paths or not all(isinstance(p, str) and p.strip() for p in self.paths):
+            raise ValueError("paths: must list at least one glob")
+        self.poll_interval = duration(self.poll_interval, "poll_interval")
+        self.rescan_interval = duration(self.rescan_interval, "rescan_interval")
+        self.partial_flush = duration(self.partial_flush, "partial_flush")
+        self.rotate_wait = duration(self.rotate_wait, "rotate_wait")
+        self.close_inactive = duration(self.close_inactive, "close_inactive")
+        self.max_line_bytes = size(self.max_line_bytes, "max_line_bytes")
+        self.read_budget = size(self.read_budget, "read_budget")
+
+
+class BatchConfig(_Strict):
+    max_bytes: Size = "1MiB"
+    max_records: int = 10_000
+    max_age: Duration = "100ms"
+
+    def __post_init__(self) -> None:
+        self.max_bytes = size(self.max_bytes, "max_bytes")
+        self.max_age = duration(self.max_age, "max_age")
+        if self.max_records <= 0:
+            raise ValueError("max_records: must be positive")
+
+
+class _Output(_Strict, tag_field="type", kw_only=True):
+    name: str = ""
+
+
+class FileOutput(_Output, tag="file", kw_only=True):
+    path: str
+
+
+class StdoutOutput(_Output, tag="stdout"):
+    pass
+
+
+class BlackholeOutput(_Output, tag="blackhole"):
+    pass
+
+
+class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
+    endpoint: str
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    headers: dict[str, str] = {}
+
+
+OutputConfig = FileOutput | StdoutOutput | BlackholeOutput | OtlpHttpOutput
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Strict):
+    inputs: list[InputConfig]
+    outputs: list[OutputConfig]
+    state_dir: str = "./state"
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    checkpoint_interval: Duration = "1s"
+    shutdown_grace: Duration = "10s"
+    progress_interval: Duration = "5s"
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("inputs: must list at least one input")
+        if not self.outputs:
+            raise ValueError("outputs: must list at least one output")
+        self.checkpoint_interval = duration(self.checkpoint_interval, "checkpoint_interval")
+        self.shutdown_grace = duration(self.shutdown_grace, "shutdown_grace")
+        self.progress_interval = duration(self.progress_interval, "progress_interval")
+        names = set()
+        for i, inp in enumerate(self.inputs):
+            inp.name = inp.name or f"input{i}"
+            if inp.name in names:
+                raise ValueError(f"inputs[{i}].name: {inp.name!r} is used twice")
+            names.add(inp.name)
+        for i, out in enumerate(self.outputs):
+            out.name = out.name or f"{type(out).__struct_config__.tag}{i}"
+
+
+def _expand(node: Any, where: str) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1), m.group(2))
+            if value is None:
+                raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
+            return value
+
+        return _ENV.sub(sub, node)
+    if isinstance(node, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in node.items()}
+    return node
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    raw = _expand(raw, "$")
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    return parse(text, str(p))
+
+
+def check(cfg: Config) -> list[str]:
+    """What this build cannot run yet, as errors naming the key (empty when runnable)."""
+    problems = []
+    for i, inp in enumerate(cfg.inputs):
+        if inp.watch not in ("auto", "poll"):
+            problems.append(
+                f"$.inputs[{i}].watch: {inp.watch!r} is not available in this build yet "
+                "(poll, and auto which means poll until the inotify watcher lands)"
+            )
+        if inp.format != "plain":
+            problems.append(f"$.inputs[{i}].format: {inp.format!r} is not available in this build yet (plain)")
+    for i, out in enumerate(cfg.outputs):
+        if isinstance(out, OtlpHttpOutput):
+            problems.append(f"$.outputs[{i}].type: otlp_http is not available in this build yet")
+    return problems

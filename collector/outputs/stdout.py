@@ -1,0 +1,29 @@
+"""`stdout`: OTLP JSON lines on standard output (for a look, or a pipe into another tool)."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from collector._native import Batch
+from collector.config import StdoutOutput
+
+
+class Stdout:
+    def __init__(self, cfg: StdoutOutput) -> None:
+        self.name = cfg.name
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def open(self) -> None:
+        pass
+
+    async def send(self, batch: Batch) -> None:
+        def _write() -> None:
+            sys.stdout.buffer.write(batch.payload)
+            sys.stdout.buffer.flush()
+
+        await trio.to_thread.run_sync(_write, limiter=self._limiter)
+
+    async def close(self) -> None:
+        pass
