@@ -1,0 +1,119 @@
+"""Shared helpers: run tailrace as a real process, wait on conditions with a deadline, decode
+the OTLP JSON it writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `cond` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """Every LogRecord in an OTLP JSON lines file (complete lines only)."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_bytes().splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        req = orjson.loads(line)
+        for rl in req["resourceLogs"]:
+            for sl in rl["scopeLogs"]:
+                out.extend(sl["logRecords"])
+    return out
+
+
+def count_records(path: Path) -> int:
+    return len(records(path))
+
+
+def attrs(rec: dict[str, Any]) -> dict[str, Any]:
+    return {a["key"]: next(iter(a["value"].values())) for a in rec.get("attributes", [])}
+
+
+class Tailrace:
+    """A tailrace process on a config written into a temporary directory."""
+
+    def __init__(self, workdir: Path, cfg: dict[str, Any], extra_args: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.config = workdir / "tailrace.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.stderr = workdir / "tailrace.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = extra_args or []
+
+    def start(self, preexec: list[str] | None = None) -> Tailrace:
+        cmd = [*(preexec or []), sys.executable, "-m", "collector.cli", "run", "--config", str(self.config)]
+        with open(self.stderr, "ab") as err:
+            self.proc = subprocess.Popen(
+                cmd + self.extra_args,
+                cwd=self.workdir,
+                stderr=err,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return rc
+
+    def log(self) -> str:
+        return self.stderr.read_text() if self.stderr.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def tailrace(tmp_path: Path) -> Iterator[Callable[..., Tailrace]]:
+    started: list[Tailrace] = []
+
+    def make(cfg: dict[str, Any], **kw: Any) -> Tailrace:
+        t = Tailrace(tmp_path, cfg, **kw)
+        started.append(t)
+        return t
+
+    yield make
+    for t in started:
+        t.kill()
+
+
+def base_config(tmp_path: Path, paths: list[str], **input_opts: Any) -> dict[str, Any]:
+    return {
+        "state_dir": str(tmp_path / "state"),
+        "inputs": [{"name": "test", "paths": paths, "poll_interval": "50ms", "rescan_interval": "200ms", **input_opts}],
+        "outputs": [{"type": "file", "path": str(tmp_path / "out" / "logs.jsonl")}],
+        "batch": {"max_age": "50ms"},
+        "checkpoint_interval": "200ms",
+        "progress_interval": "0s",
+    }

@@ -1,0 +1,78 @@
+"""Configuration: bad configurations exit 2 naming the key; units and ${ENV} expand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector import config
+from tests.conftest import ROOT
+
+
+def check_config(tmp_path: Path, text: str, command: str = "check-config") -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    args = [str(f)] if command == "check-config" else ["--config", str(f)]
+    return subprocess.run(
+        [sys.executable, "-m", "collector.cli", command, *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+GOOD = "inputs: [{paths: ['/tmp/*.log']}]\noutputs: [{type: blackhole}]\n"
+
+
+def test_embedded_default_is_valid() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check-config", str(ROOT / "configs" / "local.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 inputs, 1 outputs" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("inputs: [{paths: ['/x'], bogus: 1}]\noutputs: [{type: blackhole}]", ["bogus", "$.inputs[0]"]),
+        ("inputs: [{paths: ['/x'], max_line_bytes: [1]}]\noutputs: [{type: blackhole}]", ["$.inputs[0].max_line_bytes"]),
+        ("inputs: [{paths: ['/x'], poll_interval: soon}]\noutputs: [{type: blackhole}]", ["poll_interval", "soon"]),
+        ("inputs: [{paths: []}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
+        ("inputs: [{exclude: ['/x']}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
+        ("inputs: [{paths: ['/x']}]\noutputs: [{type: kafka}]", ["$.outputs[0].type", "kafka"]),
+        ("inputs: [{paths: ['/x'], watch: inotify}]\noutputs: [{type: blackhole}]", ["$.inputs[0].watch", "inotify"]),
+        ("inputs: [{paths: ['/x']}]\noutputs: [{type: file}]", ["path", "$.outputs[0]"]),
+        ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nbatch: {max_bytes: 0}", ["max_bytes"]),
+        ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nstate_dirr: /tmp", ["state_dirr"]),
+        ("inputs: [{paths: ['${TAILRACE_TEST_UNSET_VAR}']}]\noutputs: [{type: blackhole}]", ["TAILRACE_TEST_UNSET_VAR", "$.inputs[0].paths[0]"]),
+        ("inputs: [ {paths: ", ["not valid YAML"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, text: str, names: list[str], command: str) -> None:
+    r = check_config(tmp_path, text, command)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    for n in names:
+        assert n in r.stderr, r.stderr
+
+
+def test_good_config(tmp_path: Path) -> None:
+    r = check_config(tmp_path, GOOD)
+    assert r.returncode == 0, r.stderr
+
+
+def test_units_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGDIR", "/var/log/pods")
+    cfg = config.parse(
+        "inputs: [{paths: ['${LOGDIR}/**/*.log', '${NOPE:-/srv}/*.log'], poll_interval: 1m, max_line_bytes: 64KiB,"
+        " partial_flush: 1.5}]\noutputs: [{type: file, path: /tmp/o}, {type: blackhole}]\nbatch: {max_age: 250ms}"
+    )
+    inp = cfg.inputs[0]
+    assert inp.paths == ["/var/log/pods/**/*.log", "/srv/*.log"]
+    assert (inp.poll_interval, inp.max_line_bytes, inp.partial_flush) == (60.0, 65536, 1.5)
+    assert (inp.name, inp.watch, inp.read_from, inp.rotate_wait) == ("input0", "auto", "beginning", 5.0)
+    assert (cfg.batch.max_age, cfg.batch.max_bytes, cfg.batch.max_records) == (0.25, 1 << 20, 10_000)
+    assert [o.name for o in cfg.outputs] == ["file0", "blackhole1"]
+    assert config.size(3_000, "k") == 3000 and config.size("2GiB", "k") == 2 << 30

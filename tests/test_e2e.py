@@ -1,0 +1,144 @@
+"""End to end through the CLI: real files, a real tailrace process, its OTLP JSON output."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import attrs, base_config, count_records, records, wait_for
+
+
+def body(rec: dict) -> str:  # type: ignore[type-arg]
+    return str(rec["body"]["stringValue"])
+
+
+def line(f: int, n: int) -> str:
+    return f"file{f:02d} line{n:05d} " + "x" * (60 + (n * 7 + f) % 50)
+
+
+def write_lines(path: Path, f: int, lines: range) -> None:
+    with open(path, "a") as fh:
+        for n in lines:
+            fh.write(line(f, n) + "\n")
+
+
+def test_rotation_and_restart_deliver_exactly_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """50 files × 2,000 lines, each rotated by rename half-way, SIGTERM and restart in the
+    middle: exactly 100,000 records, none twice, none missing."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out" / "logs.jsonl"
+    files = 50
+    for f in range(files):
+        write_lines(logs / f"app-{f:02d}.log", f, range(0, 1000))
+    cfg = base_config(tmp_path, [f"{logs}/*.log"])
+    t = tailrace(cfg).start()
+    wait_for(lambda: count_records(out) >= 20_000, 60, "20,000 records before rotation")
+    for f in range(files):
+        os.rename(logs / f"app-{f:02d}.log", logs / f"app-{f:02d}.log.1")
+        write_lines(logs / f"app-{f:02d}.log", f, range(1000, 1500))
+    wait_for(lambda: count_records(out) >= 50_000, 60, "50,000 records after rotation")
+    assert t.stop() == 0, t.log()
+    before = count_records(out)
+    assert 50_000 <= before <= 75_000
+    # Written while tailrace is down: found through the checkpoints at restart.
+    for f in range(files):
+        write_lines(logs / f"app-{f:02d}.log", f, range(1500, 2000))
+    t.start()
+    wait_for(lambda: count_records(out) >= 100_000, 120, "100,000 records after restart")
+    assert t.stop() == 0, t.log()
+    got = collections.Counter(body(r) for r in records(out))
+    expected = {line(f, n) for f in range(files) for n in range(2000)}
+    assert len(got) == 100_000
+    assert set(got) == expected
+    assert [b for b, c in got.items() if c > 1] == []
+    assert "Traceback" not in t.log()
+
+
+def test_missing_and_unreadable_paths_are_reported_and_others_flow(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("setpriv (util-linux) is needed to run tailrace without CAP_DAC_OVERRIDE")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_lines(logs / "good.log", 1, range(100))
+    secret = logs / "secret.log"
+    write_lines(secret, 2, range(10))
+    secret.chmod(0)
+    out = tmp_path / "out" / "logs.jsonl"
+    cfg = base_config(tmp_path, [f"{logs}/*.log", f"{tmp_path}/nonexistent/*.log"])
+    # Root without the capabilities that bypass file permissions: the kernel refuses the open
+    # exactly as it would for an unprivileged user.
+    drop = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    t = tailrace(cfg).start(preexec=drop)
+    wait_for(lambda: count_records(out) == 100, 30, "the readable file's 100 lines")
+    log = wait_for(lambda: "Permission denied" in t.log() and t.log(), 10, "the permission report")
+    assert f"cannot open {secret}" in log
+    assert f"no file matches {tmp_path}/nonexistent/*.log" in log
+    assert log.count(f"cannot open {secret}") == 1, "reported once, not at every look"
+    secret.chmod(0o644)
+    wait_for(lambda: count_records(out) == 110, 30, "the file's lines once it became readable")
+    assert t.stop() == 0
+    assert sorted(body(r) for r in records(out))[-10:] == sorted(line(2, n) for n in range(10))
+
+
+def test_binary_invalid_utf8_and_huge_lines(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "bin.log").write_bytes(b"ok before\n\x00\x01\xff\xfe binary \x80\n" + b"after \xc3\x28 bad utf8\n")
+    huge = b"H" * (2 * 1024 * 1024 + 512 * 1024)
+    (logs / "huge.log").write_bytes(b"small\n" + huge + b"\nnext\n")
+    out = tmp_path / "out" / "logs.jsonl"
+    t = tailrace(base_config(tmp_path, [f"{logs}/*.log"], max_line_bytes="1MiB")).start()
+    recs = wait_for(lambda: (r := records(out)) and len(r) == 8 and r, 30, "8 records")
+    assert t.stop() == 0
+    by_file: dict[str, list[dict]] = collections.defaultdict(list)  # type: ignore[type-arg]
+    for r in recs:
+        by_file[attrs(r)["log.file.name"]].append(r)
+    b = by_file["bin.log"]
+    assert [body(r) for r in b] == ["ok before", "\x00\x01\ufffd\ufffd binary \ufffd", "after \ufffd( bad utf8"]
+    assert [attrs(r).get("tailrace.invalid_utf8", False) for r in b] == [False, True, True]
+    h = by_file["huge.log"]
+    assert [len(body(r)) for r in h] == [5, 1 << 20, 1 << 20, 512 * 1024, 4]
+    assert [attrs(r).get("tailrace.split", False) for r in h] == [False, True, True, True, False]
+    assert "".join(body(r) for r in h[1:4]) == huge.decode()
+
+
+def test_partial_line_survives_restart_and_read_from_end(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = logs / "old.log"
+    old.write_text("history 1\nhistory 2\n")
+    out = tmp_path / "out" / "logs.jsonl"
+    t = tailrace(base_config(tmp_path, [f"{logs}/*.log"], read_from="end")).start()
+    wait_for(lambda: (tmp_path / "state" / "checkpoints.json").exists(), 30, "the first checkpoint")
+    with open(old, "a") as fh:
+        fh.write("new 1\nabc")
+    (logs / "later.log").write_text("later file is read from its start\n")
+    wait_for(lambda: count_records(out) == 2, 30, "2 records")
+    assert t.stop() == 0
+    with open(old, "a") as fh:
+        fh.write("def\n")
+    t.start()
+    wait_for(lambda: count_records(out) == 3, 30, "the completed partial line")
+    assert t.stop() == 0
+    assert sorted(body(r) for r in records(out)) == ["abcdef", "later file is read from its start", "new 1"]
+
+
+def test_every_output_gets_every_batch(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_lines(logs / "a.log", 1, range(500))
+    cfg = base_config(tmp_path, [f"{logs}/*.log"])
+    cfg["outputs"].append({"type": "file", "path": str(tmp_path / "out" / "second.jsonl")})
+    cfg["outputs"].append({"type": "blackhole"})
+    t = tailrace(cfg).start()
+    wait_for(lambda: count_records(tmp_path / "out" / "second.jsonl") == 500, 30, "500 records in the second output")
+    assert t.stop() == 0
+    first = [body(r) for r in records(tmp_path / "out" / "logs.jsonl")]
+    second = [body(r) for r in records(tmp_path / "out" / "second.jsonl")]
+    assert first == second == [line(1, n) for n in range(500)]
