@@ -1,0 +1,147 @@
+"""Bulk read-from-head throughput into `blackhole`: MB (10^6 input bytes) per CPU-second of the
+tailrace process (user + system, children included), and its peak RSS. The file is written
+once and read once beforehand so the page cache is warm; each run starts from empty state.
+
+    python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200]
+
+Writes bench/results/throughput-<UTC time>.json and prints a Markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def make_file(path: Path, total: int, line_bytes: int) -> int:
+    """Write `total` bytes (rounded down to whole lines) of distinct `line_bytes`-byte lines."""
+    lines = total // line_bytes
+    if path.exists() and path.stat().st_size == lines * line_bytes:
+        return lines
+    pad = "y" * line_bytes
+    with open(path, "wb", buffering=1 << 20) as f:
+        chunk = []
+        for i in range(lines):
+            head = f"2026-11-26T00:00:00.000Z bench line {i:010d} "
+            chunk.append((head + pad[: line_bytes - len(head) - 1] + "\n").encode())
+            if len(chunk) == 10_000:
+                f.write(b"".join(chunk))
+                chunk.clear()
+        f.write(b"".join(chunk))
+    return lines
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def committed(state: Path) -> int:
+    try:
+        data = json.loads((state / "checkpoints.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(e["offset"] for e in data["entries"])
+
+
+def one_run(data: Path, size: int, work: Path) -> dict[str, float]:
+    state = work / "state"
+    cfg = work / "bench.yaml"
+    cfg.write_text(
+        f"state_dir: {state}\n"
+        f"inputs: [{{name: bulk, paths: ['{data}']}}]\n"
+        "outputs: [{type: blackhole}]\n"
+        "checkpoint_interval: 200ms\nprogress_interval: 0s\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    last = 0.0
+    while (done := committed(state)) < size:
+        if proc.poll() is not None:
+            raise SystemExit(f"tailrace exited early with {proc.returncode}")
+        if time.monotonic() - last > 2:
+            print(f"  … {done / 1e6:,.0f} of {size / 1e6:,.0f} MB committed", file=sys.stderr, flush=True)
+            last = time.monotonic()
+        time.sleep(0.05)
+    wall = time.monotonic() - t0
+    proc.send_signal(signal.SIGTERM)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"tailrace exited with {proc.returncode}")
+    cpu = ru.ru_utime + ru.ru_stime
+    return {
+        "cpu_s": cpu,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        "wall_s": wall,
+        "mb_per_cpu_s": size / 1e6 / cpu,
+        "peak_rss_mib": ru.ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--line-bytes", type=int, default=200)
+    ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"))
+    args = ap.parse_args()
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B.log"
+    print(f"writing {data} …", file=sys.stderr, flush=True)
+    lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes)
+    size = data.stat().st_size
+    warm(data)
+    runs = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory() as work:
+            print(f"run {i + 1}/{args.runs}", file=sys.stderr, flush=True)
+            r = one_run(data, size, Path(work))
+            print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
+            runs.append(r)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    result = {
+        "benchmark": "bulk read-from-head into blackhole",
+        "command": "python -m bench.throughput " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "input": {"bytes": size, "lines": lines, "line_bytes": args.line_bytes},
+        "runs": runs,
+        "median": med,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"throughput-{result['when'].replace(':', '')}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    spread = [r["mb_per_cpu_s"] for r in runs]
+    print(
+        f"| input | runs | MB per CPU-second (median; min-max) | peak RSS MiB (median) | wall s (median) |\n"
+        f"|---|---|---|---|---|\n"
+        f"| {size / 2**30:.2f} GiB, {args.line_bytes}-byte lines | {len(runs)} | "
+        f"{med['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {med['peak_rss_mib']:.0f} | "
+        f"{med['wall_s']:.1f} |\n\nraw: {out.relative_to(ROOT)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
