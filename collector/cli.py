@@ -48,13 +48,8 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
                 log.info(f"demo: writing lines into {directory}/; Ctrl-C to stop")
             outs = ", ".join(o.name for o in pipeline.outputs)
             log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
-            await _until_stopped(pipeline)
+            await pipeline.finished()
             nursery.cancel_scope.cancel()
-
-
-async def _until_stopped(pipeline: Pipeline) -> None:
-    while not pipeline.stopping:
-        await trio.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ class Pipeline:
         self.tailers = [make_tailer(self.checkpointer, inp, cfg) for inp in cfg.inputs]
         self.outputs: list[Output] = [build(o) for o in cfg.outputs]
         self._stopping = trio.Event()
+        self._finished = trio.Event()
         self._pending: dict[tuple[int, int], int] = {}
         self._commits = 0
         self.records_delivered = 0
@@ -61,6 +62,10 @@ class Pipeline:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    async def finished(self) -> None:
+        """Wait until `run` has stopped, flushed and written its last checkpoints."""
+        await self._finished.wait()
 
     def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -93,6 +98,7 @@ class Pipeline:
                 for out in self.outputs:
                     await out.close()
                 await self._write_checkpoints()
+            self._finished.set()
 
     async def _flow(self) -> None:
         async with trio.open_nursery() as nursery:
