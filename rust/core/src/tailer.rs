@@ -557,3 +557,97 @@ pub fn copy_offset(orig_fp: &Fingerprint, orig_offset: u64, copy_fp: &Fingerprin
         (orig_fp.is_full() && copy_fp.is_full()).then_some(orig_offset)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tailer(dir: &Path, f: impl FnOnce(&mut TailerConfig)) -> Tailer {
+        let cp = Arc::new(Mutex::new(Checkpointer::open(&dir.join("state"), Duration::from_secs(3600)).unwrap()));
+        let mut cfg = TailerConfig {
+            name: "t".into(),
+            paths: vec![format!("{}/*.log", dir.display())],
+            poll_interval: Duration::ZERO,
+            rescan_interval: Duration::ZERO,
+            batch: BatchLimits { max_bytes: 1 << 30, max_records: 1 << 30, max_age: Duration::ZERO },
+            ..TailerConfig::default()
+        };
+        f(&mut cfg);
+        Tailer::new(cfg, cp, 1).unwrap()
+    }
+
+    fn records(batches: &[Batch]) -> u64 {
+        batches.iter().map(|b| b.records).sum()
+    }
+
+    #[test]
+    fn one_hot_file_does_not_starve_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("hot.log"), "h\n".repeat(100_000)).unwrap();
+        std::fs::write(d.path().join("quiet.log"), "q\n").unwrap();
+        let mut t = tailer(d.path(), |c| {
+            c.read_budget = 8192;
+            c.buffer_size = 4096;
+        });
+        let b = t.step(Instant::now());
+        // One pass: the hot file gives at most its budget, the quiet one its line.
+        assert_eq!(records(&b), 4096 + 1);
+        let mut total = records(&b);
+        for _ in 0..100 {
+            total += records(&t.step(Instant::now()));
+        }
+        assert_eq!(total, 100_001);
+    }
+
+    #[test]
+    fn inactive_files_close_and_reopen_when_they_grow() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, "one\n").unwrap();
+        let mut t = tailer(d.path(), |c| c.close_inactive = Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 1);
+        assert_eq!(t.files_open(), 1);
+        assert_eq!(records(&t.step(t0 + Duration::from_secs(61))), 0);
+        assert_eq!(t.files_open(), 0);
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(records(&t.step(t0 + Duration::from_secs(62))), 1);
+        assert_eq!(t.files_open(), 1);
+        assert_eq!((t.counters.files_opened, t.counters.files_closed), (2, 1));
+    }
+
+    #[test]
+    fn idle_partial_line_is_flushed_flagged() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.log"), "no newline yet").unwrap();
+        let mut t = tailer(d.path(), |c| c.partial_flush = Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 0);
+        let b = t.step(t0 + Duration::from_secs(6));
+        assert_eq!(records(&b), 1);
+        let text = String::from_utf8(b[0].payload.clone()).unwrap();
+        assert!(text.contains(r#""stringValue":"no newline yet""#) && text.contains("tailrace.partial"));
+        assert_eq!(t.counters.partial_flushes, 1);
+    }
+
+    #[test]
+    fn poll_reads_without_stat_in_steady_state() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, "x\n").unwrap();
+        let mut t = tailer(d.path(), |c| c.rescan_interval = Duration::from_secs(3600));
+        let t0 = Instant::now();
+        t.step(t0);
+        let before = t.counters.syscalls;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        for i in 0..100 {
+            f.write_all(b"y\n").unwrap();
+            t.step(t0 + Duration::from_millis(i));
+        }
+        let after = t.counters.syscalls;
+        assert_eq!(after.stat_family() - before.stat_family(), 0);
+        assert_eq!(after.read - before.read, 100, "one short read per pass, none returning 0 after it");
+        assert_eq!(t.counters.lines, 101);
+    }
+}
