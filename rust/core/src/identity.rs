@@ -69,7 +69,7 @@ impl Fingerprint {
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         let v: Option<Vec<u8>> = (0..s.len())
