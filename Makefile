@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup build bench clean
+.PHONY: demo test setup build lint bench clean
 
 $(STAMP): requirements-test.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ setup: build
 demo: build
 	$(BIN)/tailrace demo
 
-test: build
+lint: build
+	cargo clippy --release -p tailrace-core -p tailrace-python --all-targets -- -D warnings
+	$(BIN)/ruff check collector bench tests
+	$(BIN)/mypy --strict collector bench
+	$(BIN)/python -m mypy.stubtest collector._native
+
+test: lint
 	cargo test --release -p tailrace-core
 	$(BIN)/python -m pytest -q
 

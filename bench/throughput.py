@@ -131,7 +131,8 @@ def main() -> None:
         "median": med,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"throughput-{result['when'].replace(':', '')}.json"
+    when = str(result["when"])
+    out = RESULTS / f"throughput-{when.replace(':', '')}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     spread = [r["mb_per_cpu_s"] for r in runs]
     print(

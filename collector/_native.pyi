@@ -1,9 +1,14 @@
-# Hand-written stubs for the Rust extension (rust/python/src/lib.rs).
+# Hand-written stubs for the Rust extension (rust/python/src/lib.rs), checked by mypy.stubtest.
+
+from typing import Self, final
+
+__all__ = ["CORE_VERSION", "Batch", "Checkpointer", "Tailer", "raise_nofile_limit"]
 
 CORE_VERSION: str
 
+@final
 class Checkpointer:
-    def __init__(self, state_dir: str, forget_after: float = ...) -> None: ...
+    def __new__(cls, state_dir: str, forget_after: float = ...) -> Self: ...
     def write(self) -> int: ...
     @property
     def existed(self) -> bool: ...
@@ -12,6 +17,7 @@ class Checkpointer:
     def __len__(self) -> int: ...
     def offset_of(self, input: str, path: str) -> int | None: ...
 
+@final
 class Batch:
     @property
     def id(self) -> int: ...
@@ -22,9 +28,10 @@ class Batch:
     @property
     def input_bytes(self) -> int: ...
 
+@final
 class Tailer:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         checkpointer: Checkpointer,
         *,
         name: str,
@@ -44,7 +51,7 @@ class Tailer:
         batch_max_age: float = ...,
         host: str = ...,
         first_batch_id: int = ...,
-    ) -> None: ...
+    ) -> Self: ...
     def step(self) -> list[Batch]: ...
     def flush(self) -> list[Batch]: ...
     def commit(self, id: int) -> None: ...

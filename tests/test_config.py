@@ -17,7 +17,12 @@ def check_config(tmp_path: Path, text: str, command: str = "check-config") -> su
     f.write_text(text)
     args = [str(f)] if command == "check-config" else ["--config", str(f)]
     return subprocess.run(
-        [sys.executable, "-m", "collector.cli", command, *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "collector.cli", command, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
     )
 
 
@@ -27,7 +32,10 @@ GOOD = "inputs: [{paths: ['/tmp/*.log']}]\noutputs: [{type: blackhole}]\n"
 def test_embedded_default_is_valid() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "collector.cli", "check-config", str(ROOT / "configs" / "local.yaml")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     assert "1 inputs, 1 outputs" in r.stdout
@@ -37,7 +45,10 @@ def test_embedded_default_is_valid() -> None:
     "text, names",
     [
         ("inputs: [{paths: ['/x'], bogus: 1}]\noutputs: [{type: blackhole}]", ["bogus", "$.inputs[0]"]),
-        ("inputs: [{paths: ['/x'], max_line_bytes: [1]}]\noutputs: [{type: blackhole}]", ["$.inputs[0].max_line_bytes"]),
+        (
+            "inputs: [{paths: ['/x'], max_line_bytes: [1]}]\noutputs: [{type: blackhole}]",
+            ["$.inputs[0].max_line_bytes"],
+        ),
         ("inputs: [{paths: ['/x'], poll_interval: soon}]\noutputs: [{type: blackhole}]", ["poll_interval", "soon"]),
         ("inputs: [{paths: []}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
         ("inputs: [{exclude: ['/x']}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
@@ -46,7 +57,10 @@ def test_embedded_default_is_valid() -> None:
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: file}]", ["path", "$.outputs[0]"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nbatch: {max_bytes: 0}", ["max_bytes"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nstate_dirr: /tmp", ["state_dirr"]),
-        ("inputs: [{paths: ['${TAILRACE_TEST_UNSET_VAR}']}]\noutputs: [{type: blackhole}]", ["TAILRACE_TEST_UNSET_VAR", "$.inputs[0].paths[0]"]),
+        (
+            "inputs: [{paths: ['${TAILRACE_TEST_UNSET_VAR}']}]\noutputs: [{type: blackhole}]",
+            ["TAILRACE_TEST_UNSET_VAR", "$.inputs[0].paths[0]"],
+        ),
         ("inputs: [ {paths: ", ["not valid YAML"]),
     ],
 )

@@ -22,8 +22,7 @@ def line(f: int, n: int) -> str:
 
 def write_lines(path: Path, f: int, lines: range) -> None:
     with open(path, "a") as fh:
-        for n in lines:
-            fh.write(line(f, n) + "\n")
+        fh.writelines(line(f, n) + "\n" for n in lines)
 
 
 def test_rotation_and_restart_deliver_exactly_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
@@ -34,7 +33,7 @@ def test_rotation_and_restart_deliver_exactly_once(tmp_path: Path, tailrace) -> 
     out = tmp_path / "out" / "logs.jsonl"
     files = 50
     for f in range(files):
-        write_lines(logs / f"app-{f:02d}.log", f, range(0, 1000))
+        write_lines(logs / f"app-{f:02d}.log", f, range(1000))
     cfg = base_config(tmp_path, [f"{logs}/*.log"])
     t = tailrace(cfg).start()
     wait_for(lambda: count_records(out) >= 20_000, 60, "20,000 records before rotation")

@@ -71,14 +71,14 @@ async def test_checkpoint_waits_for_every_output(tmp_path: Path) -> None:
     async with trio.open_nursery() as n:
         await n.start(p.run)
         with trio.fail_after(10):
-            while len(records(tmp_path / "out.jsonl")) < 100:
+            while len(records(tmp_path / "out.jsonl")) < 100:  # noqa: ASYNC110 (a file another task writes)
                 await trio.sleep(0.02)
         await trio.sleep(0.1)  # several checkpoint intervals
         p.checkpointer.write()
         assert p.checkpointer.offset_of("input0", str(log)) == 0, "the gated output has not acknowledged"
         gated.gate.set()
         with trio.fail_after(10):
-            while p.records_delivered < 100:
+            while p.records_delivered < 100:  # noqa: ASYNC110
                 await trio.sleep(0.02)
         p.request_stop()
     assert p.checkpointer.offset_of("input0", str(log)) == log.stat().st_size
