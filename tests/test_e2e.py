@@ -141,3 +141,35 @@ def test_every_output_gets_every_batch(tmp_path: Path, tailrace) -> None:  # typ
     first = [body(r) for r in records(tmp_path / "out" / "logs.jsonl")]
     second = [body(r) for r in records(tmp_path / "out" / "second.jsonl")]
     assert first == second == [line(1, n) for n in range(500)]
+
+
+def test_stdout_output_and_sigint(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import orjson
+    import yaml
+
+    from tests.conftest import ROOT
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_lines(logs / "a.log", 3, range(20))
+    cfg = base_config(tmp_path, [f"{logs}/*.log"])
+    cfg["outputs"] = [{"type": "stdout"}]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(tmp_path / "c.yaml")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdout is not None
+        got: list[str] = []
+        while len(got) < 20:
+            req = orjson.loads(proc.stdout.readline())
+            got += [body(r) for r in req["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert got == [line(3, n) for n in range(20)]
