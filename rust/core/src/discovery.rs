@@ -45,6 +45,19 @@ impl Discoverer {
         Ok(Discoverer { include: include.to_vec(), exclude })
     }
 
+    /// The directories the include globs start from (their literal prefix): watched so that a
+    /// first file appearing there is seen without waiting for a rescan.
+    pub fn base_dirs(&self) -> Vec<PathBuf> {
+        self.include
+            .iter()
+            .filter_map(|p| {
+                let literal: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+                let dir = if literal.as_os_str() == p.as_str() { literal.parent()?.to_path_buf() } else { literal };
+                dir.is_dir().then_some(dir)
+            })
+            .collect()
+    }
+
     pub fn is_excluded(&self, path: &Path) -> bool {
         self.exclude.iter().any(|p| p.matches_path(path))
     }

@@ -4,13 +4,12 @@
 //! means (rotation, truncation, deletion) is decided by the tailer, which tells the reader.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::counters::Counters;
-use crate::identity::{FileKey, Fingerprint};
+use crate::identity::{FileKey, Fingerprint, FINGERPRINT_MAX};
 
 /// Where records come from; shared by every record of one file.
 #[derive(Debug)]
@@ -70,6 +69,8 @@ pub struct FileReader {
 pub struct ReadResult {
     pub bytes: usize,
     pub eof: bool,
+    /// The head no longer matches, or the file is shorter than our position: truncated.
+    pub replaced: bool,
 }
 
 impl FileReader {
@@ -84,7 +85,7 @@ impl FileReader {
     ) -> std::io::Result<(FileReader, bool)> {
         use std::os::unix::fs::MetadataExt;
         c.syscalls.open += 1;
-        let mut file = File::open(&path)?;
+        let file = File::open(&path)?;
         c.syscalls.fstat += 1;
         let meta = file.metadata()?;
         let actual = FileKey { dev: meta.dev(), ino: meta.ino() };
@@ -95,10 +96,6 @@ impl FileReader {
         let fp = Fingerprint::read(&file, &mut c.syscalls)?;
         let truncated = meta.size() < offset;
         let offset = if truncated { 0 } else { offset };
-        if offset > 0 {
-            c.syscalls.lseek += 1;
-            file.seek(SeekFrom::Start(offset))?;
-        }
         c.files_opened += 1;
         let reader = FileReader {
             source: Arc::new(Source { key, path: path.display().to_string(), epoch: 0 }),
@@ -129,14 +126,18 @@ impl FileReader {
     }
 
     /// Position a freshly opened file at a resume offset (checkpoint or copy).
-    pub fn seek_to(&mut self, offset: u64, c: &mut Counters) -> std::io::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            c.syscalls.lseek += 1;
-            f.seek(SeekFrom::Start(offset))?;
-        }
+    pub fn seek_to(&mut self, offset: u64, _c: &mut Counters) -> std::io::Result<()> {
+        // Reads are preads at `pos`: no lseek.
         self.pos = offset;
         self.emitted = offset;
         Ok(())
+    }
+
+    /// One `fstat` of the descriptor (the size), as Fluent Bit makes around its reads.
+    pub fn fstat(&self, c: &mut Counters) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        c.syscalls.fstat += 1;
+        self.file.as_ref()?.metadata().ok().map(|m| m.size())
     }
 
     /// Through the descriptor: is the file now shorter than our position, or does its head no
@@ -170,11 +171,7 @@ impl FileReader {
     /// Reopen a file closed by `close_inactive` at its read position.
     pub fn reopen(&mut self, c: &mut Counters) -> std::io::Result<()> {
         c.syscalls.open += 1;
-        let mut f = File::open(&self.source.path)?;
-        if self.pos > 0 {
-            c.syscalls.lseek += 1;
-            f.seek(SeekFrom::Start(self.pos))?;
-        }
+        let f = File::open(&self.source.path)?;
         c.files_opened += 1;
         self.file = Some(f);
         self.eof = false;
@@ -183,7 +180,7 @@ impl FileReader {
 
     /// The file was truncated (or replaced in place): forget the carried bytes and start at 0.
     /// The caller decides whether the carry was recovered elsewhere (a copytruncate copy).
-    pub fn restart_at_zero(&mut self, c: &mut Counters) -> std::io::Result<()> {
+    pub fn restart_at_zero(&mut self, _c: &mut Counters) -> std::io::Result<()> {
         self.carry.clear();
         self.carry_split = false;
         self.carry_since = None;
@@ -191,11 +188,16 @@ impl FileReader {
         self.emitted = 0;
         self.fp = Fingerprint::default();
         self.eof = false;
-        if let Some(f) = self.file.as_mut() {
-            c.syscalls.lseek += 1;
-            f.seek(SeekFrom::Start(0))?;
-        }
         Ok(())
+    }
+
+    /// Since when a partial line has been carried, if one is.
+    pub fn carry_since(&self) -> Option<Instant> {
+        if self.carry.is_empty() {
+            None
+        } else {
+            self.carry_since
+        }
     }
 
     pub fn carried(&self) -> usize {
@@ -203,6 +205,11 @@ impl FileReader {
     }
 
     /// Read up to `budget` bytes (whole buffers; at least one read), emitting every complete line.
+    ///
+    /// Reads are `pread`s at our own position. While that position is within the fingerprint
+    /// (a small file), the first read starts at 0 instead: the same one syscall also checks that
+    /// the head is still ours, so a truncation followed by new writes past our offset (between
+    /// two reads) is caught as `replaced` instead of read from the middle of a line.
     pub fn read(
         &mut self,
         buf: &mut [u8],
@@ -212,27 +219,44 @@ impl FileReader {
         sink: &mut dyn LineSink,
         c: &mut Counters,
     ) -> std::io::Result<ReadResult> {
+        use std::os::unix::fs::FileExt;
         let mut total = 0usize;
         let mut eof = false;
+        let mut head_check = !self.fp.bytes.is_empty() && (self.pos as usize) < FINGERPRINT_MAX && buf.len() >= FINGERPRINT_MAX;
         while total < budget.max(1) {
-            let Some(file) = self.file.as_mut() else { break };
+            let Some(file) = self.file.as_ref() else { break };
             c.syscalls.read += 1;
-            let n = match file.read(buf) {
+            let at = if head_check { 0 } else { self.pos };
+            let n = match file.read_at(buf, at) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            if n == 0 {
+            let mut data = &buf[..n];
+            if head_check {
+                head_check = false;
+                let k = self.fp.bytes.len().min(n);
+                if (n as u64) < self.pos || data[..k] != self.fp.bytes[..k] {
+                    self.eof = true;
+                    return Ok(ReadResult { bytes: total, eof: true, replaced: true });
+                }
+                data = &data[self.pos as usize..];
+                if n == buf.len() && data.is_empty() {
+                    continue;
+                }
+            }
+            if data.is_empty() {
                 eof = true;
                 break;
             }
             let start = self.pos;
             if !self.fp.is_full() {
-                self.fp.extend_from(start, &buf[..n]);
+                self.fp.extend_from(start, data);
             }
-            self.pos += n as u64;
-            total += n;
-            self.split(&buf[..n], start, max_line, now, sink, c);
+            let len = data.len();
+            self.pos += len as u64;
+            total += len;
+            self.split(data, start, max_line, now, sink, c);
             if n < buf.len() {
                 eof = true;
                 break;
@@ -242,7 +266,7 @@ impl FileReader {
             self.last_data = now;
         }
         self.eof = eof;
-        Ok(ReadResult { bytes: total, eof })
+        Ok(ReadResult { bytes: total, eof, replaced: false })
     }
 
     fn split(&mut self, data: &[u8], start: u64, max_line: usize, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {

@@ -14,11 +14,17 @@ use crate::counters::Counters;
 use crate::discovery::{self, Discoverer, Found};
 use crate::identity::{FileKey, Fingerprint};
 use crate::reader::{FileReader, FileState};
-use crate::watcher::{PollWatcher, Watcher};
+use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
     Poll,
+    Inotify,
+    /// Fluent Bit's event path (one event per wakeup, fstat around every read and of every
+    /// caught-up file), kept so the fstat regression can be shown and guarded against.
+    Naive,
+    /// inotify, with polling for files on filesystems whose events cannot be trusted.
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +113,14 @@ pub struct Tailer {
 impl Tailer {
     pub fn new(cfg: TailerConfig, checkpoints: Arc<Mutex<Checkpointer>>, first_batch_id: u64) -> Result<Self, String> {
         let discoverer = Discoverer::new(&cfg.paths, &cfg.exclude)?;
+        let inotify = |one_event, check_fs| {
+            InotifyWatcher::new(cfg.poll_interval, one_event, check_fs).map_err(|e| format!("watch: cannot create an inotify instance: {e}"))
+        };
         let watcher: Box<dyn Watcher> = match cfg.watch {
             WatchMode::Poll => Box::new(PollWatcher::new(cfg.poll_interval)),
+            WatchMode::Inotify => Box::new(inotify(false, false)?),
+            WatchMode::Naive => Box::new(inotify(true, false)?),
+            WatchMode::Auto => Box::new(inotify(false, true)?),
         };
         let batcher = Batcher::new(cfg.batch.clone(), cfg.encoding, &cfg.host, first_batch_id);
         let buf = vec![0u8; cfg.buffer_size.max(4096)];
@@ -164,19 +176,25 @@ impl Tailer {
     /// One pass: look at paths if due, read the files that may have new bytes (each within its
     /// budget), flush idle partial lines, close drained files, and return the batches closed.
     pub fn step(&mut self, now: Instant) -> Vec<Batch> {
-        if self.next_look.is_none_or(|t| now >= t) {
+        let mut dirty = Vec::new();
+        let news = {
+            let readers = &self.readers;
+            let mut open = readers.iter().filter(|(_, r)| r.is_open()).map(|(k, _)| *k);
+            self.watcher.collect(now, &mut open, &mut dirty, &mut self.counters)
+        };
+        for msg in news.reports {
+            self.report(msg.clone(), msg);
+        }
+        if news.look || self.next_look.is_none_or(|t| now >= t) {
             self.look(now);
             self.next_look = Some(now + self.cfg.rescan_interval);
         }
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
-        let mut dirty = std::mem::take(&mut self.more);
-        {
-            let readers = &self.readers;
-            let mut open = readers.iter().filter(|(_, r)| r.is_open()).map(|(k, _)| *k);
-            self.watcher.collect(now, &mut open, &mut dirty);
-        }
+        dirty.append(&mut self.more);
         dirty.sort_unstable();
         dirty.dedup();
+        let naive = self.cfg.watch == WatchMode::Naive;
+        let event_driven = self.watcher.event_driven();
         // Files rotated away first: their lines were written before those of their successors.
         let readers = &self.readers;
         dirty.sort_by_key(|k| readers.get(k).map(|r| r.state == FileState::Active));
@@ -189,8 +207,24 @@ impl Tailer {
             let key = dirty[i];
             i += 1;
             let Some(r) = self.readers.get_mut(&key) else { continue };
-            match r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters) {
+            if naive {
+                r.fstat(&mut self.counters); // size and truncation check before the read
+            }
+            let res = r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters);
+            if naive {
+                r.fstat(&mut self.counters); // counters after the read
+            }
+            match res {
+                Ok(res) if res.replaced => {
+                    self.truncated(key, now);
+                    dirty.append(&mut self.more); // the copy, if any, then the file from 0: now
+                }
                 Ok(res) if !res.eof => self.more.push(key),
+                Ok(res) if res.bytes == 0 && event_driven && r.state == FileState::Active && r.replaced(&mut self.counters) => {
+                    // An event said "written" and there was nothing to read: truncated.
+                    self.truncated(key, now);
+                    dirty.append(&mut self.more);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.counters.read_errors += 1;
@@ -200,9 +234,22 @@ impl Tailer {
                 }
             }
         }
+        if naive {
+            // Fluent Bit's pending-data handler: an fstat of every watched file caught up.
+            for r in self.readers.values() {
+                if r.is_open() && r.eof {
+                    r.fstat(&mut self.counters);
+                }
+            }
+        }
         self.housekeep(now);
         self.batcher.close_if_due(now, false);
         self.take_ready()
+    }
+
+    /// The descriptor to wait on for news (inotify modes), if any.
+    pub fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.watcher.readiness_fd()
     }
 
     /// Close the open batch now (shutdown) and return every batch not yet handed out.
@@ -231,7 +278,16 @@ impl Tailer {
         for c in [self.watcher.next_wakeup(), self.batcher.deadline()].into_iter().flatten() {
             t = t.min(c);
         }
-        t
+        // Timers of their own: a partial line's flush, a drained file's close.
+        for r in self.readers.values() {
+            if let Some(since) = r.carry_since() {
+                t = t.min(since + self.cfg.partial_flush);
+            }
+            if let FileState::Draining { since } = r.state {
+                t = t.min(since.max(r.last_data) + self.cfg.rotate_wait);
+            }
+        }
+        t.max(now)
     }
 
     /// The batch was delivered (or deliberately dropped) by every output. Checkpoints advance to
@@ -278,6 +334,9 @@ impl Tailer {
         let first = !self.looked;
         self.looked = true;
         let scan = self.discoverer.scan(&mut self.counters.syscalls);
+        for dir in self.discoverer.base_dirs() {
+            self.watcher.watch_dir(&dir, &mut self.counters);
+        }
         for (path, err) in &scan.errors {
             self.counters.open_errors += 1;
             let msg = format!("cannot read {path}: {err}");
@@ -345,6 +404,7 @@ impl Tailer {
                 if replaced {
                     self.truncated(f.key, now);
                 } else if !r.is_open() && f.size > r.pos {
+                    self.more.push(f.key);
                     if let Err(e) = r.reopen(&mut self.counters) {
                         self.counters.open_errors += 1;
                         let msg = format!("cannot reopen {}: {e}", f.path.display());
@@ -436,7 +496,10 @@ impl Tailer {
         r.state = state;
         r.look_size = f.size;
         r.look_mtime = f.mtime;
-        self.watcher.watch(f.key, &f.path, &mut self.counters);
+        if let Some(msg) = self.watcher.watch(f.key, &f.path, &mut self.counters) {
+            self.report(format!("watch:{}", f.path.display()), msg);
+        }
+        self.more.push(f.key);
         self.readers.insert(f.key, r);
         self.clear_report(&f.path);
         Some(resumed)
@@ -513,7 +576,11 @@ impl Tailer {
             }
             copy.set_source(path, epoch);
             copy.state = FileState::Draining { since: now };
+            if let Some(msg) = self.watcher.watch(s.key, &s.path, &mut self.counters) {
+                self.report(format!("watch:{}", s.path.display()), msg);
+            }
             self.readers.insert(s.key, copy);
+            self.more.push(s.key);
             return true;
         }
         false
@@ -538,7 +605,7 @@ impl Tailer {
         let path = path.display().to_string();
         let epoch = self.checkpoints.lock().expect("checkpointer lock").register(&self.cfg.name, key, &Fingerprint::default(), &path, 0);
         r.set_source(path, epoch);
-        self.more.push(key);
+        self.more.push(key); // read again from 0 in this step (or the next, from the read loop)
     }
 }
 

@@ -1,29 +1,54 @@
-//! Watcher: which files may have new bytes. The seam the watch modes plug into: `poll` here;
-//! the inotify modes implement the same trait and expose a descriptor the owner can wait on,
-//! so the reader and tailer do not change shape between modes.
+//! Watcher: which files may have new bytes. The seam the watch modes plug into, so the reader
+//! and tailer keep one shape whatever the mode:
+//! - `poll`: every `poll_interval`, every open file is read once (a `read()` returning 0 is an
+//!   idle file's whole cost; no stat).
+//! - `inotify`: one inotify instance; file watches say which files were written, directory
+//!   watches say when to look at paths (new files, rotation). The whole event queue is drained at
+//!   each collect. Files that get no watch (limits, network and FUSE filesystems in `auto`) are
+//!   polled instead.
+//! - `naive`: Fluent Bit's event path, reproduced so the regression can be shown and guarded:
+//!   one event per wakeup (the tailer adds the fstat calls Fluent Bit makes around it).
 
-use std::os::fd::RawFd;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
 use crate::identity::FileKey;
 
+/// What a collect learnt besides dirty files.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct News {
+    /// Paths changed (a file created, renamed, deleted, or its links changed): look at them.
+    pub look: bool,
+    /// Problems to report once (a watch that could not be added).
+    pub reports: Vec<String>,
+}
+
 pub trait Watcher: Send {
     /// Append the files that may have new bytes (of `open`, the files with a descriptor).
-    fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>);
-    /// When `collect` next has something to say without an external wakeup.
+    fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>, c: &mut Counters) -> News;
+    /// When `collect` next has something to say without the descriptor becoming readable.
     fn next_wakeup(&self) -> Option<Instant>;
     /// A descriptor that becomes readable when `collect` has news (inotify); none for polling.
     fn readiness_fd(&self) -> Option<RawFd> {
         None
     }
-    fn watch(&mut self, _key: FileKey, _path: &Path, _c: &mut Counters) {}
+    /// Events say when a file was written: a read of 0 bytes after one may be a truncation.
+    fn event_driven(&self) -> bool {
+        false
+    }
+    fn watch(&mut self, _key: FileKey, _path: &Path, _c: &mut Counters) -> Option<String> {
+        None
+    }
     fn unwatch(&mut self, _key: FileKey) {}
+    /// Watch a directory for new and renamed files (idempotent).
+    fn watch_dir(&mut self, _dir: &Path, _c: &mut Counters) {}
 }
 
-/// `poll`: every `interval`, every open file is read once; a read returning 0 is the whole cost
-/// of an idle file. No stat on the read path: rotation is the tailer's look, on its own timer.
 pub struct PollWatcher {
     interval: Duration,
     next_tick: Option<Instant>,
@@ -36,15 +61,264 @@ impl PollWatcher {
 }
 
 impl Watcher for PollWatcher {
-    fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>) {
-        if self.next_tick.is_some_and(|t| now < t) {
-            return;
+    fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>, _c: &mut Counters) -> News {
+        if self.next_tick.is_none_or(|t| now >= t) {
+            dirty.extend(open);
+            self.next_tick = Some(now + self.interval);
         }
-        dirty.extend(open);
-        self.next_tick = Some(now + self.interval);
+        News::default()
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
         self.next_tick
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    File(FileKey),
+    Dir(PathBuf),
+}
+
+const FILE_MASK: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
+const DIR_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ONLYDIR;
+const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+
+/// Filesystems whose inotify events cannot be trusted (changes made by other hosts or by a
+/// userspace server do not raise them): `auto` polls files there.
+fn untrusted_fs(path: &Path) -> Option<&'static str> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the struct we pass; the path is NUL-terminated.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    match s.f_type as u32 {
+        0x6969 => Some("nfs"),
+        0x6573_5546 => Some("fuse"),
+        0x794c_7630 => Some("overlay"),
+        0xff53_4d42 => Some("cifs"),
+        0xfe53_4d42 => Some("smb2"),
+        0x00c3_6400 => Some("ceph"),
+        0x0102_1997 => Some("9p"),
+        _ => None,
+    }
+}
+
+pub struct InotifyWatcher {
+    fd: OwnedFd,
+    targets: HashMap<i32, Target>,
+    by_key: HashMap<FileKey, i32>,
+    dirs: HashMap<PathBuf, i32>,
+    /// Files without a watch, read every `poll_interval`.
+    polled: BTreeSet<FileKey>,
+    poll_interval: Duration,
+    next_poll: Option<Instant>,
+    /// `naive`: one event per collect, as Fluent Bit reads them.
+    one_event: bool,
+    /// `auto`: poll files on filesystems whose events cannot be trusted.
+    check_fs: bool,
+    buf: Vec<u64>,
+    /// Queue overflows seen (each forces a full look and a read of every file).
+    pub overflows: u64,
+}
+
+impl InotifyWatcher {
+    pub fn new(poll_interval: Duration, one_event: bool, check_fs: bool) -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the descriptor is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(InotifyWatcher {
+            // SAFETY: fd was just returned by inotify_init1 and is ours alone.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            targets: HashMap::new(),
+            by_key: HashMap::new(),
+            dirs: HashMap::new(),
+            polled: BTreeSet::new(),
+            poll_interval,
+            next_poll: None,
+            one_event,
+            check_fs,
+            buf: vec![0u64; 8192],
+            overflows: 0,
+        })
+    }
+
+    fn add_watch(&self, path: &Path, mask: u32) -> Result<i32, std::io::Error> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: the descriptor is ours, the path NUL-terminated.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
+        if wd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(wd)
+        }
+    }
+
+    pub fn polled_files(&self) -> usize {
+        self.polled.len()
+    }
+
+    /// One `read()` of the queue. Returns the bytes read (0: empty).
+    fn read_events(&mut self, c: &mut Counters, len: usize) -> std::io::Result<usize> {
+        c.syscalls.inotify_read += 1;
+        let buf = self.buf.as_mut_ptr() as *mut libc::c_void;
+        // SAFETY: buf holds at least `len` bytes (len ≤ 64 KiB), the descriptor is ours.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf, len) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(n as usize)
+    }
+
+    fn handle(&mut self, n: usize, dirty: &mut Vec<FileKey>, news: &mut News, overflow: &mut bool) {
+        // SAFETY: the kernel wrote `n` bytes of whole events into buf (8-byte aligned).
+        let bytes = unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, n) };
+        let mut off = 0;
+        while off + EVENT_HEADER <= n {
+            // SAFETY: an event header lies at `off`; read_unaligned copes with any alignment.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(bytes[off..].as_ptr() as *const libc::inotify_event) };
+            off += EVENT_HEADER + ev.len as usize;
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                *overflow = true;
+                continue;
+            }
+            let Some(target) = self.targets.get(&ev.wd) else { continue };
+            match target.clone() {
+                Target::File(key) => {
+                    if ev.mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
+                        dirty.push(key);
+                    }
+                    if ev.mask & (libc::IN_ATTRIB | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF) != 0 {
+                        news.look = true;
+                        dirty.push(key);
+                    }
+                    if ev.mask & libc::IN_IGNORED != 0 {
+                        self.targets.remove(&ev.wd);
+                        if self.by_key.get(&key) == Some(&ev.wd) {
+                            self.by_key.remove(&key);
+                        }
+                    }
+                }
+                Target::Dir(path) => {
+                    if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
+                        news.look = true;
+                    }
+                    if ev.mask & libc::IN_IGNORED != 0 {
+                        self.targets.remove(&ev.wd);
+                        self.dirs.remove(&path);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Watcher for InotifyWatcher {
+    fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>, c: &mut Counters) -> News {
+        let mut news = News::default();
+        let mut overflow = false;
+        if self.one_event {
+            // Fluent Bit reads one event per wakeup: a buffer of one header (file watches carry
+            // no name); a directory event with a name needs a larger one.
+            let mut n = self.read_events(c, EVENT_HEADER);
+            if matches!(&n, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                n = self.read_events(c, EVENT_HEADER + libc::FILENAME_MAX as usize + 1);
+            }
+            if let Ok(n) = n {
+                self.handle(n, dirty, &mut news, &mut overflow);
+            }
+        } else {
+            // Drain the whole queue now: reads may wait (coalesce), the kernel queue must not.
+            let len = self.buf.len() * 8;
+            while let Ok(n) = self.read_events(c, len) {
+                if n == 0 {
+                    break;
+                }
+                self.handle(n, dirty, &mut news, &mut overflow);
+                if n < len / 2 {
+                    break; // the queue is (almost certainly) empty: skip the read returning EAGAIN
+                }
+            }
+        }
+        if overflow {
+            self.overflows += 1;
+            news.look = true;
+            dirty.extend(open);
+        } else if !self.polled.is_empty() && self.next_poll.is_none_or(|t| now >= t) {
+            let open: BTreeSet<FileKey> = open.collect();
+            dirty.extend(self.polled.intersection(&open).copied());
+            self.next_poll = Some(now + self.poll_interval);
+        }
+        news
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        if self.polled.is_empty() {
+            None
+        } else {
+            Some(self.next_poll.unwrap_or_else(Instant::now))
+        }
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
+    fn event_driven(&self) -> bool {
+        true
+    }
+
+    fn watch(&mut self, key: FileKey, path: &Path, c: &mut Counters) -> Option<String> {
+        if self.by_key.contains_key(&key) || self.polled.contains(&key) {
+            return None;
+        }
+        if self.check_fs {
+            if let Some(fs) = untrusted_fs(path) {
+                self.polled.insert(key);
+                return Some(format!("{} is on {fs}: polled, as inotify events there cannot be trusted", path.display()));
+            }
+        }
+        if let Some(dir) = path.parent() {
+            self.watch_dir(dir, c);
+        }
+        match self.add_watch(path, FILE_MASK) {
+            Ok(wd) => {
+                self.targets.insert(wd, Target::File(key));
+                self.by_key.insert(key, wd);
+                None
+            }
+            Err(e) => {
+                // ENOSPC (max_user_watches) or EMFILE: this file is polled; nothing is lost.
+                self.polled.insert(key);
+                Some(format!("no inotify watch for {} ({e}): polled instead", path.display()))
+            }
+        }
+    }
+
+    fn unwatch(&mut self, key: FileKey) {
+        self.polled.remove(&key);
+        if let Some(wd) = self.by_key.remove(&key) {
+            self.targets.remove(&wd);
+            // SAFETY: plain syscall on our descriptor; a stale wd only yields EINVAL.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+        }
+    }
+
+    fn watch_dir(&mut self, dir: &Path, _c: &mut Counters) {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if self.dirs.contains_key(dir) {
+            return;
+        }
+        if let Ok(wd) = self.add_watch(dir, DIR_MASK) {
+            self.targets.insert(wd, Target::Dir(dir.to_path_buf()));
+            self.dirs.insert(dir.to_path_buf(), wd);
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use tailrace_core::batcher::BatchLimits;
-use tailrace_core::{Batch, Checkpointer, Tailer, TailerConfig};
+use tailrace_core::{Batch, Checkpointer, Tailer, TailerConfig, WatchMode};
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -90,14 +90,17 @@ struct Harness {
     next_batch: u64,
     delivered: Vec<(String, bool, bool)>,
     max_line: usize,
+    watch: WatchMode,
 }
 
-fn cfg(dir: &Path, max_line: usize) -> TailerConfig {
+fn cfg(dir: &Path, max_line: usize, watch: WatchMode) -> TailerConfig {
     TailerConfig {
         name: "model".into(),
         paths: vec![format!("{}/*.log", dir.display())],
+        watch,
         poll_interval: Duration::ZERO,
-        rescan_interval: Duration::ZERO,
+        // Event-driven modes look at paths only when their events say so.
+        rescan_interval: if watch == WatchMode::Poll { Duration::ZERO } else { Duration::from_secs(1 << 20) },
         read_budget: 1 << 30,
         buffer_size: 4096,
         max_line_bytes: max_line,
@@ -110,12 +113,12 @@ fn cfg(dir: &Path, max_line: usize) -> TailerConfig {
 }
 
 impl Harness {
-    fn new(max_line: usize) -> Self {
+    fn new(max_line: usize, watch: WatchMode) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("app.log");
         let cp = Arc::new(Mutex::new(Checkpointer::open(&dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        let tailer = Tailer::new(cfg(dir.path(), max_line), cp.clone(), 1).unwrap();
-        Harness { dir, log, cp, tailer: Some(tailer), now: Instant::now(), next_batch: 1, delivered: vec![], max_line }
+        let tailer = Tailer::new(cfg(dir.path(), max_line, watch), cp.clone(), 1).unwrap();
+        Harness { dir, log, cp, tailer: Some(tailer), now: Instant::now(), next_batch: 1, delivered: vec![], max_line, watch }
     }
 
     fn deliver(&mut self, batches: Vec<Batch>) {
@@ -144,7 +147,7 @@ impl Harness {
         self.tailer = None;
         self.cp.lock().unwrap().write().unwrap();
         self.cp = Arc::new(Mutex::new(Checkpointer::open(&self.dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line), self.cp.clone(), self.next_batch).unwrap());
+        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line, self.watch), self.cp.clone(), self.next_batch).unwrap());
     }
 
     fn append(&self, bytes: &[u8]) {
@@ -199,8 +202,15 @@ impl Model {
     }
 }
 
+/// Every sequence runs twice: polled (every step looks at every path) and through inotify
+/// (paths are looked at only when events say so).
 fn run(actions: Vec<Action>, max_line: usize) {
-    let mut h = Harness::new(max_line);
+    run_in(actions.clone(), max_line, WatchMode::Poll);
+    run_in(actions, max_line, WatchMode::Inotify);
+}
+
+fn run_in(actions: Vec<Action>, max_line: usize, watch: WatchMode) {
+    let mut h = Harness::new(max_line, watch);
     let mut m = Model::default();
     let write_line = |h: &mut Harness, m: &mut Model, pad: usize| {
         if !m.exists {
@@ -397,7 +407,7 @@ impl Harness {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(5000)
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(3000)
 }
 
 proptest! {
@@ -437,4 +447,10 @@ fn truncate_with_carried_partial_then_restart() {
 fn deleted_partial_file_inode_reused_after_restart() {
     use Action::*;
     run(vec![WritePartial(1), Step, Delete, Restart, WriteLine(0), Step, Restart, CopyTruncate(0)], 1 << 20);
+}
+
+#[test]
+fn truncated_then_regrown_then_copytruncated_inotify() {
+    use Action::*;
+    run_in(vec![WriteLine(0), Step, Truncate, WriteLine(0), Step, CopyTruncate(0)], 1 << 20, WatchMode::Inotify);
 }
