@@ -49,6 +49,11 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             outs = ", ".join(o.name for o in pipeline.outputs)
             log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
             await pipeline.finished()
+            s = pipeline.stats()
+            log.info(
+                "stopped",
+                **{k: s[k] for k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")},
+            )
             nursery.cancel_scope.cancel()
 
 
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"tailrace: configuration error: {e}", file=sys.stderr)
         return 2
+    for w in config.warnings(cfg):
+        print(f"tailrace: warning: {w}", file=sys.stderr)
     if args.command == "check-config":
         print(f"{args.file}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
         return 0

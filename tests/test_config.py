@@ -53,7 +53,7 @@ def test_embedded_default_is_valid() -> None:
         ("inputs: [{paths: []}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
         ("inputs: [{exclude: ['/x']}]\noutputs: [{type: blackhole}]", ["paths", "$.inputs[0]"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: kafka}]", ["$.outputs[0].type", "kafka"]),
-        ("inputs: [{paths: ['/x'], watch: inotify}]\noutputs: [{type: blackhole}]", ["$.inputs[0].watch", "inotify"]),
+        ("inputs: [{paths: ['/x'], watch: fsevents}]\noutputs: [{type: blackhole}]", ["$.inputs[0].watch", "fsevents"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: file}]", ["path", "$.outputs[0]"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nbatch: {max_bytes: 0}", ["max_bytes"]),
         ("inputs: [{paths: ['/x']}]\noutputs: [{type: blackhole}]\nstate_dirr: /tmp", ["state_dirr"]),
@@ -90,3 +90,18 @@ def test_units_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cfg.batch.max_age, cfg.batch.max_bytes, cfg.batch.max_records) == (0.25, 1 << 20, 10_000)
     assert [o.name for o in cfg.outputs] == ["file0", "blackhole1"]
     assert config.size(3_000, "k") == 3000 and config.size("2GiB", "k") == 2 << 30
+
+
+def test_naive_mode_is_runnable_but_warned(tmp_path: Path) -> None:
+    r = check_config(tmp_path, "inputs: [{paths: ['/x'], watch: naive}]\noutputs: [{type: blackhole}]")
+    assert r.returncode == 0, r.stderr
+    assert "$.inputs[0].watch: naive reproduces Fluent Bit" in r.stderr
+
+
+def test_rescan_default_follows_the_watch_mode() -> None:
+    cfg = config.parse(
+        "inputs: [{paths: [/a]}, {paths: [/b], watch: poll}, {paths: [/c], watch: poll, rescan_interval: 3s}]\n"
+        "outputs: [{type: blackhole}]"
+    )
+    assert [i.rescan_interval for i in cfg.inputs] == [60.0, 1.0, 3.0]
+    assert cfg.inputs[0].coalesce == 0.005

@@ -49,4 +49,6 @@ pub struct Counters {
     pub open_errors: u64,
     pub read_errors: u64,
     pub batches: u64,
+    /// inotify queue overflows (each forces a full look and a read of every file).
+    pub inotify_overflows: u64,
 }

@@ -151,10 +151,15 @@ impl FileReader {
             Ok(_) => {}
             Err(_) => return false,
         }
-        if self.fp.bytes.is_empty() {
-            return false;
+        self.head_changed(c)
+    }
+
+    /// Does the file's head (read through our descriptor) still match the fingerprint?
+    pub fn head_changed(&self, c: &mut Counters) -> bool {
+        match self.file.as_ref() {
+            Some(f) if !self.fp.bytes.is_empty() => Fingerprint::read(f, &mut c.syscalls).is_ok_and(|fp| !fp.compatible(&self.fp)),
+            _ => false,
         }
-        Fingerprint::read(f, &mut c.syscalls).is_ok_and(|fp| !fp.compatible(&self.fp))
     }
 
     pub fn is_open(&self) -> bool {

@@ -390,13 +390,8 @@ impl Tailer {
                 // rewritten past our offset between two looks). Idle files cost nothing here.
                 let changed = f.size != r.look_size || f.mtime != r.look_mtime || f.mtime + Duration::from_secs(1) >= r.look_wall;
                 if !replaced && changed && !r.fp.bytes.is_empty() && r.is_open() {
-                    if let Ok(file) = std::fs::File::open(&f.path) {
-                        self.counters.syscalls.open += 1;
-                        if let Ok(fp) = Fingerprint::read(&file, &mut self.counters.syscalls) {
-                            replaced = !fp.compatible(&r.fp);
-                        }
-                        self.counters.syscalls.close += 1;
-                    }
+                    // Through our own descriptor: the path may already name another file.
+                    replaced = r.head_changed(&mut self.counters);
                 }
                 r.look_size = f.size;
                 r.look_mtime = f.mtime;

@@ -119,8 +119,6 @@ pub struct InotifyWatcher {
     /// `auto`: poll files on filesystems whose events cannot be trusted.
     check_fs: bool,
     buf: Vec<u64>,
-    /// Queue overflows seen (each forces a full look and a read of every file).
-    pub overflows: u64,
 }
 
 impl InotifyWatcher {
@@ -142,7 +140,6 @@ impl InotifyWatcher {
             one_event,
             check_fs,
             buf: vec![0u64; 8192],
-            overflows: 0,
         })
     }
 
@@ -248,7 +245,7 @@ impl Watcher for InotifyWatcher {
             }
         }
         if overflow {
-            self.overflows += 1;
+            c.inotify_overflows += 1;
             news.look = true;
             dirty.extend(open);
         } else if !self.polled.is_empty() && self.next_poll.is_none_or(|t| now >= t) {

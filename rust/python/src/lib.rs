@@ -140,7 +140,10 @@ impl Tailer {
     ) -> PyResult<Self> {
         let watch = match watch {
             "poll" => WatchMode::Poll,
-            other => return Err(value_err(format!("watch: {other:?} is not available in this build (poll only)"))),
+            "inotify" => WatchMode::Inotify,
+            "naive" => WatchMode::Naive,
+            "auto" => WatchMode::Auto,
+            other => return Err(value_err(format!("watch: {other:?} (auto, inotify, poll or naive)"))),
         };
         let read_from = match read_from {
             "beginning" => ReadFrom::Beginning,
@@ -203,6 +206,11 @@ impl Tailer {
         self.with(py, |_| ());
     }
 
+    /// The descriptor that becomes readable when there is news (inotify modes), else None.
+    fn readiness_fd(&self) -> Option<i32> {
+        self.inner.lock().expect("tailer lock").readiness_fd()
+    }
+
     /// Seconds until `step` has work without new input (0 when it has work now).
     fn next_wakeup(&self) -> f64 {
         let t = self.inner.lock().expect("tailer lock");
@@ -233,6 +241,7 @@ impl Tailer {
             ("open_errors", c.open_errors),
             ("read_errors", c.read_errors),
             ("batches", c.batches),
+            ("inotify_overflows", c.inotify_overflows),
             ("files_open", t.files_open() as u64),
             ("files_tracked", t.files_tracked() as u64),
             ("pending_batches", t.pending_batches() as u64),
