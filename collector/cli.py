@@ -25,10 +25,14 @@ def _load(path: str | None) -> config.Config:
 async def _serve(cfg: config.Config, demo: bool) -> None:
     pipeline = Pipeline(cfg)
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
 
             async def on_signal() -> None:
                 async for sig in signals:
+                    if sig == signal.SIGUSR1:
+                        # Dump every counter (syscalls by kind included) on request.
+                        log.info("stats", **pipeline.stats())
+                        continue
                     if pipeline.stopping:
                         log.warning("second signal: stopping now")
                         nursery.cancel_scope.cancel()
@@ -52,7 +56,10 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             s = pipeline.stats()
             log.info(
                 "stopped",
-                **{k: s[k] for k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")},
+                **{
+                    k: s[k]
+                    for k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")
+                },
             )
             nursery.cancel_scope.cancel()
 

@@ -27,7 +27,7 @@ def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config) -> Tailer:
         exclude=inp.exclude,
         watch=inp.watch,
         poll_interval=float(inp.poll_interval),
-        rescan_interval=float(inp.rescan_interval),
+        rescan_interval=float(inp.rescan_interval or 0.0),  # set by InputConfig.__post_init__
         read_from=inp.read_from,
         max_line_bytes=int(inp.max_line_bytes),
         read_budget=int(inp.read_budget),

@@ -140,6 +140,17 @@ impl FileReader {
         self.file.as_ref()?.metadata().ok().map(|m| m.size())
     }
 
+    /// Shorter than our position? Asked with `lseek(fd, 0, SEEK_END)`, the cheapest way to learn
+    /// a size (reads are preads, so moving the file offset costs nothing); not a stat call.
+    pub fn shrunk(&self, c: &mut Counters) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(f) = self.file.as_ref() else { return false };
+        c.syscalls.lseek += 1;
+        // SAFETY: plain syscall on a descriptor we own.
+        let end = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
+        end >= 0 && (end as u64) < self.pos
+    }
+
     /// Through the descriptor: is the file now shorter than our position, or does its head no
     /// longer match the fingerprint (truncated, then rewritten)? One fstat, one pread.
     pub fn replaced(&self, c: &mut Counters) -> bool {

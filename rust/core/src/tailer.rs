@@ -220,8 +220,10 @@ impl Tailer {
                     dirty.append(&mut self.more); // the copy, if any, then the file from 0: now
                 }
                 Ok(res) if !res.eof => self.more.push(key),
-                Ok(res) if res.bytes == 0 && event_driven && r.state == FileState::Active && r.replaced(&mut self.counters) => {
-                    // An event said "written" and there was nothing to read: truncated.
+                Ok(res) if res.bytes == 0 && event_driven && r.state == FileState::Active && r.shrunk(&mut self.counters) => {
+                    // An event said "written", there was nothing to read, and the file is now
+                    // shorter than our position: truncated. (Nothing to read is usually just an
+                    // event for bytes an earlier read already took; lseek tells, without a stat.)
                     self.truncated(key, now);
                     dirty.append(&mut self.more);
                 }
