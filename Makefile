@@ -6,12 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup build lint bench clean
+.PHONY: demo test setup build lint bench tools clean
 
 $(STAMP): requirements-test.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $(STAMP)
+
+# Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check).
+tools:
+	@command -v strace >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq strace >/dev/null; } \
+		|| { echo "make: strace is needed (apt-get install strace)"; exit 1; }
 
 build: $(STAMP)
 	$(BIN)/maturin develop --release --quiet
@@ -27,7 +32,7 @@ lint: build
 	$(BIN)/mypy --strict collector bench
 	$(BIN)/python -m mypy.stubtest collector._native
 
-test: lint
+test: tools lint
 	cargo test --release -p tailrace-core
 	$(BIN)/python -m pytest -q
 

@@ -99,6 +99,12 @@ def _strace_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def _attached(text: str) -> int:
+    """Threads strace says it attached to ("attached with N threads", or one per line)."""
+    m = re.search(r"attached with (\d+) threads", text)
+    return int(m.group(1)) if m else text.count(" attached")
+
+
 def _stats_dump(t, n: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Ask tailrace for its counters (SIGUSR1) and parse the n-th stats line of its log."""
     t.proc.send_signal(signal.SIGUSR1)
@@ -123,11 +129,16 @@ def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line
     t = tailrace(cfg).start()
     wait_for(lambda: count_records(out) == files, 30, "start-up lines")
     assert t.proc is not None
-    tracer = subprocess.Popen(
-        [strace, "-f", "-c", "-p", str(t.proc.pid)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
+    trace_log = tmp_path / "strace.txt"
+    with open(trace_log, "w") as trace_err:
+        tracer = subprocess.Popen(
+            [strace, "-f", "-c", "-p", str(t.proc.pid)], stderr=trace_err, stdout=subprocess.DEVNULL
+        )
     try:
-        before = _stats_dump(t, 1)  # strace is attached: it answers after every thread is traced
+        threads = len(os.listdir(f"/proc/{t.proc.pid}/task"))
+        wait_for(lambda: trace_log.read_text().count(" attached") >= 1, 10, "strace attached")
+        wait_for(lambda: _attached(trace_log.read_text()) >= threads, 10, f"strace attached to {threads} threads")
+        before = _stats_dump(t, 1)
         subprocess.run(
             [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds)], check=True, capture_output=True
         )
@@ -143,7 +154,8 @@ def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line
             after = again
     finally:
         tracer.send_signal(signal.SIGINT)
-        _, err = tracer.communicate(timeout=30)
+        tracer.wait(timeout=30)
+    err = trace_log.read_text()
     assert t.stop() == 0
     counts = _strace_counts(err)
     assert counts, err
