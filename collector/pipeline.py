@@ -17,6 +17,8 @@ from collector.config import Config, InputConfig
 from collector.outputs import Output, build
 
 CHANNEL_SIZE = 4
+# Steps shorter than this run on the trio thread (GIL released inside); longer ones on a worker.
+INLINE_STEP_SECONDS = 0.001
 
 
 def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config) -> Tailer:
@@ -49,7 +51,7 @@ class Pipeline:
         self.outputs: list[Output] = [build(o) for o in cfg.outputs]
         self._stopping = trio.Event()
         self._finished = trio.Event()
-        self._waits: set[trio.CancelScope] = set()
+        self._readers: list[trio.CancelScope] = []
         self._pending: dict[tuple[int, int], int] = {}
         self._commits = 0
         self.records_delivered = 0
@@ -59,7 +61,7 @@ class Pipeline:
     def request_stop(self) -> None:
         """Stop reading; what was read is flushed, delivered, and committed."""
         self._stopping.set()
-        for scope in self._waits:
+        for scope in self._readers:
             scope.cancel()
 
     @property
@@ -117,32 +119,43 @@ class Pipeline:
                     nursery.start_soon(self._tail_loop, i, t, to_dispatch.clone())
 
     async def _tail_loop(self, index: int, tailer: Tailer, out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
-        """Step the core on a worker thread (GIL released, visible to py-spy), then wait: on the
-        inotify descriptor when there is one, then `coalesce` more so a burst of one-line writes
-        becomes one read, or until the core's next timer. One wakeup carries many lines."""
+        """Step the core, then wait: on the inotify descriptor when there is one, then `coalesce`
+        more so a burst of one-line writes becomes one read, or until the core's next timer. One
+        wakeup carries many lines. Stopping cancels the wait; batches already read are sent
+        (shielded) and the open batch is flushed."""
         limiter = trio.CapacityLimiter(1)
         fd = tailer.readiness_fd()
         coalesce = float(self.cfg.inputs[index].coalesce)
+        last = 0.0
         async with out:
-            while not self._stopping.is_set():
-                batches = await trio.to_thread.run_sync(tailer.step, limiter=limiter)
-                await self._emit(index, batches, out)
-                for msg in tailer.take_reports():
-                    log.warning(msg, input=self.cfg.inputs[index].name)
-                wait = tailer.next_wakeup()
-                if wait <= 0:
-                    continue
-                with trio.CancelScope() as scope:
-                    self._waits.add(scope)
-                    try:
+            with trio.CancelScope() as reading:
+                self._readers.append(reading)
+                if self._stopping.is_set():
+                    reading.cancel()
+                while True:
+                    # A small step (a few lines) runs inline: a thread hop costs more than the
+                    # work. A step that read a lot runs on a worker so the event loop stays free.
+                    t0 = time.perf_counter()
+                    if last < INLINE_STEP_SECONDS:
+                        batches = tailer.step()
+                    else:
+                        batches = await trio.to_thread.run_sync(tailer.step, limiter=limiter)
+                    last = time.perf_counter() - t0
+                    if batches:
+                        with trio.CancelScope(shield=True):
+                            await self._emit(index, batches, out)
+                    for msg in tailer.take_reports():
+                        log.warning(msg, input=self.cfg.inputs[index].name)
+                    wait = tailer.next_wakeup()
+                    if wait <= 0:
+                        await trio.lowlevel.checkpoint()
+                    elif fd is None:
+                        await trio.sleep(wait)
+                    else:
                         with trio.move_on_after(wait):
-                            if fd is None:
-                                await trio.sleep_forever()
                             await trio.lowlevel.wait_readable(fd)
                             if coalesce:
                                 await trio.sleep(coalesce)
-                    finally:
-                        self._waits.discard(scope)
             await self._emit(index, await trio.to_thread.run_sync(tailer.flush, limiter=limiter), out)
 
     async def _emit(self, index: int, batches: list[Batch], out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:

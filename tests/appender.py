@@ -1,7 +1,9 @@
 """A workload writer for tests and benchmarks: N files, one `write(2)` per line, at a steady
-total rate. Prints `started` when its files exist and `done <lines>` at the end.
+total rate; each line starts with its write time (ns) so latency can be measured. With
+ROTATE_KIB, each file is rotated by rename (`wNNNN.log` → `wNNNN.log.<k>`) every ROTATE_KIB.
+Prints `started` when its files exist and `done <lines>` at the end.
 
-    python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS"""
+    python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB]"""
 
 from __future__ import annotations
 
@@ -12,17 +14,25 @@ import time
 
 def main() -> None:
     directory, files, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-    fds = [
-        os.open(os.path.join(directory, f"w{i:04d}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        for i in range(files)
-    ]
+    rotate = int(sys.argv[5]) * 1024 if len(sys.argv) > 5 else 0
+    paths = [os.path.join(directory, f"w{i:04d}.log") for i in range(files)]
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    fds = [os.open(p, flags, 0o644) for p in paths]
+    written = [0] * files
+    generation = [0] * files
     print("started", flush=True)
     total = int(files * rate * seconds)
     interval = 1.0 / (files * rate)
     t0 = time.monotonic()
     for n in range(total):
         f = n % files
-        os.write(fds[f], b"%d %.6f file%04d line%08d %s\n" % (time.time_ns(), time.time(), f, n // files, b"p" * 100))
+        written[f] += os.write(fds[f], b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, b"p" * 160))
+        if rotate and written[f] >= rotate:
+            generation[f] += 1
+            os.close(fds[f])
+            os.rename(paths[f], f"{paths[f]}.{generation[f]}")
+            fds[f] = os.open(paths[f], flags, 0o644)
+            written[f] = 0
         # Keep the rate: sleep when ahead of schedule (in slices, not per line).
         ahead = t0 + (n + 1) * interval - time.monotonic()
         if ahead > 0.002:

@@ -49,6 +49,8 @@ pub struct Counters {
     pub open_errors: u64,
     pub read_errors: u64,
     pub batches: u64,
+    /// Passes (`step` calls): wakeups of the owner.
+    pub steps: u64,
     /// inotify queue overflows (each forces a full look and a read of every file).
     pub inotify_overflows: u64,
 }

@@ -176,6 +176,7 @@ impl Tailer {
     /// One pass: look at paths if due, read the files that may have new bytes (each within its
     /// budget), flush idle partial lines, close drained files, and return the batches closed.
     pub fn step(&mut self, now: Instant) -> Vec<Batch> {
+        self.counters.steps += 1;
         let mut dirty = Vec::new();
         let news = {
             let readers = &self.readers;

@@ -241,6 +241,7 @@ impl Tailer {
             ("open_errors", c.open_errors),
             ("read_errors", c.read_errors),
             ("batches", c.batches),
+            ("steps", c.steps),
             ("inotify_overflows", c.inotify_overflows),
             ("files_open", t.files_open() as u64),
             ("files_tracked", t.files_tracked() as u64),

@@ -1,0 +1,247 @@
+"""The harness that compares watch modes, side by side in one run.
+
+Workloads: `appends` (N files × one-line writes at a total rate), `rotate` (the same, each
+file renamed away every K KiB), `idle` (many files, no writes). Per run: lines, CPU µs per line
+(utime+stime of tailrace, all threads, read from /proc), syscalls per line by kind (tailrace's
+own counters, dumped with SIGUSR1), read latency p50/p99 (the write time embedded in each line
+→ the record's observedTimeUnixNano), peak RSS, lost and duplicated lines, and the backlog when
+a mode cannot keep up (reported, not hung). Output `file` (OTLP JSON) so every line can be
+accounted for; OTLP/HTTP into a loopback receiver arrives with the OTLP issue.
+
+    python -m bench.watchmodes --workload appends --files 20,200,1000 --rate 20000 --seconds 10
+    python -m bench.watchmodes --workload rotate --files 1 --rate 20000 --rotate-kib 1024
+    python -m bench.watchmodes --workload idle --files 10000 --seconds 10
+
+Writes bench/results/watchmodes-<workload>-<time>.json and prints a Markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+APPENDER = ROOT / "tests" / "appender.py"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (all threads)
+
+
+def peak_rss_mib(pid: int) -> float:
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) / 1024 if m else 0.0
+
+
+class Run:
+    def __init__(self, work: Path, mode: str, paths: str, coalesce: str) -> None:
+        self.work = work
+        self.err = work / "tailrace.stderr"
+        self.out = work / "out.jsonl"
+        (work / "c.yaml").write_text(
+            f"state_dir: {work}/state\n"
+            f"inputs: [{{name: bench, paths: ['{paths}'], watch: {mode}, coalesce: {coalesce}}}]\n"
+            f"outputs: [{{type: file, path: {self.out}}}]\n"
+            "progress_interval: 0s\n"
+        )
+        with open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
+                cwd=ROOT,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        self.dumps = 0
+
+    def stats(self) -> dict[str, int]:
+        self.dumps += 1
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = re.findall(r"^tailrace info: stats (.*)$", self.err.read_text(), re.M)
+            if len(found) >= self.dumps:
+                return {k: int(v) for k, v in (kv.split("=") for kv in found[self.dumps - 1].split())}
+            time.sleep(0.05)
+        raise RuntimeError("no stats from tailrace")
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        if self.out.exists():
+            for line in self.out.read_bytes().splitlines():
+                for rl in orjson.loads(line)["resourceLogs"]:
+                    for sl in rl["scopeLogs"]:
+                        out.extend(sl["logRecords"])
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def wait_delivered(run: Run, expected: int, deadline: float) -> int:
+    while True:
+        s = run.stats()
+        if s["records_delivered"] >= expected or time.monotonic() > deadline:
+            return int(s["records_delivered"])
+        time.sleep(0.2)
+
+
+def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as w:
+        work = Path(w)
+        logs = work / "logs"
+        logs.mkdir()
+        for i in range(files):
+            (logs / f"w{i:04d}.log").write_bytes(b"")
+        run = Run(work, mode, f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log", args.coalesce)
+        try:
+            time.sleep(0.5)
+            base = run.stats()  # start-up and discovery are over once it answers after the first look
+            while run.stats()["files_open"] < files:
+                time.sleep(0.2)
+            base = run.stats()
+            cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
+            expected = 0
+            if args.workload == "idle":
+                time.sleep(args.seconds)
+            else:
+                per_file = args.rate / files
+                cmd = [sys.executable, str(APPENDER), str(logs), str(files), str(per_file), str(args.seconds)]
+                if args.workload == "rotate":
+                    cmd.append(str(args.rotate_kib))
+                subprocess.run(cmd, check=True, capture_output=True)
+                expected = int(files * per_file * args.seconds)
+            delivered = wait_delivered(run, base["records_delivered"] + expected, time.monotonic() + args.drain_timeout)
+            wall = time.monotonic() - t0
+            cpu = cpu_seconds(run.proc.pid) - cpu0
+            end = run.stats()
+            rss = peak_rss_mib(run.proc.pid)
+        finally:
+            run.stop()
+        d = {k: end[k] - base[k] for k in end}
+        # Per line, or (idle) per second.
+        lines = max(d["lines"], 1) if expected else max(wall, 1e-9)
+        bodies: collections.Counter[str] = collections.Counter()
+        lat: list[float] = []
+        for r in run.records():
+            b = r["body"]["stringValue"]
+            bodies[b] += 1
+            head = b.split(" ", 1)[0]
+            if head.isdigit():
+                lat.append((int(r["observedTimeUnixNano"]) - int(head)) / 1e6)
+        written = [b for b in bodies if b.split(" ", 1)[0].isdigit()]
+        lat.sort()
+
+        def q(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
+
+        return {
+            "mode": mode,
+            "coalesce": args.coalesce,
+            "workload": args.workload,
+            "files": files,
+            "rate": args.rate if args.workload != "idle" else 0,
+            "seconds": args.seconds,
+            "expected_lines": expected,
+            "lines": d["lines"],
+            "delivered": delivered - base["records_delivered"],
+            "backlog": max(0, expected - (delivered - base["records_delivered"])),
+            "lost": max(0, expected - len(written)),
+            "duplicated": sum(c - 1 for b, c in bodies.items() if c > 1),
+            "cpu_s": round(cpu, 3),
+            "cpu_us_per_line": round(cpu * 1e6 / lines, 2) if expected else None,
+            "cpu_pct_of_core": round(100 * cpu / wall, 2),
+            "syscalls_per_line": {
+                k[len("syscalls_") :]: round(v / lines, 4) for k, v in d.items() if k.startswith("syscalls_")
+            },
+            "stat_family_per_line": round((d["syscalls_fstat"] + d["syscalls_stat"]) / lines, 4),
+            "latency_ms_p50": q(0.5),
+            "latency_ms_p99": q(0.99),
+            "peak_rss_mib": round(rss, 1),
+            "rotations": d["rotations"],
+            "steps_per_second": round(d["steps"] / wall, 1),
+        }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    per = "second" if rows and rows[0]["workload"] == "idle" else "line"
+    head = (
+        f"| mode | files | lines | CPU µs/line | % core | stat/{per} | read/{per} | p50 ms | p99 ms | lost | dup | backlog "
+        "| RSS MiB |"
+    )
+    out = [head, "|---" * 13 + "|"]
+    for r in rows:
+        s = r["syscalls_per_line"]
+        out.append(
+            f"| {r['mode']} | {r['files']} | {r['lines']} | {r['cpu_us_per_line']} | {r['cpu_pct_of_core']} | "
+            f"{r['stat_family_per_line']} | {s.get('read')} | {r['latency_ms_p50']} | {r['latency_ms_p99']} | "
+            f"{r['lost']} | {r['duplicated']} | {r['backlog']} | {r['peak_rss_mib']} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=["appends", "rotate", "idle"], default="appends")
+    ap.add_argument("--modes", default="inotify,auto,poll,naive")
+    ap.add_argument("--files", default="20,200")
+    ap.add_argument("--rate", type=float, default=20000, help="total lines per second")
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--rotate-kib", type=int, default=1024)
+    ap.add_argument("--coalesce", default="5ms", help="the inputs' coalesce setting")
+    ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median by CPU is kept")
+    ap.add_argument("--drain-timeout", type=float, default=20, help="seconds to wait for a backlog")
+    ap.add_argument("--work-dir", default=None)
+    args = ap.parse_args()
+    rows = []
+    cells = [(m, int(f)) for f in args.files.split(",") for m in args.modes.split(",")]
+    for i, (mode, files) in enumerate(cells):
+        runs = []
+        for k in range(args.runs):
+            print(
+                f"[{i + 1}/{len(cells)}] {args.workload} {mode} {files} files, run {k + 1}", file=sys.stderr, flush=True
+            )
+            runs.append(one(args, mode, files))
+            r = runs[-1]
+            print(
+                f"    {r['lines']} lines, {r['cpu_us_per_line']} µs/line, {r['cpu_pct_of_core']}% core, "
+                f"p99 {r['latency_ms_p99']} ms, {r['steps_per_second']} steps/s, lost {r['lost']}, dup {r['duplicated']}, backlog {r['backlog']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        runs.sort(key=lambda r: r["cpu_s"])
+        med = runs[len(runs) // 2]
+        med["all_runs_cpu_s"] = [r["cpu_s"] for r in runs]
+        rows.append(med)
+    when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    result = {
+        "benchmark": "watch modes",
+        "command": "python -m bench.watchmodes " + " ".join(sys.argv[1:]),
+        "when": when,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "rows": rows,
+        "median_note": "per cell, the run with the median CPU of --runs runs",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"watchmodes-{args.workload}-{when}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(table(rows))
+    print(f"\nraw: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
