@@ -180,8 +180,8 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     per = "second" if rows and rows[0]["workload"] == "idle" else "line"
     head = (
-        f"| mode | files | lines | CPU µs/line | % core | stat/{per} | read/{per} | p50 ms | p99 ms | lost | dup | backlog "
-        "| RSS MiB |"
+        f"| mode | files | lines | CPU µs/line | % core | stat/{per} | read/{per} | p50 ms | p99 ms "
+        "| lost | dup | backlog | RSS MiB |"
     )
     out = [head, "|---" * 13 + "|"]
     for r in rows:
@@ -219,7 +219,8 @@ def main() -> None:
             r = runs[-1]
             print(
                 f"    {r['lines']} lines, {r['cpu_us_per_line']} µs/line, {r['cpu_pct_of_core']}% core, "
-                f"p99 {r['latency_ms_p99']} ms, {r['steps_per_second']} steps/s, lost {r['lost']}, dup {r['duplicated']}, backlog {r['backlog']}",
+                f"p99 {r['latency_ms_p99']} ms, {r['steps_per_second']} steps/s, "
+                f"lost {r['lost']}, dup {r['duplicated']}, backlog {r['backlog']}",
                 file=sys.stderr,
                 flush=True,
             )
