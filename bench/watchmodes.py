@@ -70,7 +70,7 @@ class Run:
     def stats(self) -> dict[str, int]:
         self.dumps += 1
         self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = re.findall(r"^tailrace info: stats (.*)$", self.err.read_text(), re.M)
             if len(found) >= self.dumps:
@@ -109,8 +109,12 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
             (logs / f"w{i:04d}.log").write_bytes(b"")
         run = Run(work, mode, f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log", args.coalesce)
         try:
-            time.sleep(0.5)
-            base = run.stats()  # start-up and discovery are over once it answers after the first look
+            # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
+            deadline = time.monotonic() + 60
+            while "running" not in run.err.read_text():
+                if time.monotonic() > deadline or run.proc.poll() is not None:
+                    raise RuntimeError(f"tailrace did not start: {run.err.read_text()}")
+                time.sleep(0.05)
             while run.stats()["files_open"] < files:
                 time.sleep(0.2)
             base = run.stats()

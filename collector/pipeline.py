@@ -126,7 +126,7 @@ class Pipeline:
         limiter = trio.CapacityLimiter(1)
         fd = tailer.readiness_fd()
         coalesce = float(self.cfg.inputs[index].coalesce)
-        last = 0.0
+        last = INLINE_STEP_SECONDS  # the first step discovers every file: on a worker thread
         async with out:
             with trio.CancelScope() as reading:
                 self._readers.append(reading)
