@@ -57,7 +57,6 @@ pub struct Batcher {
     now: Instant,
     /// `observed_time_unix_nano` of the current pass, as decimal text.
     observed: Vec<u8>,
-    attrs: Option<(FileKey, Vec<u8>)>,
     pub invalid_utf8: u64,
 }
 
@@ -80,7 +79,6 @@ impl Batcher {
             next_id: first_id,
             now: Instant::now(),
             observed: b"0".to_vec(),
-            attrs: None,
             invalid_utf8: 0,
         }
     }
@@ -121,23 +119,24 @@ impl Batcher {
         }
     }
 
-    fn attrs_for(&mut self, source: &Source) {
-        if self.attrs.as_ref().map(|a| a.0) != Some(source.key) {
-            let mut a = Vec::with_capacity(128 + 2 * source.path.len());
-            string_attr(&mut a, "log.file.path", source.path.as_bytes());
-            a.push(b',');
-            let name = source.path.rsplit('/').next().unwrap_or(&source.path);
-            string_attr(&mut a, "log.file.name", name.as_bytes());
-            self.attrs = Some((source.key, a));
-        }
-    }
+}
+
+/// `log.file.path` and `log.file.name`, encoded once per source.
+fn source_attrs(source: &Source) -> &[u8] {
+    source.encoded_attrs.get_or_init(|| {
+        let mut a = Vec::with_capacity(128 + 2 * source.path.len());
+        string_attr(&mut a, "log.file.path", source.path.as_bytes());
+        a.push(b',');
+        let name = source.path.rsplit('/').next().unwrap_or(&source.path);
+        string_attr(&mut a, "log.file.name", name.as_bytes());
+        a
+    })
 }
 
 impl LineSink for Batcher {
     fn record(&mut self, source: &Arc<Source>, body: &[u8], end_offset: u64, consumed: u64, flags: Flags) {
         let Encoding::OtlpJson = self.encoding;
-        self.attrs_for(source);
-        let attrs = self.attrs.take().expect("cached by attrs_for");
+        let attrs = source_attrs(source);
         let now = self.now;
         let open = self.open.get_or_insert_with(|| {
             let mut payload = Vec::with_capacity(64 * 1024);
@@ -165,7 +164,7 @@ impl LineSink for Batcher {
             }
         };
         p.extend_from_slice(b"\"},\"attributes\":[");
-        p.extend_from_slice(&attrs.1);
+        p.extend_from_slice(attrs);
         if !valid {
             p.push(b',');
             bool_attr(p, "tailrace.invalid_utf8");
@@ -185,7 +184,6 @@ impl LineSink for Batcher {
             Some((k, e, prev)) if *k == source.key && *e == source.epoch => *prev = end_offset,
             _ => b.offsets.push((source.key, source.epoch, end_offset)),
         }
-        self.attrs = Some(attrs);
         if !valid {
             self.invalid_utf8 += 1;
         }
@@ -300,7 +298,7 @@ mod tests {
         let limits = BatchLimits { max_bytes: 1 << 20, max_records: 2, max_age: Duration::from_secs(1) };
         let mut b = Batcher::new(limits, Encoding::OtlpJson, "h\"1", 7);
         b.set_clock(Instant::now(), 42);
-        let src = Arc::new(Source { key: FileKey { dev: 1, ino: 2 }, path: "/var/log/a.log".into(), epoch: 3 });
+        let src = Arc::new(Source { key: FileKey { dev: 1, ino: 2 }, path: "/var/log/a.log".into(), epoch: 3, encoded_attrs: Default::default() });
         b.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
         b.record(&src, b"\xffbad", 21, 5, Flags { split: false, partial: true });
         let batch = b.pop_ready().expect("closed at max_records");

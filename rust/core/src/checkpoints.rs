@@ -46,7 +46,8 @@ struct FileFormat {
 
 pub struct Checkpointer {
     path: PathBuf,
-    entries: HashMap<(String, FileKey), Entry>,
+    /// input → identity → entry (nested so lookups by `&str` allocate nothing).
+    entries: HashMap<String, HashMap<FileKey, Entry>>,
     existed: bool,
     written_ns: u64,
     pub forget_after: Duration,
@@ -77,8 +78,8 @@ impl Checkpointer {
         cp.written_ns = f.written_unix_ns;
         for e in f.entries {
             let fp = Fingerprint::from_hex(&e.fingerprint).ok_or_else(|| format!("{}: bad fingerprint", cp.path.display()))?;
-            cp.entries.insert(
-                (e.input, FileKey { dev: e.dev, ino: e.ino }),
+            cp.entries.entry(e.input).or_default().insert(
+                FileKey { dev: e.dev, ino: e.ino },
                 Entry { fp, offset: e.offset, path: e.path, seen_ns: e.seen_unix_ns, epoch: 0 },
             );
         }
@@ -95,15 +96,19 @@ impl Checkpointer {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn get(&self, input: &str, key: FileKey) -> Option<&Entry> {
-        self.entries.get(&(input.to_string(), key))
+        self.entries.get(input)?.get(&key)
+    }
+
+    fn get_mut(&mut self, input: &str, key: FileKey) -> Option<&mut Entry> {
+        self.entries.get_mut(input)?.get_mut(&key)
     }
 
     /// The entry for this identity if its fingerprint matches (an inode reused by another file
@@ -113,14 +118,17 @@ impl Checkpointer {
     }
 
     pub fn entries_for(&self, input: &str) -> Vec<(FileKey, Entry)> {
-        self.entries.iter().filter(|((i, _), _)| i == input).map(|((_, k), e)| (*k, e.clone())).collect()
+        self.entries.get(input).map(|m| m.iter().map(|(k, e)| (*k, e.clone())).collect()).unwrap_or_default()
     }
 
     /// Start tracking a file at `offset` (a new file, or one resumed/replaced at a known offset).
     /// Returns the epoch that acknowledgements must carry from now on.
     pub fn register(&mut self, input: &str, key: FileKey, fp: &Fingerprint, path: &str, offset: u64) -> u32 {
         let now = unix_ns(SystemTime::now());
-        let e = self.entries.entry((input.to_string(), key)).or_insert_with(|| Entry {
+        if !self.entries.contains_key(input) {
+            self.entries.insert(input.to_string(), HashMap::new());
+        }
+        let e = self.entries.get_mut(input).expect("inserted above").entry(key).or_insert_with(|| Entry {
             fp: fp.clone(),
             offset,
             path: path.to_string(),
@@ -138,7 +146,7 @@ impl Checkpointer {
 
     /// Advance a file's committed offset (acknowledged batches only).
     pub fn commit(&mut self, input: &str, key: FileKey, epoch: u32, offset: u64, fp: Option<&Fingerprint>) {
-        if let Some(e) = self.entries.get_mut(&(input.to_string(), key)) {
+        if let Some(e) = self.get_mut(input, key) {
             if e.epoch == epoch && offset >= e.offset {
                 e.offset = offset;
                 if let Some(fp) = fp {
@@ -151,7 +159,7 @@ impl Checkpointer {
     }
 
     pub fn touch(&mut self, input: &str, key: FileKey, now_ns: u64) {
-        if let Some(e) = self.entries.get_mut(&(input.to_string(), key)) {
+        if let Some(e) = self.get_mut(input, key) {
             e.seen_ns = now_ns;
         }
     }
@@ -160,11 +168,14 @@ impl Checkpointer {
     pub fn write(&mut self) -> std::io::Result<usize> {
         let now = unix_ns(SystemTime::now());
         let forget = self.forget_after.as_nanos() as u64;
-        self.entries.retain(|_, e| now.saturating_sub(e.seen_ns) < forget);
+        for m in self.entries.values_mut() {
+            m.retain(|_, e| now.saturating_sub(e.seen_ns) < forget);
+        }
         let mut entries: Vec<FileEntry> = self
             .entries
             .iter()
-            .map(|((input, k), e)| FileEntry {
+            .flat_map(|(input, m)| m.iter().map(move |(k, e)| (input, k, e)))
+            .map(|(input, k, e)| FileEntry {
                 input: input.clone(),
                 dev: k.dev,
                 ino: k.ino,

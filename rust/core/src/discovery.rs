@@ -118,26 +118,43 @@ pub fn stat_path(path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, Stri
     }
 }
 
+/// Directory listings shared by one look, so that tailing many files of one directory costs
+/// one listing per look, not one per file.
+#[derive(Default)]
+pub struct DirCache {
+    listings: std::collections::HashMap<PathBuf, Vec<std::ffi::OsString>>,
+}
+
+impl DirCache {
+    pub fn clear(&mut self) {
+        self.listings.clear();
+    }
+
+    fn names(&mut self, dir: &Path, sys: &mut Syscalls) -> &[std::ffi::OsString] {
+        self.listings.entry(dir.to_path_buf()).or_insert_with(|| {
+            sys.readdir += 1;
+            std::fs::read_dir(dir).map(|it| it.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
+        })
+    }
+}
+
 /// Regular files in `path`'s directory whose names start with its file name (rotated siblings:
 /// `app.log.1`, `app.log-20260101`, ...), excluding `path` itself.
-pub fn rotated_siblings(path: &Path, sys: &mut Syscalls) -> Vec<Found> {
+pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<Found> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let name = name.as_encoded_bytes();
-    sys.readdir += 1;
-    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
-        return vec![];
-    };
-    let mut out = Vec::new();
+    let matching: Vec<PathBuf> = cache
+        .names(dir, sys)
+        .iter()
+        .filter(|f| {
+            let b = f.as_encoded_bytes();
+            b.len() > name.len() && b.starts_with(name)
+        })
+        .map(|f| dir.join(f))
+        .collect();
     let mut errors = Vec::new();
-    for e in entries.flatten() {
-        let fname = e.file_name();
-        let b = fname.as_encoded_bytes();
-        if b.len() > name.len() && b.starts_with(name) {
-            if let Some(f) = stat_path(&e.path(), sys, &mut errors) {
-                out.push(f);
-            }
-        }
-    }
+    let mut out: Vec<Found> = matching.iter().filter_map(|p| stat_path(p, sys, &mut errors)).collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }

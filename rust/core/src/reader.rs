@@ -4,12 +4,23 @@
 //! means (rotation, truncation, deletion) is decided by the tailer, which tells the reader.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::counters::Counters;
 use crate::identity::{FileKey, Fingerprint, FINGERPRINT_MAX};
+
+/// Open for reading without updating the access time: a log file is written between our
+/// reads, so relatime would journal an atime update on almost every read. O_NOATIME needs the
+/// file's owner (or CAP_FOWNER); elsewhere it is refused and a plain open is used.
+pub fn open_noatime(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
 
 /// Where records come from; shared by every record of one file.
 #[derive(Debug)]
@@ -19,6 +30,8 @@ pub struct Source {
     pub path: String,
     /// The checkpoint epoch the records belong to (bumped at truncation).
     pub epoch: u32,
+    /// The encoded attributes of this source, filled once by the batcher.
+    pub encoded_attrs: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// Flags carried by a record, exported as `tailrace.*` attributes.
@@ -85,7 +98,7 @@ impl FileReader {
     ) -> std::io::Result<(FileReader, bool)> {
         use std::os::unix::fs::MetadataExt;
         c.syscalls.open += 1;
-        let file = File::open(&path)?;
+        let file = open_noatime(&path)?;
         c.syscalls.fstat += 1;
         let meta = file.metadata()?;
         let actual = FileKey { dev: meta.dev(), ino: meta.ino() };
@@ -98,7 +111,7 @@ impl FileReader {
         let offset = if truncated { 0 } else { offset };
         c.files_opened += 1;
         let reader = FileReader {
-            source: Arc::new(Source { key, path: path.display().to_string(), epoch: 0 }),
+            source: Arc::new(Source { key, path: path.display().to_string(), epoch: 0, encoded_attrs: Default::default() }),
             fp,
             file: Some(file),
             pos: offset,
@@ -122,7 +135,7 @@ impl FileReader {
 
     /// Records from now on carry this path and checkpoint epoch.
     pub fn set_source(&mut self, path: String, epoch: u32) {
-        self.source = Arc::new(Source { key: self.source.key, path, epoch });
+        self.source = Arc::new(Source { key: self.source.key, path, epoch, encoded_attrs: Default::default() });
     }
 
     /// Position a freshly opened file at a resume offset (checkpoint or copy).
@@ -187,7 +200,7 @@ impl FileReader {
     /// Reopen a file closed by `close_inactive` at its read position.
     pub fn reopen(&mut self, c: &mut Counters) -> std::io::Result<()> {
         c.syscalls.open += 1;
-        let f = File::open(&self.source.path)?;
+        let f = open_noatime(Path::new(&self.source.path))?;
         c.files_opened += 1;
         self.file = Some(f);
         self.eof = false;

@@ -108,6 +108,8 @@ pub struct Tailer {
     /// Problems to report once each (unreadable paths), drained by the owner.
     reports: Vec<String>,
     reported: HashSet<String>,
+    /// Directory listings, valid for one look (cleared before and after each).
+    dir_cache: discovery::DirCache,
 }
 
 impl Tailer {
@@ -139,6 +141,7 @@ impl Tailer {
             more: Vec::new(),
             reports: Vec::new(),
             reported: HashSet::new(),
+            dir_cache: discovery::DirCache::default(),
         })
     }
 
@@ -245,6 +248,7 @@ impl Tailer {
                 }
             }
         }
+        self.dir_cache.clear(); // listings made by truncations in this step are not reused
         self.housekeep(now);
         self.batcher.close_if_due(now, false);
         self.take_ready()
@@ -334,6 +338,12 @@ impl Tailer {
 
     /// Look at every path: new files, rotation, truncation, deletion, inactive files that grew.
     fn look(&mut self, now: Instant) {
+        self.dir_cache.clear();
+        self.look_inner(now);
+        self.dir_cache.clear();
+    }
+
+    fn look_inner(&mut self, now: Instant) {
         let first = !self.looked;
         self.looked = true;
         let scan = self.discoverer.scan(&mut self.counters.syscalls);
@@ -513,7 +523,7 @@ impl Tailer {
     /// twice between two looks, or while tailrace was down) and is read from 0.
     fn adopt_siblings(&mut self, path: &Path, now: Instant) {
         let ns = unix_ns(SystemTime::now());
-        for s in discovery::rotated_siblings(path, &mut self.counters.syscalls) {
+        for s in discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
             if self.readers.contains_key(&s.key) {
                 continue;
             }
@@ -527,7 +537,7 @@ impl Tailer {
     /// Record the siblings present at the very first start as seen to their end, so a later
     /// rotation does not mistake them for lines rotated away unseen.
     fn note_archives(&mut self, path: &Path) {
-        for s in discovery::rotated_siblings(path, &mut self.counters.syscalls) {
+        for s in discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
             if self.readers.contains_key(&s.key) {
                 continue;
             }
@@ -547,7 +557,7 @@ impl Tailer {
         if fp.bytes.is_empty() {
             return false;
         }
-        let mut copies: Vec<Found> = discovery::rotated_siblings(path, &mut self.counters.syscalls)
+        let mut copies: Vec<Found> = discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls)
             .into_iter()
             .filter(|s| !self.readers.contains_key(&s.key) && s.size >= emitted)
             .collect();
