@@ -127,6 +127,7 @@ class Pipeline:
         fd = tailer.readiness_fd()
         coalesce = float(self.cfg.inputs[index].coalesce)
         last = INLINE_STEP_SECONDS  # the first step discovers every file: on a worker thread
+        read_before = -1
         async with out:
             with trio.CancelScope() as reading:
                 self._readers.append(reading)
@@ -147,10 +148,17 @@ class Pipeline:
                     for msg in tailer.take_reports():
                         log.warning(msg, input=self.cfg.inputs[index].name)
                     wait = tailer.next_wakeup()
+                    read_now = tailer.bytes_read()
+                    busy, read_before = read_now != read_before, read_now
                     if wait <= 0:
                         await trio.lowlevel.checkpoint()
                     elif fd is None:
                         await trio.sleep(wait)
+                    elif busy and coalesce:
+                        # Lines are flowing: more will have arrived by the end of the coalesce
+                        # period, so wait only that (one wakeup per period, not two; on a VM
+                        # each trio wakeup costs ~170 µs of CPU).
+                        await trio.sleep(min(coalesce, wait))
                     else:
                         with trio.move_on_after(wait):
                             await trio.lowlevel.wait_readable(fd)

@@ -218,6 +218,11 @@ impl Tailer {
         t.next_wakeup(now).saturating_duration_since(now).as_secs_f64()
     }
 
+    /// Input bytes consumed into records so far (cheap: to tell a busy step from an idle one).
+    fn bytes_read(&self) -> u64 {
+        self.inner.lock().expect("tailer lock").counters.bytes
+    }
+
     /// Problems to report once each (unreadable paths, patterns matching nothing).
     fn take_reports(&self) -> Vec<String> {
         self.inner.lock().expect("tailer lock").take_reports()
