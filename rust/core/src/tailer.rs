@@ -110,6 +110,8 @@ pub struct Tailer {
     reported: HashSet<String>,
     /// Directory listings, valid for one look (cleared before and after each).
     dir_cache: discovery::DirCache,
+    /// Files with a timer of their own: a carried partial line, or draining.
+    timed: std::collections::BTreeSet<FileKey>,
 }
 
 impl Tailer {
@@ -142,6 +144,7 @@ impl Tailer {
             reports: Vec::new(),
             reported: HashSet::new(),
             dir_cache: discovery::DirCache::default(),
+            timed: std::collections::BTreeSet::new(),
         })
     }
 
@@ -249,6 +252,9 @@ impl Tailer {
             }
         }
         self.dir_cache.clear(); // listings made by truncations in this step are not reused
+        for key in dirty.into_iter().chain(self.more.clone()) {
+            self.retime(key);
+        }
         self.housekeep(now);
         self.batcher.close_if_due(now, false);
         self.take_ready()
@@ -286,7 +292,7 @@ impl Tailer {
             t = t.min(c);
         }
         // Timers of their own: a partial line's flush, a drained file's close.
-        for r in self.readers.values() {
+        for r in self.timed.iter().filter_map(|k| self.readers.get(k)) {
             if let Some(since) = r.carry_since() {
                 t = t.min(since + self.cfg.partial_flush);
             }
@@ -313,26 +319,53 @@ impl Tailer {
         true
     }
 
+    /// Track whether a reader has a timer of its own (a carried partial line, or draining).
+    fn retime(&mut self, key: FileKey) {
+        match self.readers.get(&key) {
+            Some(r) if r.carried() > 0 || matches!(r.state, FileState::Draining { .. }) => {
+                self.timed.insert(key);
+            }
+            _ => {
+                self.timed.remove(&key);
+            }
+        }
+    }
+
+    /// Timers of single files: flush idle partial lines, close drained files. Only the files
+    /// with such a timer are visited, not every file at every step.
     fn housekeep(&mut self, now: Instant) {
         let mut closed = Vec::new();
-        for (key, r) in self.readers.iter_mut() {
+        let timed: Vec<FileKey> = self.timed.iter().copied().collect();
+        for key in timed {
+            let Some(r) = self.readers.get_mut(&key) else {
+                self.timed.remove(&key);
+                continue;
+            };
             r.flush_partial(now, Some(self.cfg.partial_flush), &mut self.batcher, &mut self.counters);
             let idle = now.saturating_duration_since(r.last_data);
-            match r.state {
-                FileState::Draining { since } if r.eof && idle >= self.cfg.rotate_wait && now.saturating_duration_since(since) >= self.cfg.rotate_wait => {
+            if let FileState::Draining { since } = r.state {
+                if r.eof && idle >= self.cfg.rotate_wait && now.saturating_duration_since(since) >= self.cfg.rotate_wait {
                     r.flush_partial(now, None, &mut self.batcher, &mut self.counters);
                     r.close(&mut self.counters);
-                    closed.push(*key);
+                    closed.push(key);
                 }
-                FileState::Active if r.is_open() && r.eof && r.carried() == 0 && idle >= self.cfg.close_inactive => {
-                    r.close(&mut self.counters);
-                }
-                _ => {}
             }
+            self.retime(key);
         }
         for k in closed {
             self.readers.remove(&k);
+            self.timed.remove(&k);
             self.watcher.unwatch(k);
+        }
+    }
+
+    /// Close the descriptors of files idle for `close_inactive` (checked at each look).
+    fn close_inactive(&mut self, now: Instant) {
+        for r in self.readers.values_mut() {
+            let idle = now.saturating_duration_since(r.last_data);
+            if r.state == FileState::Active && r.is_open() && r.eof && r.carried() == 0 && idle >= self.cfg.close_inactive {
+                r.close(&mut self.counters);
+            }
         }
     }
 
@@ -341,6 +374,11 @@ impl Tailer {
         self.dir_cache.clear();
         self.look_inner(now);
         self.dir_cache.clear();
+        self.close_inactive(now);
+        let keys: Vec<FileKey> = self.readers.keys().copied().collect();
+        for k in keys {
+            self.retime(k);
+        }
     }
 
     fn look_inner(&mut self, now: Instant) {
