@@ -23,6 +23,10 @@ def _load(path: str | None) -> config.Config:
 
 
 async def _serve(cfg: config.Config, demo: bool) -> None:
+    if demo:
+        from collector.demo import prepare
+
+        prepare(Path(cfg.inputs[0].paths[0]).parent)
     pipeline = Pipeline(cfg)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:

@@ -13,6 +13,13 @@ import trio
 APPS = ("web", "worker", "cron")
 
 
+def prepare(directory: Path) -> None:
+    """Create the demo files before tailrace's first look, so it finds them at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for app in APPS:
+        (directory / f"{app}.log").touch()
+
+
 async def write_traffic(directory: Path, *, lines_per_second: float = 50.0, rotate_every: int = 2000) -> None:
     directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
     seq = 0
