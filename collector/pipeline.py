@@ -125,7 +125,8 @@ class Pipeline:
         (shielded) and the open batch is flushed."""
         limiter = trio.CapacityLimiter(1)
         fd = tailer.readiness_fd()
-        coalesce = float(self.cfg.inputs[index].coalesce)
+        # naive reproduces Fluent Bit's event path: one event per wakeup, no coalescing.
+        coalesce = 0.0 if self.cfg.inputs[index].watch == "naive" else float(self.cfg.inputs[index].coalesce)
         last = INLINE_STEP_SECONDS  # the first step discovers every file: on a worker thread
         read_before = -1
         async with out:

@@ -146,6 +146,18 @@ impl FileReader {
         Ok(())
     }
 
+    /// `posix_fadvise(fd, 0, 0, DONTNEED)` over the whole file, as Fluent Bit's default
+    /// `file_cache_advise on` does before every read: it forces writeback of the writer's dirty
+    /// pages. Only `naive` calls it, to reproduce that cost.
+    pub fn fadvise_dontneed(&self, c: &mut Counters) {
+        use std::os::fd::AsRawFd;
+        if let Some(f) = self.file.as_ref() {
+            c.syscalls.fadvise += 1;
+            // SAFETY: plain syscall on a descriptor we own; advice only.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
+
     /// One `fstat` of the descriptor (the size), as Fluent Bit makes around its reads.
     pub fn fstat(&self, c: &mut Counters) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;

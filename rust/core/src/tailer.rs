@@ -216,6 +216,7 @@ impl Tailer {
             let Some(r) = self.readers.get_mut(&key) else { continue };
             if naive {
                 r.fstat(&mut self.counters); // size and truncation check before the read
+                r.fadvise_dontneed(&mut self.counters); // file_cache_advise, before the chunk read
             }
             let res = r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters);
             if naive {

@@ -259,6 +259,7 @@ impl Tailer {
             ("syscalls_lseek", c.syscalls.lseek),
             ("syscalls_readdir", c.syscalls.readdir),
             ("syscalls_inotify_read", c.syscalls.inotify_read),
+            ("syscalls_fadvise", c.syscalls.fadvise),
         ] {
             d.set_item(k, v)?;
         }
