@@ -126,10 +126,85 @@ class BlackholeOutput(_Output, tag="blackhole"):
     pass
 
 
+class TlsConfig(_Strict):
+    """Server verification is on by default; `ca_file` replaces the system roots."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both or neither")
+
+
+class RetryConfig(_Strict):
+    """Exponential backoff with full jitter between `initial` and `max`; `Retry-After` wins.
+    401/403/404 mean misconfiguration: retried every `misconfigured`, loudly."""
+
+    initial: Duration = "500ms"
+    max: Duration = "30s"
+    misconfigured: Duration = "60s"
+
+    def __post_init__(self) -> None:
+        self.initial = duration(self.initial, "initial")
+        self.max = duration(self.max, "max")
+        self.misconfigured = duration(self.misconfigured, "misconfigured")
+        if float(self.initial) <= 0:
+            raise ValueError("initial: must be positive")
+
+
+class SpoolConfig(_Strict):
+    """A batch an output could not deliver within `after` goes to `state_dir/spool/<output>`
+    (fsynced, then counted as acknowledged) and is replayed in order until delivered."""
+
+    enabled: bool = True
+    after: Duration = "5s"
+    max_bytes: Size = "1GiB"
+    warn_every: Duration = "30s"
+
+    def __post_init__(self) -> None:
+        self.after = duration(self.after, "after")
+        self.max_bytes = size(self.max_bytes, "max_bytes")
+        self.warn_every = duration(self.warn_every, "warn_every")
+
+
 class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
+    """OTLP/HTTP protobuf. `endpoint` is a base URL (`/v1/logs` is added when it has no path)
+    or the full URL of the logs endpoint."""
+
     endpoint: str
     compression: Literal["zstd", "gzip", "none"] = "zstd"
+    compression_level: int | None = None  # zstd 1, gzip 6
     headers: dict[str, str] = {}
+    # Header name → file holding its value (e.g. a rotating token), re-read when it changes.
+    header_files: dict[str, str] = {}
+    max_in_flight: int = 4
+    timeout: Duration = "10s"
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+
+    def __post_init__(self) -> None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.endpoint)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"endpoint: expected http://host:port or https://host:port, got {self.endpoint!r}")
+        try:
+            u.port  # noqa: B018 (validates the port)
+        except ValueError:
+            raise ValueError(f"endpoint: bad port in {self.endpoint!r}") from None
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight: must be at least 1")
+        self.timeout = duration(self.timeout, "timeout")
+        if float(self.timeout) <= 0:
+            raise ValueError("timeout: must be positive")
+        for k in (*self.headers, *self.header_files):
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k):
+                raise ValueError(f"headers: {k!r} is not a valid header name")
 
 
 OutputConfig = FileOutput | StdoutOutput | BlackholeOutput | OtlpHttpOutput
@@ -214,9 +289,16 @@ def check(cfg: Config) -> list[str]:
     for i, inp in enumerate(cfg.inputs):
         if inp.format != "plain":
             problems.append(f"$.inputs[{i}].format: {inp.format!r} is not available in this build yet (plain)")
+    names = [o.name for o in cfg.outputs]
     for i, out in enumerate(cfg.outputs):
+        if names.count(out.name) > 1:
+            problems.append(f"$.outputs[{i}].name: {out.name!r} is used twice")
         if isinstance(out, OtlpHttpOutput):
-            problems.append(f"$.outputs[{i}].type: otlp_http is not available in this build yet")
+            for key, path in [("tls.ca_file", out.tls.ca_file), ("tls.cert_file", out.tls.cert_file),
+                              ("tls.key_file", out.tls.key_file), *(
+                                  (f"header_files.{h}", f) for h, f in out.header_files.items())]:
+                if path is not None and not os.access(path, os.R_OK):
+                    problems.append(f"$.outputs[{i}].{key}: cannot read {path}")
     return problems
 
 

@@ -21,7 +21,7 @@ CHANNEL_SIZE = 4
 INLINE_STEP_SECONDS = 0.001
 
 
-def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config) -> Tailer:
+def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config, encodings: list[str]) -> Tailer:
     return Tailer(
         cp,
         name=inp.name,
@@ -40,6 +40,7 @@ def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config) -> Tailer:
         batch_max_records=cfg.batch.max_records,
         batch_max_age=float(cfg.batch.max_age),
         host=socket.gethostname(),
+        encodings=encodings,
     )
 
 
@@ -47,8 +48,9 @@ class Pipeline:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.checkpointer = Checkpointer(cfg.state_dir)
-        self.tailers = [make_tailer(self.checkpointer, inp, cfg) for inp in cfg.inputs]
-        self.outputs: list[Output] = [build(o) for o in cfg.outputs]
+        self.outputs: list[Output] = [build(o, cfg.state_dir) for o in cfg.outputs]
+        encodings = sorted({o.encoding for o in self.outputs})
+        self.tailers = [make_tailer(self.checkpointer, inp, cfg, encodings) for inp in cfg.inputs]
         self._stopping = trio.Event()
         self._finished = trio.Event()
         self._readers: list[trio.CancelScope] = []
@@ -79,6 +81,9 @@ class Pipeline:
                 total[k] = total.get(k, 0) + v
         total["records_delivered"] = self.records_delivered
         total["batches_delivered"] = self.batches_delivered
+        for out in self.outputs:
+            for k, v in getattr(out, "stats", {}).items():
+                total[f"{out.name}.{k}"] = v
         return total
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -88,6 +93,8 @@ class Pipeline:
         try:
             async with trio.open_nursery() as services:
                 services.start_soon(self._checkpoint_loop)
+                for out in self.outputs:
+                    services.start_soon(out.serve)
                 with trio.CancelScope() as flow:
                     services.start_soon(self._grace_watchdog, flow)
                     task_status.started()
@@ -187,20 +194,29 @@ class Pipeline:
                     await s.aclose()
 
     async def _output_loop(self, out: Output, recv: trio.MemoryReceiveChannel[tuple[int, Batch]]) -> None:
-        async with recv:
+        """Up to `out.max_in_flight` sends at once; each acknowledges its batch when it returns."""
+        window = trio.Semaphore(out.max_in_flight)
+        async with recv, trio.open_nursery() as sends:
             async for index, batch in recv:
-                backoff = 0.1
-                while True:
-                    try:
-                        await out.send(batch)
-                        break
-                    except OSError as e:
-                        # Never drop: the batch waits (and reading stops behind it) until the
-                        # output recovers or shutdown gives up, leaving it behind its checkpoint.
-                        log.log("warning", f"output {out.name}: {e}; retrying", every=10.0, key=f"out:{out.name}")
-                        await trio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
-                self._ack(index, batch)
+                await window.acquire()
+                sends.start_soon(self._deliver, out, index, batch, window)
+
+    async def _deliver(self, out: Output, index: int, batch: Batch, window: trio.Semaphore) -> None:
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    await out.send(batch)
+                    break
+                except OSError as e:
+                    # Never drop: the batch waits (and reading stops behind it) until the
+                    # output recovers or shutdown gives up, leaving it behind its checkpoint.
+                    log.log("warning", f"output {out.name}: {e}; retrying", every=10.0, key=f"out:{out.name}")
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            self._ack(index, batch)
+        finally:
+            window.release()
 
     def _ack(self, index: int, batch: Batch) -> None:
         key = (index, batch.id)

@@ -41,12 +41,18 @@ def test_checkpoint_advances_only_on_commit_and_exactly(tmp_path: Path) -> None:
 class GatedOutput:
     """An output that holds every batch until its gate opens."""
 
+    encoding = "proto"
+    max_in_flight = 1
+
     def __init__(self) -> None:
         self.name = "gated"
         self.gate = trio.Event()
         self.got: list[Batch] = []
 
     async def open(self) -> None:
+        pass
+
+    async def serve(self) -> None:
         pass
 
     async def send(self, batch: Batch) -> None:

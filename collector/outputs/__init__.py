@@ -1,28 +1,35 @@
-"""Outputs: where batches go. Each output gets every batch, in order, and returns from `send`
-only once the batch is delivered (its acknowledgement); the pipeline commits a batch when
-every output has acknowledged it."""
+"""Outputs: where batches go. Each output gets every batch; `send` returns once the batch is
+delivered (its acknowledgement), dropped on purpose (counted), or durably spooled. Up to
+`max_in_flight` sends run at once, so acknowledgements may come out of order; the pipeline
+commits a batch when every output has acknowledged it. `encoding` says which wire form the
+core must write for it; `serve` runs for the output's lifetime (spool replay)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from collector._native import Batch
-from collector.config import BlackholeOutput, FileOutput, OutputConfig, StdoutOutput
+from collector.config import BlackholeOutput, FileOutput, OtlpHttpOutput, OutputConfig, StdoutOutput
 
 
 class Output(Protocol):
     name: str
+    encoding: Literal["proto", "json"]
+    max_in_flight: int
 
     async def open(self) -> None: ...
+
+    async def serve(self) -> None: ...
 
     async def send(self, batch: Batch) -> None: ...
 
     async def close(self) -> None: ...
 
 
-def build(cfg: OutputConfig) -> Output:
+def build(cfg: OutputConfig, state_dir: str) -> Output:
     from collector.outputs.blackhole import Blackhole
     from collector.outputs.file import File
+    from collector.outputs.otlp_http import OtlpHttp
     from collector.outputs.stdout import Stdout
 
     if isinstance(cfg, FileOutput):
@@ -31,4 +38,6 @@ def build(cfg: OutputConfig) -> Output:
         return Stdout(cfg)
     if isinstance(cfg, BlackholeOutput):
         return Blackhole(cfg)
+    if isinstance(cfg, OtlpHttpOutput):
+        return OtlpHttp(cfg, state_dir)
     raise ValueError(f"output type {type(cfg).__struct_config__.tag!r} is not available in this build")

@@ -7,10 +7,16 @@ from collector.config import BlackholeOutput
 
 
 class Blackhole:
+    encoding = "proto"
+    max_in_flight = 1
+
     def __init__(self, cfg: BlackholeOutput) -> None:
         self.name = cfg.name
         self.batches = 0
         self.records = 0
+
+    async def serve(self) -> None:
+        pass
 
     async def open(self) -> None:
         pass

@@ -14,11 +14,17 @@ from collector.config import FileOutput
 
 
 class File:
+    encoding = "json"
+    max_in_flight = 1
+
     def __init__(self, cfg: FileOutput) -> None:
         self.name = cfg.name
         self.path = cfg.path
         self._f: BinaryIO | None = None
         self._limiter = trio.CapacityLimiter(1)
+
+    async def serve(self) -> None:
+        pass
 
     async def open(self) -> None:
         def _open() -> BinaryIO:
@@ -33,7 +39,7 @@ class File:
         assert f is not None, "open() first"
 
         def _write() -> None:
-            f.write(batch.payload)
+            f.write(batch.json)
             f.flush()
 
         await trio.to_thread.run_sync(_write, limiter=self._limiter)

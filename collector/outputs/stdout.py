@@ -11,16 +11,22 @@ from collector.config import StdoutOutput
 
 
 class Stdout:
+    encoding = "json"
+    max_in_flight = 1
+
     def __init__(self, cfg: StdoutOutput) -> None:
         self.name = cfg.name
         self._limiter = trio.CapacityLimiter(1)
+
+    async def serve(self) -> None:
+        pass
 
     async def open(self) -> None:
         pass
 
     async def send(self, batch: Batch) -> None:
         def _write() -> None:
-            sys.stdout.buffer.write(batch.payload)
+            sys.stdout.buffer.write(batch.json)
             sys.stdout.buffer.flush()
 
         await trio.to_thread.run_sync(_write, limiter=self._limiter)

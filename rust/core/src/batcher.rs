@@ -1,20 +1,33 @@
-//! Batcher: records → encoded batches. Each batch is one `ExportLogsServiceRequest` in the
-//! encoding its output needs, written straight into one buffer (no object per record), and
-//! carries the offsets that acknowledging it commits. A batch closes at `max_bytes`
-//! (uncompressed), `max_records`, or `max_age` (checked by the tailer's clock).
+//! Batcher: records → batches. A batch holds its records once per wire form its outputs need,
+//! each written straight into one buffer (no object per record): OTLP protobuf
+//! (`ExportLogsServiceRequest`, for `otlp_http` and `blackhole`) and OTLP JSON (for `file` and
+//! `stdout`). It carries the offsets that acknowledging it commits. A batch closes at
+//! `max_bytes` (uncompressed), `max_records`, or `max_age` (checked by the tailer's clock).
+//! Compression happens when an output asks for the payload (`Batch::encode`), on the caller's
+//! thread with the GIL released.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::identity::FileKey;
+use crate::otlp::{self, escape_json, Compression};
 use crate::reader::{Flags, LineSink, Source};
 
+/// Which wire forms the batcher writes (at least one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
+pub struct Encodings {
+    /// OTLP protobuf `log_records`, wrapped into a request by `Batch::encode`.
+    pub proto: bool,
     /// OTLP/JSON, one `ExportLogsServiceRequest` per line (the OpenTelemetry Collector's file
     /// exporter format).
-    OtlpJson,
+    pub json: bool,
+}
+
+impl Default for Encodings {
+    fn default() -> Self {
+        Encodings { proto: true, json: false }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -30,16 +43,51 @@ impl Default for BatchLimits {
     }
 }
 
-/// One encoded batch and what acknowledging it commits.
+/// The parts of every request that do not depend on the records.
+#[derive(Debug)]
+pub struct RequestParts {
+    /// `Resource.attributes` fields (host.name).
+    resource_attrs: Vec<u8>,
+    /// `InstrumentationScope` (name tailrace, its version).
+    scope: Vec<u8>,
+}
+
+/// One batch and what acknowledging it commits.
 #[derive(Debug)]
 pub struct Batch {
     pub id: u64,
-    pub payload: Vec<u8>,
     pub records: u64,
     /// Input bytes the batch covers (newlines included).
     pub input_bytes: u64,
     /// For each file in the batch, the offset just past its last record here.
     pub offsets: Vec<(FileKey, u32, u64)>,
+    /// The whole OTLP/JSON document (with its newline), if JSON was asked for.
+    pub json: Vec<u8>,
+    /// Encoded `log_records` fields, if protobuf was asked for; `ends[i]` is where record `i`
+    /// ends in it.
+    proto_records: Vec<u8>,
+    ends: Vec<u32>,
+    parts: Arc<RequestParts>,
+}
+
+impl Batch {
+    /// The `ExportLogsServiceRequest` protobuf holding records `from..to`, compressed.
+    pub fn encode(&self, codec: Compression, level: i32, from: usize, to: usize) -> Result<Vec<u8>, String> {
+        let to = to.min(self.ends.len());
+        if from >= to {
+            return Err(format!("empty record range {from}..{to} of {}", self.ends.len()));
+        }
+        let a = if from == 0 { 0 } else { self.ends[from - 1] as usize };
+        let b = self.ends[to - 1] as usize;
+        let records = &self.proto_records[a..b];
+        let head = otlp::proto_request_head(&self.parts.resource_attrs, &self.parts.scope, records.len());
+        otlp::compress(codec, level, &[&head, records]).map_err(|e| format!("compress: {e}"))
+    }
+
+    /// Uncompressed protobuf size of the whole batch.
+    pub fn proto_len(&self) -> usize {
+        self.proto_records.len()
+    }
 }
 
 struct Open {
@@ -49,12 +97,14 @@ struct Open {
 
 pub struct Batcher {
     limits: BatchLimits,
-    encoding: Encoding,
+    encodings: Encodings,
     header: Vec<u8>,
+    parts: Arc<RequestParts>,
     open: Option<Open>,
     ready: VecDeque<Batch>,
     next_id: u64,
     now: Instant,
+    observed_ns: u64,
     /// `observed_time_unix_nano` of the current pass, as decimal text.
     observed: Vec<u8>,
     pub invalid_utf8: u64,
@@ -63,21 +113,26 @@ pub struct Batcher {
 const FOOTER: &[u8] = b"]}]}]}\n";
 
 impl Batcher {
-    pub fn new(limits: BatchLimits, encoding: Encoding, host: &str, first_id: u64) -> Self {
+    pub fn new(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64) -> Self {
         let mut header = Vec::new();
         header.extend_from_slice(b"{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
         string_attr(&mut header, "host.name", host.as_bytes());
         header.extend_from_slice(b"]},\"scopeLogs\":[{\"scope\":{\"name\":\"tailrace\",\"version\":\"");
         header.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
         header.extend_from_slice(b"\"},\"logRecords\":[");
+        let mut resource_attrs = Vec::new();
+        otlp::proto_string_attr(&mut resource_attrs, 1, "host.name", host);
+        let parts = Arc::new(RequestParts { resource_attrs, scope: otlp::proto_scope("tailrace", env!("CARGO_PKG_VERSION")) });
         Batcher {
             limits,
-            encoding,
+            encodings,
             header,
+            parts,
             open: None,
             ready: VecDeque::new(),
             next_id: first_id,
             now: Instant::now(),
+            observed_ns: 0,
             observed: b"0".to_vec(),
             invalid_utf8: 0,
         }
@@ -86,6 +141,7 @@ impl Batcher {
     /// Set the clock for the records that follow (one clock read per pass, not per line).
     pub fn set_clock(&mut self, now: Instant, unix_ns: u64) {
         self.now = now;
+        self.observed_ns = unix_ns;
         self.observed.clear();
         self.observed.extend_from_slice(unix_ns.to_string().as_bytes());
     }
@@ -114,70 +170,122 @@ impl Batcher {
 
     fn finish(&mut self) {
         if let Some(mut o) = self.open.take() {
-            o.batch.payload.extend_from_slice(FOOTER);
+            if self.encodings.json {
+                o.batch.json.extend_from_slice(FOOTER);
+            }
             self.ready.push_back(o.batch);
         }
     }
-
 }
 
-/// `log.file.path` and `log.file.name`, encoded once per source.
-fn source_attrs(source: &Source) -> &[u8] {
+/// A source's attributes (`log.file.path`, `log.file.name`) in each wire form, encoded once.
+#[derive(Debug, Default)]
+pub struct SourceAttrs {
+    json: Vec<u8>,
+    proto: Vec<u8>,
+}
+
+fn source_attrs(source: &Source) -> &SourceAttrs {
     source.encoded_attrs.get_or_init(|| {
-        let mut a = Vec::with_capacity(128 + 2 * source.path.len());
-        string_attr(&mut a, "log.file.path", source.path.as_bytes());
-        a.push(b',');
-        let name = source.path.rsplit('/').next().unwrap_or(&source.path);
-        string_attr(&mut a, "log.file.name", name.as_bytes());
-        a
+        let path = String::from_utf8_lossy(source.path.as_bytes());
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        let mut json = Vec::with_capacity(128 + 2 * path.len());
+        string_attr(&mut json, "log.file.path", path.as_bytes());
+        json.push(b',');
+        string_attr(&mut json, "log.file.name", name.as_bytes());
+        let mut proto = Vec::with_capacity(64 + 2 * path.len());
+        otlp::proto_string_attr(&mut proto, 6, "log.file.path", &path);
+        otlp::proto_string_attr(&mut proto, 6, "log.file.name", name);
+        SourceAttrs { json, proto }
     })
+}
+
+/// The `tailrace.*` flag attributes as LogRecord attribute fields.
+fn proto_flag(key: &'static str) -> Vec<u8> {
+    let mut v = Vec::new();
+    otlp::proto_true_attr(&mut v, key);
+    v
+}
+
+thread_local! {
+    static FLAGS: [Vec<u8>; 3] = [proto_flag("tailrace.invalid_utf8"), proto_flag("tailrace.split"), proto_flag("tailrace.partial")];
 }
 
 impl LineSink for Batcher {
     fn record(&mut self, source: &Arc<Source>, body: &[u8], end_offset: u64, consumed: u64, flags: Flags) {
-        let Encoding::OtlpJson = self.encoding;
         let attrs = source_attrs(source);
         let now = self.now;
+        let (enc, header, parts) = (self.encodings, &self.header, &self.parts);
         let open = self.open.get_or_insert_with(|| {
-            let mut payload = Vec::with_capacity(64 * 1024);
-            payload.extend_from_slice(&self.header);
+            let mut json = Vec::new();
+            if enc.json {
+                json.reserve(64 * 1024);
+                json.extend_from_slice(header);
+            }
             let id = self.next_id;
             self.next_id += 1;
-            Open { batch: Batch { id, payload, records: 0, input_bytes: 0, offsets: Vec::new() }, opened: now }
+            let batch = Batch {
+                id,
+                records: 0,
+                input_bytes: 0,
+                offsets: Vec::new(),
+                json,
+                proto_records: Vec::with_capacity(if enc.proto { 64 * 1024 } else { 0 }),
+                ends: Vec::new(),
+                parts: parts.clone(),
+            };
+            Open { batch, opened: now }
         });
         let b = &mut open.batch;
-        let p = &mut b.payload;
-        if b.records > 0 {
-            p.push(b',');
-        }
-        p.extend_from_slice(b"{\"observedTimeUnixNano\":\"");
-        p.extend_from_slice(&self.observed);
-        p.extend_from_slice(b"\",\"body\":{\"stringValue\":\"");
-        let valid = match std::str::from_utf8(body) {
-            Ok(_) => {
-                escape_json(p, body);
-                true
-            }
+        let lossy;
+        let (text, valid) = match std::str::from_utf8(body) {
+            Ok(t) => (t, true),
             Err(_) => {
-                escape_json(p, String::from_utf8_lossy(body).as_bytes());
-                false
+                lossy = String::from_utf8_lossy(body);
+                (&*lossy, false)
             }
         };
-        p.extend_from_slice(b"\"},\"attributes\":[");
-        p.extend_from_slice(attrs);
-        if !valid {
-            p.push(b',');
-            bool_attr(p, "tailrace.invalid_utf8");
+        if enc.proto {
+            FLAGS.with(|f| {
+                let mut extra: [&[u8]; 4] = [&attrs.proto, &[], &[], &[]];
+                if !valid {
+                    extra[1] = &f[0];
+                }
+                if flags.split {
+                    extra[2] = &f[1];
+                }
+                if flags.partial {
+                    extra[3] = &f[2];
+                }
+                otlp::proto_record(&mut b.proto_records, self.observed_ns, text, &extra);
+            });
+            b.ends.push(b.proto_records.len() as u32);
         }
-        if flags.split {
-            p.push(b',');
-            bool_attr(p, "tailrace.split");
+        if enc.json {
+            let p = &mut b.json;
+            if b.records > 0 {
+                p.push(b',');
+            }
+            p.extend_from_slice(b"{\"observedTimeUnixNano\":\"");
+            p.extend_from_slice(&self.observed);
+            p.extend_from_slice(b"\",\"body\":{\"stringValue\":\"");
+            escape_json(p, text.as_bytes());
+            p.extend_from_slice(b"\"},\"attributes\":[");
+            p.extend_from_slice(&attrs.json);
+            if !valid {
+                p.push(b',');
+                bool_attr(p, "tailrace.invalid_utf8");
+            }
+            if flags.split {
+                p.push(b',');
+                bool_attr(p, "tailrace.split");
+            }
+            if flags.partial {
+                p.push(b',');
+                bool_attr(p, "tailrace.partial");
+            }
+            p.extend_from_slice(b"]}");
         }
-        if flags.partial {
-            p.push(b',');
-            bool_attr(p, "tailrace.partial");
-        }
-        p.extend_from_slice(b"]}");
         b.records += 1;
         b.input_bytes += consumed;
         match b.offsets.last_mut() {
@@ -187,7 +295,7 @@ impl LineSink for Batcher {
         if !valid {
             self.invalid_utf8 += 1;
         }
-        if b.payload.len() >= self.limits.max_bytes || b.records as usize >= self.limits.max_records {
+        if b.json.len().max(b.proto_records.len()) >= self.limits.max_bytes || b.records as usize >= self.limits.max_records {
             self.finish();
         }
     }
@@ -197,7 +305,7 @@ fn string_attr(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.extend_from_slice(b"{\"key\":\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\",\"value\":{\"stringValue\":\"");
-    escape_json(out, &String::from_utf8_lossy(value).into_owned().into_bytes());
+    escape_json(out, String::from_utf8_lossy(value).as_bytes());
     out.extend_from_slice(b"\"}}");
 }
 
@@ -207,96 +315,63 @@ fn bool_attr(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(b"\",\"value\":{\"boolValue\":true}}");
 }
 
-/// JSON string escaping of valid UTF-8; copies runs that need no escape in one go. Runs are
-/// found eight bytes at a time (SWAR): most log lines hold no byte that needs escaping.
-pub fn escape_json(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(s.len() + 2);
-    let mut from = 0;
-    let mut i = 0;
-    while i < s.len() {
-        if i + 8 <= s.len() && !word_needs_escape(u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"))) {
-            i += 8;
-            continue;
-        }
-        let b = s[i];
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&s[from..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 15) as usize]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        i += 1;
-        from = i;
-    }
-    out.extend_from_slice(&s[from..]);
-}
-
-/// Does any byte of `w` need escaping in a JSON string (`"`, `\\`, or below 0x20)?
-#[inline]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (below_0x20 | has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64))) != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn escape_matches_a_bytewise_reference() {
-        fn reference(s: &[u8]) -> Vec<u8> {
-            let mut o = Vec::new();
-            for &b in s {
-                match b {
-                    b'"' => o.extend_from_slice(b"\\\""),
-                    b'\\' => o.extend_from_slice(b"\\\\"),
-                    b'\n' => o.extend_from_slice(b"\\n"),
-                    b'\r' => o.extend_from_slice(b"\\r"),
-                    b'\t' => o.extend_from_slice(b"\\t"),
-                    0..=0x1f => o.extend_from_slice(format!("\\u{:04x}", b).as_bytes()),
-                    _ => o.push(b),
+    /// (field number, payload) of each field: LEN fields give their content, fixed64 its 8 bytes,
+    /// varints their raw bytes.
+    fn fields(mut b: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        fn varint(b: &mut &[u8]) -> (u64, Vec<u8>) {
+            let (mut v, mut shift, mut raw) = (0u64, 0, Vec::new());
+            loop {
+                let x = b[0];
+                *b = &b[1..];
+                raw.push(x);
+                v |= ((x & 0x7f) as u64) << shift;
+                shift += 7;
+                if x < 0x80 {
+                    return (v, raw);
                 }
             }
-            o
         }
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        for len in 0..200 {
-            let s: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    [b'a', b'"', b'\\', 0x1f, 0x20, 0x7f, b'\n', 0x00, b'z', 0x21][(seed % 10) as usize]
-                })
-                .collect();
-            let mut got = Vec::new();
-            escape_json(&mut got, &s);
-            assert_eq!(got, reference(&s), "input {s:?}");
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let (key, _) = varint(&mut b);
+            let v = match key & 7 {
+                0 => varint(&mut b).1,
+                1 => {
+                    let v = b[..8].to_vec();
+                    b = &b[8..];
+                    v
+                }
+                2 => {
+                    let n = varint(&mut b).0 as usize;
+                    let v = b[..n].to_vec();
+                    b = &b[n..];
+                    v
+                }
+                w => panic!("wire type {w}"),
+            };
+            out.push((key >> 3, v));
         }
+        out
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// A `KeyValue { key, value: AnyValue { string_value } }` as (key, value).
+    fn kv(b: &[u8]) -> (String, String) {
+        let f = fields(b);
+        (text(&f[0].1), text(&fields(&f[1].1)[0].1))
     }
 
     #[test]
     fn encodes_otlp_json_and_closes_at_limits() {
         let limits = BatchLimits { max_bytes: 1 << 20, max_records: 2, max_age: Duration::from_secs(1) };
-        let mut b = Batcher::new(limits, Encoding::OtlpJson, "h\"1", 7);
+        let mut b = Batcher::new(limits, Encodings { proto: true, json: true }, "h\"1", 7);
         b.set_clock(Instant::now(), 42);
         let src = Arc::new(Source { key: FileKey { dev: 1, ino: 2 }, path: "/var/log/a.log".into(), epoch: 3, encoded_attrs: Default::default() });
         b.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
@@ -305,7 +380,38 @@ mod tests {
         assert_eq!(batch.id, 7);
         assert_eq!((batch.records, batch.input_bytes), (2, 21));
         assert_eq!(batch.offsets, vec![(FileKey { dev: 1, ino: 2 }, 3, 21)]);
-        let text = String::from_utf8(batch.payload).unwrap();
+        // Protobuf: walk the request with a generic wire decoder.
+        let req = batch.encode(Compression::None, 0, 0, 2).unwrap();
+        let rl = &fields(&req)[0];
+        assert_eq!(rl.0, 1);
+        let rl = fields(&rl.1);
+        let resource = fields(&rl[0].1);
+        assert_eq!(kv(&resource[0].1), ("host.name".into(), "h\"1".into()));
+        let sl = fields(&rl[1].1);
+        assert_eq!(sl[0].0, 1);
+        let scope = fields(&sl[0].1);
+        assert_eq!((text(&scope[0].1), text(&scope[1].1)), ("tailrace".into(), env!("CARGO_PKG_VERSION").into()));
+        let recs: Vec<_> = sl[1..].iter().map(|r| (r.0, fields(&r.1))).collect();
+        assert_eq!(recs.len(), 2);
+        assert!(recs.iter().all(|(f, _)| *f == 2));
+        let r0 = &recs[0].1;
+        assert_eq!((r0[0].0, r0[0].1.clone()), (11, 42u64.to_le_bytes().to_vec()));
+        assert_eq!(r0[1].0, 5);
+        assert_eq!(text(&fields(&r0[1].1)[0].1), "he said \"hi\"\t\x01");
+        assert_eq!(kv(&r0[2].1), ("log.file.path".into(), "/var/log/a.log".into()));
+        assert_eq!(kv(&r0[3].1), ("log.file.name".into(), "a.log".into()));
+        let r1 = &recs[1].1;
+        assert_eq!(text(&fields(&r1[1].1)[0].1), "\u{fffd}bad");
+        let keys: Vec<String> = r1[2..].iter().map(|a| text(&fields(&a.1)[0].1)).collect();
+        assert_eq!(keys, ["log.file.path", "log.file.name", "tailrace.invalid_utf8", "tailrace.partial"]);
+        assert_eq!(fields(&r1[4].1)[1].1, vec![0x10, 1]);
+        // A range is a request of its own; compressed forms decode to the same bytes.
+        let one = batch.encode(Compression::None, 0, 1, 2).unwrap();
+        assert_eq!(fields(&fields(&fields(&one)[0].1)[1].1).len(), 2);
+        let z = batch.encode(Compression::Zstd, 1, 0, 2).unwrap();
+        assert_eq!(zstd::stream::decode_all(&z[..]).unwrap(), req);
+        assert!(batch.encode(Compression::None, 0, 2, 2).is_err());
+        let text = String::from_utf8(batch.json).unwrap();
         assert!(text.ends_with("]}]}]}\n"));
         assert!(text.contains(r#"{"key":"host.name","value":{"stringValue":"h\"1"}}"#));
         assert!(text.contains(r#""body":{"stringValue":"he said \"hi\"\t\u0001"}"#));

@@ -31,7 +31,7 @@ pub struct Source {
     /// The checkpoint epoch the records belong to (bumped at truncation).
     pub epoch: u32,
     /// The encoded attributes of this source, filled once by the batcher.
-    pub encoded_attrs: std::sync::OnceLock<Vec<u8>>,
+    pub encoded_attrs: std::sync::OnceLock<crate::batcher::SourceAttrs>,
 }
 
 /// Flags carried by a record, exported as `tailrace.*` attributes.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batcher::{Batch, BatchLimits, Batcher, Encoding};
+use crate::batcher::{Batch, BatchLimits, Batcher, Encodings};
 use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::counters::Counters;
 use crate::discovery::{self, Discoverer, Found};
@@ -55,7 +55,7 @@ pub struct TailerConfig {
     /// An idle file's descriptor is closed after this long; reopened when it grows.
     pub close_inactive: Duration,
     pub batch: BatchLimits,
-    pub encoding: Encoding,
+    pub encodings: Encodings,
     pub host: String,
     /// Stop reading in a step once this many batches are ready (backpressure).
     pub max_ready_batches: usize,
@@ -78,7 +78,7 @@ impl Default for TailerConfig {
             rotate_wait: Duration::from_secs(5),
             close_inactive: Duration::from_secs(300),
             batch: BatchLimits::default(),
-            encoding: Encoding::OtlpJson,
+            encodings: Encodings { proto: false, json: true },
             host: "localhost".into(),
             max_ready_batches: 4,
         }
@@ -126,7 +126,7 @@ impl Tailer {
             WatchMode::Naive => Box::new(inotify(true, false)?),
             WatchMode::Auto => Box::new(inotify(false, true)?),
         };
-        let batcher = Batcher::new(cfg.batch.clone(), cfg.encoding, &cfg.host, first_batch_id);
+        let batcher = Batcher::new(cfg.batch.clone(), cfg.encodings, &cfg.host, first_batch_id);
         let buf = vec![0u8; cfg.buffer_size.max(4096)];
         Ok(Tailer {
             cfg,
@@ -740,7 +740,7 @@ mod tests {
         assert_eq!(records(&t.step(t0)), 0);
         let b = t.step(t0 + Duration::from_secs(6));
         assert_eq!(records(&b), 1);
-        let text = String::from_utf8(b[0].payload.clone()).unwrap();
+        let text = String::from_utf8(b[0].json.clone()).unwrap();
         assert!(text.contains(r#""stringValue":"no newline yet""#) && text.contains("tailrace.partial"));
         assert_eq!(t.counters.partial_flushes, 1);
     }

@@ -123,7 +123,7 @@ impl Harness {
 
     fn deliver(&mut self, batches: Vec<Batch>) {
         for b in batches {
-            let v: serde_json::Value = serde_json::from_slice(&b.payload).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&b.json).unwrap();
             for rec in v["resourceLogs"][0]["scopeLogs"][0]["logRecords"].as_array().unwrap() {
                 let body = rec["body"]["stringValue"].as_str().unwrap().to_string();
                 let flag = |k: &str| rec["attributes"].as_array().unwrap().iter().any(|a| a["key"] == k);

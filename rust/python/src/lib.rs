@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tailrace_core::batcher::BatchLimits;
-use tailrace_core::{Encoding, ReadFrom, TailerConfig, WatchMode};
+use tailrace_core::{Encodings, ReadFrom, TailerConfig, WatchMode};
 
 fn value_err(e: String) -> PyErr {
     PyValueError::new_err(e)
@@ -63,23 +63,56 @@ impl Checkpointer {
     }
 }
 
-/// One encoded batch: `payload` is ready for its output; acknowledge it with `Tailer.commit(id)`.
+/// One batch: its records in the wire forms the outputs asked for. `json` is an OTLP/JSON
+/// document; `encode()` gives the OTLP protobuf request, compressed. Acknowledge it with
+/// `Tailer.commit(id)`.
 #[pyclass(frozen, module = "collector._native")]
 struct Batch {
-    #[pyo3(get)]
-    id: u64,
-    #[pyo3(get)]
-    payload: Py<PyBytes>,
-    #[pyo3(get)]
-    records: u64,
-    #[pyo3(get)]
-    input_bytes: u64,
+    inner: Arc<tailrace_core::Batch>,
 }
 
 #[pymethods]
 impl Batch {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    #[getter]
+    fn records(&self) -> u64 {
+        self.inner.records
+    }
+
+    #[getter]
+    fn input_bytes(&self) -> u64 {
+        self.inner.input_bytes
+    }
+
+    /// Uncompressed size of the protobuf records (0 when protobuf was not asked for).
+    #[getter]
+    fn proto_bytes(&self) -> usize {
+        self.inner.proto_len()
+    }
+
+    /// The OTLP/JSON document, one line (empty when JSON was not asked for).
+    #[getter]
+    fn json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.json)
+    }
+
+    /// The `ExportLogsServiceRequest` holding records `start..end` (all by default), compressed
+    /// with `compression` (zstd, gzip or none) at `level`. The GIL is released meanwhile.
+    #[pyo3(signature = (compression = "zstd", level = 1, start = 0, end = None))]
+    fn encode<'py>(&self, py: Python<'py>, compression: &str, level: i32, start: usize, end: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
+        let codec = tailrace_core::Compression::parse(compression).map_err(value_err)?;
+        let inner = self.inner.clone();
+        let end = end.unwrap_or(inner.records as usize);
+        let out = py.detach(move || inner.encode(codec, level, start, end)).map_err(value_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
     fn __repr__(&self) -> String {
-        format!("Batch(id={}, records={}, input_bytes={})", self.id, self.records, self.input_bytes)
+        format!("Batch(id={}, records={}, input_bytes={})", self.inner.id, self.inner.records, self.inner.input_bytes)
     }
 }
 
@@ -91,11 +124,8 @@ struct Tailer {
     acks: Mutex<Vec<u64>>,
 }
 
-fn to_py(py: Python<'_>, batches: Vec<tailrace_core::Batch>) -> Vec<Batch> {
-    batches
-        .into_iter()
-        .map(|b| Batch { id: b.id, payload: PyBytes::new(py, &b.payload).unbind(), records: b.records, input_bytes: b.input_bytes })
-        .collect()
+fn to_py(batches: Vec<tailrace_core::Batch>) -> Vec<Batch> {
+    batches.into_iter().map(|b| Batch { inner: Arc::new(b) }).collect()
 }
 
 impl Tailer {
@@ -116,7 +146,8 @@ impl Tailer {
     #[pyo3(signature = (checkpointer, *, name, paths, exclude = vec![], watch = "poll", poll_interval = 0.25,
         rescan_interval = 1.0, read_from = "beginning", max_line_bytes = 1 << 20, read_budget = 256 * 1024,
         partial_flush = 5.0, rotate_wait = 5.0, close_inactive = 300.0, batch_max_bytes = 1 << 20,
-        batch_max_records = 10_000, batch_max_age = 0.1, host = "localhost".to_string(), first_batch_id = 1))]
+        batch_max_records = 10_000, batch_max_age = 0.1, host = "localhost".to_string(), first_batch_id = 1,
+        encodings = vec!["proto".to_string()]))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         checkpointer: &Checkpointer,
@@ -137,6 +168,7 @@ impl Tailer {
         batch_max_age: f64,
         host: String,
         first_batch_id: u64,
+        encodings: Vec<String>,
     ) -> PyResult<Self> {
         let watch = match watch {
             "poll" => WatchMode::Poll,
@@ -150,6 +182,17 @@ impl Tailer {
             "end" => ReadFrom::End,
             other => return Err(value_err(format!("read_from: {other:?} (beginning or end)"))),
         };
+        let mut enc = Encodings { proto: false, json: false };
+        for e in &encodings {
+            match e.as_str() {
+                "proto" => enc.proto = true,
+                "json" => enc.json = true,
+                other => return Err(value_err(format!("encodings: {other:?} (proto or json)"))),
+            }
+        }
+        if !enc.proto && !enc.json {
+            enc.proto = true;
+        }
         if max_line_bytes == 0 {
             return Err(value_err("max_line_bytes must be positive".into()));
         }
@@ -167,7 +210,7 @@ impl Tailer {
             rotate_wait: secs(rotate_wait),
             close_inactive: secs(close_inactive),
             batch: BatchLimits { max_bytes: batch_max_bytes.max(1), max_records: batch_max_records.max(1), max_age: secs(batch_max_age) },
-            encoding: Encoding::OtlpJson,
+            encodings: enc,
             host,
             ..TailerConfig::default()
         };
@@ -179,13 +222,13 @@ impl Tailer {
     /// batches that closed.
     fn step(&self, py: Python<'_>) -> Vec<Batch> {
         let batches = self.with(py, |t| t.step(Instant::now()));
-        to_py(py, batches)
+        to_py(batches)
     }
 
     /// Close the open batch and return every batch not yet handed out (shutdown).
     fn flush(&self, py: Python<'_>) -> Vec<Batch> {
         let batches = self.with(py, |t| t.flush(Instant::now()));
-        to_py(py, batches)
+        to_py(batches)
     }
 
     /// Every output acknowledged batch `id` (or dropped it on purpose): checkpoints may advance.

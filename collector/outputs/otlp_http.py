@@ -1,0 +1,339 @@
+"""`otlp_http`: OTLP/HTTP protobuf to `/v1/logs`, as the OTLP specification says.
+
+- 2xx: delivered. A `partial_success` with rejected records is logged and counted, not retried.
+- 429, 502, 503, 504, timeouts and connection errors: retried with exponential backoff and full
+  jitter, `Retry-After` (seconds or an HTTP date) honoured.
+- 401, 403, 404: misconfiguration, not bad data: retried every `retry.misconfigured`, loudly.
+- 413: the batch is split in halves, each retried (down to single records).
+- 415 to zstd: this endpoint gets gzip from now on (logged once).
+- any other status: not retried; logged with the server's message, counted, dropped, and the
+  batch still advances its checkpoints (resending it would fail the same way forever).
+
+A batch that cannot be delivered within `spool.after` goes to the spool (counted as
+acknowledged once fsynced); while the spool holds batches, new ones join it, and `serve`
+replays them oldest first. Without a spool, a batch is retried until delivered and reading
+stops behind the window (`max_in_flight` batches)."""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import math
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from pathlib import Path
+
+import trio
+
+from collector import __version__, log
+from collector._native import Batch
+from collector.config import OtlpHttpOutput
+from collector.outputs.http import Client, HttpError, Response
+from collector.spool import Entry, Spool
+
+RETRYABLE = {429, 502, 503, 504}
+MISCONFIGURED = {401, 403, 404}
+# Encodings of this many uncompressed bytes or more run on a worker thread.
+INLINE_ENCODE_BYTES = 64 * 1024
+DEFAULT_LEVEL = {"zstd": 1, "gzip": 6, "none": 0}
+
+
+class Outcome(Enum):
+    DONE = "done"  # delivered, or dropped on purpose (counted)
+    TOO_LARGE = "too large"
+    LATE = "late"  # not delivered before the deadline
+
+
+def logs_url(endpoint: str) -> str:
+    base = endpoint.rstrip("/")
+    path = base.split("://", 1)[1].partition("/")[2]
+    return base if path else base + "/v1/logs"
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """Top-level protobuf fields of `buf` (varints as ints, LEN fields as bytes)."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+
+    while i < len(buf):
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            out.append((key >> 3, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((key >> 3, buf[i : i + n]))
+            i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def partial_success(body: bytes) -> tuple[int, str]:
+    """(rejected_log_records, error_message) of an ExportLogsServiceResponse."""
+    try:
+        for field, value in _fields(body):
+            if field == 1 and isinstance(value, bytes):
+                rejected, message = 0, ""
+                for f, v in _fields(value):
+                    if f == 1 and isinstance(v, int):
+                        rejected = v
+                    elif f == 2 and isinstance(v, bytes):
+                        message = v.decode("utf-8", "replace")
+                return rejected, message
+    except (IndexError, ValueError):
+        pass
+    return 0, ""
+
+
+def server_message(resp: Response) -> str:
+    """The server's explanation: a google.rpc.Status message, or the start of a text body."""
+    if "protobuf" in resp.headers.get("content-type", ""):
+        try:
+            for field, value in _fields(resp.body):
+                if field == 2 and isinstance(value, bytes):
+                    return value.decode("utf-8", "replace")
+        except (IndexError, ValueError):
+            pass
+    return resp.body[:300].decode("utf-8", "replace").strip()
+
+
+def transcode(payload: bytes, src: str, dst: str, level: int) -> bytes:
+    """Recompress a spooled payload for a codec the endpoint accepts now."""
+    import zstandard
+
+    if src == dst:
+        return payload
+    raw = payload
+    if src == "zstd":
+        raw = zstandard.ZstdDecompressor().decompress(payload)
+    elif src == "gzip":
+        raw = gzip.decompress(payload)
+    if dst == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(raw)
+    if dst == "gzip":
+        return gzip.compress(raw, compresslevel=level)
+    return raw
+
+
+class HeaderFiles:
+    """Header values kept in files (rotating tokens): re-read when the file changes."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self._cache: dict[str, tuple[tuple[int, int], str]] = {}
+
+    def values(self) -> list[tuple[str, str]]:
+        out = []
+        for name, path in self.files.items():
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_ino)
+                cached = self._cache.get(name)
+                if cached is None or cached[0] != stamp:
+                    cached = (stamp, Path(path).read_text().strip())
+                    self._cache[name] = cached
+                out.append((name, cached[1]))
+            except OSError as e:
+                cached = self._cache.get(name)
+                log.log("error", f"header file for {name} unreadable: {e.strerror}", every=60.0, key=f"hdr:{name}")
+                if cached is not None:
+                    out.append((name, cached[1]))
+        return out
+
+
+class OtlpHttp:
+    encoding = "proto"
+
+    def __init__(self, cfg: OtlpHttpOutput, state_dir: str) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.url = logs_url(cfg.endpoint)
+        self.max_in_flight = cfg.max_in_flight
+        self.codec = cfg.compression
+        self.timeout = float(cfg.timeout)
+        self._headers = [(k, v) for k, v in cfg.headers.items()]
+        self._header_files = HeaderFiles(cfg.header_files)
+        self.client = Client(self.url, cfg.tls, f"tailrace/{__version__}")
+        self.spool: Spool | None = None
+        if cfg.spool.enabled:
+            self.spool = Spool(
+                Path(state_dir) / "spool" / cfg.name, int(cfg.spool.max_bytes), cfg.name, float(cfg.spool.warn_every)
+            )
+        self._spooling = False
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("requests", "delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records",
+             "rejected_records", "spooled_batches", "spooled_records", "replayed_batches", "split_batches"),
+            0,
+        )
+
+    def level(self, codec: str) -> int:
+        lvl = self.cfg.compression_level
+        return DEFAULT_LEVEL[codec] if lvl is None or codec != self.cfg.compression else lvl
+
+    async def open(self) -> None:
+        if self.spool is not None:
+            await trio.to_thread.run_sync(self.spool.open)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def serve(self) -> None:
+        """Replay the spool, oldest first, for as long as the output lives."""
+        spool = self.spool
+        if spool is None:
+            return
+        while True:
+            entry = await spool.head()
+            if entry is None:
+                self._spooling = False
+                await spool.changed()
+                continue
+            outcome = await self._post(self._replay_payload(entry), entry.records, math.inf)
+            if outcome is Outcome.TOO_LARGE:
+                self._drop(entry.records, "413 Payload Too Large for a spooled batch, which is not split")
+            await spool.remove(entry.segment)
+            self.stats["replayed_batches"] += 1
+
+    def _replay_payload(self, entry: Entry) -> Callable[[str], Awaitable[bytes]]:
+        async def make(codec: str) -> bytes:
+            if codec == entry.codec:
+                return entry.payload
+            return await trio.to_thread.run_sync(transcode, entry.payload, entry.codec, codec, self.level(codec))
+
+        return make
+
+    async def _encode(self, batch: Batch, codec: str, start: int, end: int) -> bytes:
+        if batch.proto_bytes * (end - start) // max(batch.records, 1) < INLINE_ENCODE_BYTES:
+            return batch.encode(codec, self.level(codec), start, end)
+        return await trio.to_thread.run_sync(batch.encode, codec, self.level(codec), start, end)
+
+    async def send(self, batch: Batch) -> None:
+        """Return once the batch is delivered, dropped on purpose, or durably spooled."""
+        if self.spool is not None and (self._spooling or len(self.spool)):
+            await self._spool(batch, [(0, batch.records)])
+            return
+        deadline = trio.current_time() + float(self.cfg.spool.after) if self.spool is not None else math.inf
+        ranges = [(0, batch.records)]
+        while ranges:
+            start, end = ranges[0]
+
+            async def make(codec: str, start: int = start, end: int = end) -> bytes:
+                return await self._encode(batch, codec, start, end)
+
+            outcome = await self._post(make, end - start, deadline)
+            if outcome is Outcome.LATE:
+                self._spooling = True
+                await self._spool(batch, ranges)
+                return
+            ranges.pop(0)
+            if outcome is Outcome.TOO_LARGE:
+                if end - start == 1:
+                    self._drop(1, "413 Payload Too Large for a single record")
+                else:
+                    mid = (start + end) // 2
+                    ranges[:0] = [(start, mid), (mid, end)]
+                    self.stats["split_batches"] += 1
+
+    async def _spool(self, batch: Batch, ranges: list[tuple[int, int]]) -> None:
+        assert self.spool is not None
+        for start, end in ranges:
+            codec = self.codec
+            payload = await self._encode(batch, codec, start, end)
+            await self.spool.append(payload, codec, end - start)
+            self.stats["spooled_batches"] += 1
+            self.stats["spooled_records"] += end - start
+
+    def _drop(self, records: int, why: str) -> None:
+        self.stats["dropped_batches"] += 1
+        self.stats["dropped_records"] += records
+        log.log("error", f"output {self.name}: {records} records dropped: {why}", every=10.0, key=f"drop:{self.name}")
+
+    def _headers_for(self, codec: str) -> list[tuple[str, str]]:
+        h = [("Content-Type", "application/x-protobuf")]
+        if codec != "none":
+            h.append(("Content-Encoding", codec))
+        return h + self._headers + self._header_files.values()
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(float(self.cfg.retry.max), float(self.cfg.retry.initial) * 2**attempt)
+        return random.uniform(cap / 2, cap)
+
+    async def _post(self, make: Callable[[str], Awaitable[bytes]], records: int, deadline: float) -> Outcome:
+        """POST until delivered, dropped, too large, or the deadline: what happened."""
+        attempt = 0
+        while True:
+            codec = self.codec
+            payload = await make(codec)
+            self.stats["requests"] += 1
+            try:
+                resp = await self.client.request("POST", self._headers_for(codec), payload, self.timeout)
+            except HttpError as e:
+                wait = self._backoff(attempt)
+                log.log("warning", f"output {self.name}: {self.url}: {e}; retrying", every=10.0, key=f"err:{self.name}")
+            else:
+                s = resp.status
+                if 200 <= s < 300:
+                    rejected, message = partial_success(resp.body)
+                    if rejected:
+                        self.stats["rejected_records"] += rejected
+                        log.log("warning", f"output {self.name}: receiver rejected {rejected} records: {message}",
+                                every=10.0, key=f"partial:{self.name}")
+                    self.stats["delivered_batches"] += 1
+                    self.stats["delivered_records"] += records - rejected
+                    return Outcome.DONE
+                if s == 413:
+                    return Outcome.TOO_LARGE
+                if s == 415 and codec != "none":
+                    self.codec = "gzip" if codec == "zstd" else "none"
+                    log.warning(f"output {self.name}: {self.url} does not accept {codec} (415); sending {self.codec}")
+                    continue
+                after = retry_after(resp.headers.get("retry-after"))
+                if s in RETRYABLE:
+                    wait = after if after is not None else self._backoff(attempt)
+                    log.log("warning", f"output {self.name}: {self.url} answered {s}; retrying",
+                            every=10.0, key=f"retry:{self.name}")
+                elif s in MISCONFIGURED:
+                    wait = after if after is not None else float(self.cfg.retry.misconfigured)
+                    log.log("error", f"output {self.name}: {self.url} answered {s} ({server_message(resp)}): "
+                            "check the endpoint and credentials; retrying", every=60.0, key=f"conf:{self.name}")
+                else:
+                    self._drop(records, f"{self.url} answered {s}: {server_message(resp)}")
+                    return Outcome.DONE
+            attempt += 1
+            self.stats["retries"] += 1
+            if trio.current_time() + wait > deadline:
+                return Outcome.LATE
+            await trio.sleep(wait)

@@ -1,0 +1,152 @@
+"""The spool: a write-ahead log on disk for one output, in `state_dir/spool/<output>`. A batch the
+output could not deliver in time is written as one segment file (tmp + fsync + rename + fsync of
+the directory); once `append` returns it counts as acknowledged, so checkpoints may advance. The
+output replays segments oldest first (also after a restart) and deletes each one its receiver
+acknowledged. Bounded by `max_bytes`: a full spool makes `append` wait, which stops reading.
+
+Segment layout: magic `TRS1`, codec (1 byte: 0 none, 1 gzip, 2 zstd), records (u32 LE),
+payload length (u32 LE), CRC-32 of the payload (u32 LE), then the payload: the encoded,
+compressed ExportLogsServiceRequest exactly as it would be sent."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from collector import log
+
+MAGIC = b"TRS1"
+_HEAD = struct.Struct("<4sBIII")
+CODECS = ("none", "gzip", "zstd")
+
+
+@dataclass(frozen=True)
+class Segment:
+    seq: int
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    segment: Segment
+    codec: str
+    records: int
+    payload: bytes
+
+
+class Spool:
+    def __init__(self, directory: str | Path, max_bytes: int, name: str, warn_every: float = 30.0) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.name = name
+        self.warn_every = warn_every
+        self._segments: list[Segment] = []
+        self.bytes = 0
+        self.appended = 0
+        self.replayed = 0
+        self.corrupt = 0
+        self._changed = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)
+
+    def open(self) -> None:
+        """Create the directory; pick up segments a previous run left (to replay)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for p in self.dir.iterdir():
+            if p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)  # never renamed, so never acknowledged
+            elif p.suffix == ".seg" and p.stem.isdigit():
+                self._segments.append(Segment(int(p.stem), p, p.stat().st_size))
+        self._segments.sort(key=lambda s: s.seq)
+        self.bytes = sum(s.size for s in self._segments)
+        if self._segments:
+            log.info(f"spool {self.name}: {len(self._segments)} batches ({self.bytes} bytes) left to replay")
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    async def append(self, payload: bytes, codec: str, records: int) -> None:
+        """Write one batch durably; waits while the spool is full (reading stops behind it)."""
+        size = _HEAD.size + len(payload)
+        warned = 0.0
+        while self._segments and self.bytes + size > self.max_bytes:
+            now = time.monotonic()
+            if now - warned >= self.warn_every:
+                warned = now
+                log.warning(
+                    f"spool {self.name} is full: reading waits until the output catches up",
+                    spooled_batches=len(self._segments), spooled_bytes=self.bytes, max_bytes=self.max_bytes,
+                )
+            with trio.move_on_after(self.warn_every):
+                await self.changed()
+        seq = self._segments[-1].seq + 1 if self._segments else int(time.time() * 1000) * 1000
+        path = self.dir / f"{seq:020d}.seg"
+        head = _HEAD.pack(MAGIC, CODECS.index(codec), records, len(payload), zlib.crc32(payload))
+
+        def _write() -> None:
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, head)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+        with trio.CancelScope(shield=True):  # half a write is never acknowledged, but finish it
+            await trio.to_thread.run_sync(_write, limiter=self._limiter)
+        self._segments.append(Segment(seq, path, size))
+        self.bytes += size
+        self.appended += 1
+        self._wake()
+
+    async def head(self) -> Entry | None:
+        """The oldest segment, read and checked; a corrupt one is set aside (logged) and skipped."""
+        while self._segments:
+            seg = self._segments[0]
+            try:
+                raw = await trio.to_thread.run_sync(seg.path.read_bytes, limiter=self._limiter)
+                magic, codec, records, n, crc = _HEAD.unpack_from(raw)
+                payload = raw[_HEAD.size:]
+                if magic != MAGIC or len(payload) != n or zlib.crc32(payload) != crc or codec >= len(CODECS):
+                    raise ValueError("bad header or checksum")
+                return Entry(seg, CODECS[codec], records, payload)
+            except (OSError, ValueError, struct.error) as e:
+                self.corrupt += 1
+                log.error(f"spool {self.name}: segment {seg.path.name} is unreadable ({e}); set aside as .corrupt")
+                self._segments.pop(0)
+                self.bytes -= seg.size
+                try:
+                    seg.path.rename(seg.path.with_suffix(".corrupt"))
+                except OSError:
+                    pass
+        return None
+
+    async def remove(self, seg: Segment) -> None:
+        """The output acknowledged `seg`: delete it."""
+        await trio.to_thread.run_sync(lambda: seg.path.unlink(missing_ok=True), limiter=self._limiter)
+        self._segments.remove(seg)
+        self.bytes -= seg.size
+        self.replayed += 1
+        self._wake()
