@@ -61,8 +61,10 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             log.info(
                 "stopped",
                 **{
-                    k: s[k]
-                    for k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")
+                    k: v
+                    for k, v in s.items()
+                    if k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")
+                    or "." in k  # per-output counters: delivered, retries, dropped, spooled, ...
                 },
             )
             nursery.cancel_scope.cancel()

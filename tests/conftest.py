@@ -117,3 +117,96 @@ def base_config(tmp_path: Path, paths: list[str], **input_opts: Any) -> dict[str
         "checkpoint_interval": "200ms",
         "progress_interval": "0s",
     }
+
+
+def require_tool(name: str, why: str) -> str:
+    """The tool's path; without it the test skips, except under CI=true where it fails."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true ({why}) but is not installed")
+        pytest.skip(f"{name} not installed ({why})")
+    return path
+
+
+def stopped_stats(log_text: str) -> dict[str, str]:
+    """The key=value counters of tailrace's final `stopped` log line."""
+    for line in reversed(log_text.splitlines()):
+        if " stopped " in f" {line} " or line.rstrip().endswith("stopped"):
+            return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    raise AssertionError(f"no 'stopped' line in:\n{log_text[-2000:]}")
+
+
+class Otelcol:
+    """The OpenTelemetry Collector (tests/otelcol, v0.161.0): OTLP/HTTP receiver → file exporter
+    (OTLP JSON lines, appended, flushed every 10 ms)."""
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        from tests.receiver import free_port
+
+        self.binary = binary
+        self.port = free_port()
+        self.out = workdir / "otelcol.jsonl"
+        self.log = workdir / "otelcol.log"
+        self.config = workdir / "otelcol.yaml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{self.port}"}}}},
+                    "exporters": {"file": {"path": str(self.out), "append": True, "flush_interval": "10ms"}},
+                    "service": {
+                        "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                        "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["file"]}},
+                    },
+                }
+            )
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Otelcol:
+        import socket
+
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([str(self.binary), "--config", str(self.config)], stderr=err, stdout=err)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, 30, "the OpenTelemetry Collector to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def bodies(self) -> list[str]:
+        return [r["body"]["stringValue"] for r in records(self.out)]
+
+
+@pytest.fixture(scope="session")
+def otelcol_binary() -> Path:
+    require_tool("go", "the OpenTelemetry Collector is built from Go modules")
+    subprocess.run([str(ROOT / "tests" / "otelcol" / "build.sh")], check=True)
+    return ROOT / "target" / "otelcol" / "otelcol-tailrace"
+
+
+@pytest.fixture
+def otelcol(otelcol_binary: Path, tmp_path: Path) -> Iterator[Otelcol]:
+    oc = Otelcol(otelcol_binary, tmp_path)
+    yield oc.start()
+    if oc.proc is not None:
+        oc.proc.kill()
+        oc.proc.wait()
