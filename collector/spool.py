@@ -53,6 +53,9 @@ class Spool:
         self.replayed = 0
         self.corrupt = 0
         self._changed = trio.Event()
+        # Sequence numbers keep replay order; they start at the wall clock (µs) so a spool
+        # emptied and refilled across restarts still sorts in writing order.
+        self._next_seq = time.time_ns() // 1000
         self._limiter = trio.CapacityLimiter(1)
 
     def open(self) -> None:
@@ -64,6 +67,7 @@ class Spool:
             elif p.suffix == ".seg" and p.stem.isdigit():
                 self._segments.append(Segment(int(p.stem), p, p.stat().st_size))
         self._segments.sort(key=lambda s: s.seq)
+        self._next_seq = max(self._next_seq, self._segments[-1].seq + 1 if self._segments else 0)
         self.bytes = sum(s.size for s in self._segments)
         if self._segments:
             log.info(f"spool {self.name}: {len(self._segments)} batches ({self.bytes} bytes) left to replay")
@@ -92,7 +96,8 @@ class Spool:
                 )
             with trio.move_on_after(self.warn_every):
                 await self.changed()
-        seq = self._segments[-1].seq + 1 if self._segments else int(time.time() * 1000) * 1000
+        seq = self._next_seq  # taken before any await: concurrent appends never share one
+        self._next_seq += 1
         path = self.dir / f"{seq:020d}.seg"
         head = _HEAD.pack(MAGIC, CODECS.index(codec), records, len(payload), zlib.crc32(payload))
 
@@ -117,6 +122,7 @@ class Spool:
         with trio.CancelScope(shield=True):  # half a write is never acknowledged, but finish it
             await trio.to_thread.run_sync(_write, limiter=self._limiter)
         self._segments.append(Segment(seq, path, size))
+        self._segments.sort(key=lambda s: s.seq)  # concurrent appends may finish out of order
         self.bytes += size
         self.appended += 1
         self._wake()
