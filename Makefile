@@ -13,10 +13,15 @@ $(STAMP): requirements-test.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $(STAMP)
 
-# Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check).
+# Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check), openssl
+# (a throwaway CA for the TLS tests), and the OpenTelemetry Collector, built from Go modules
+# (tests/otelcol; Go's caches make a rebuild cheap).
 tools:
-	@command -v strace >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq strace >/dev/null; } \
-		|| { echo "make: strace is needed (apt-get install strace)"; exit 1; }
+	@for t in strace openssl; do command -v $$t >/dev/null \
+		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$t >/dev/null; } \
+		|| { echo "make: $$t is needed (apt-get install $$t)"; exit 1; }; done
+	@command -v go >/dev/null || { echo "make: Go is needed to build the OpenTelemetry Collector (tests/otelcol)"; exit 1; }
+	tests/otelcol/build.sh
 
 build: $(STAMP)
 	$(BIN)/maturin develop --release --quiet

@@ -1,8 +1,11 @@
-"""Bulk read-from-head throughput into `blackhole`: MB (10^6 input bytes) per CPU-second of the
-tailrace process (user + system, children included), and its peak RSS. The file is written
-once and read once beforehand so the page cache is warm; each run starts from empty state.
+"""Bulk read-from-head throughput: MB (10^6 input bytes) per CPU-second of the tailrace process
+(user + system, children included) and its peak RSS, for each output side by side, runs
+interleaved: `otlp_http` (protobuf, zstd level 1, into a loopback receiver: tests/receiver.py in
+its own process, which checks the record count) and `blackhole` (encoding without shipping).
+The file is written once and read once beforehand so the page cache is warm; each run starts
+from empty state and ends when every byte is committed (acknowledged).
 
-    python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200]
+    python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200] [--outputs otlp_http,blackhole]
 
 Writes bench/results/throughput-<UTC time>.json and prints a Markdown table."""
 
@@ -58,13 +61,32 @@ def committed(state: Path) -> int:
     return sum(e["offset"] for e in data["entries"])
 
 
-def one_run(data: Path, size: int, work: Path) -> dict[str, float]:
+class LoopbackReceiver:
+    """tests/receiver.py in a process of its own: its CPU is not tailrace's."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.receiver", "--count-only"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline().split()[1])
+
+    def stop(self) -> dict[str, object]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return dict(orjson.loads(out.strip().splitlines()[-1]))
+
+
+def one_run(data: Path, size: int, lines: int, work: Path, output: str) -> dict[str, float]:
     state = work / "state"
     cfg = work / "bench.yaml"
+    receiver = LoopbackReceiver() if output == "otlp_http" else None
+    out = f"{{type: otlp_http, endpoint: 'http://127.0.0.1:{receiver.port}'}}" if receiver else "{type: blackhole}"
     cfg.write_text(
         f"state_dir: {state}\n"
         f"inputs: [{{name: bulk, paths: ['{data}']}}]\n"
-        "outputs: [{type: blackhole}]\n"
+        f"outputs: [{out}]\n"
         "checkpoint_interval: 200ms\nprogress_interval: 0s\n"
     )
     t0 = time.monotonic()
@@ -88,7 +110,14 @@ def one_run(data: Path, size: int, work: Path) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"tailrace exited with {proc.returncode}")
     cpu = ru.ru_utime + ru.ru_stime
+    extra: dict[str, float] = {}
+    if receiver is not None:
+        got = receiver.stop()
+        if got["records"] != lines:
+            raise SystemExit(f"the receiver counted {got['records']} records, expected {lines}")
+        extra = {"wire_bytes": float(str(got["wire_bytes"])), "requests": float(str(got["requests"]))}
     return {
+        **extra,
         "cpu_s": cpu,
         "user_s": ru.ru_utime,
         "sys_s": ru.ru_stime,
@@ -104,6 +133,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--line-bytes", type=int, default=200)
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"))
+    ap.add_argument("--outputs", default="otlp_http,blackhole")
     args = ap.parse_args()
 
     data_dir = Path(args.data_dir)
@@ -113,16 +143,18 @@ def main() -> None:
     lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes)
     size = data.stat().st_size
     warm(data)
-    runs = []
+    outputs = args.outputs.split(",")
+    runs: dict[str, list[dict[str, float]]] = {o: [] for o in outputs}
     for i in range(args.runs):
-        with tempfile.TemporaryDirectory() as work:
-            print(f"run {i + 1}/{args.runs}", file=sys.stderr, flush=True)
-            r = one_run(data, size, Path(work))
-            print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
-            runs.append(r)
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for output in outputs:
+            with tempfile.TemporaryDirectory() as work:
+                print(f"run {i + 1}/{args.runs}: {output}", file=sys.stderr, flush=True)
+                r = one_run(data, size, lines, Path(work), output)
+                print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
+                runs[output].append(r)
+    med = {o: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for o, rs in runs.items()}
     result = {
-        "benchmark": "bulk read-from-head into blackhole",
+        "benchmark": "bulk read-from-head, per output",
         "command": "python -m bench.throughput " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -134,14 +166,22 @@ def main() -> None:
     when = str(result["when"])
     out = RESULTS / f"throughput-{when.replace(':', '')}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    spread = [r["mb_per_cpu_s"] for r in runs]
-    print(
-        f"| input | runs | MB per CPU-second (median; min-max) | peak RSS MiB (median) | wall s (median) |\n"
-        f"|---|---|---|---|---|\n"
-        f"| {size / 2**30:.2f} GiB, {args.line_bytes}-byte lines | {len(runs)} | "
-        f"{med['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {med['peak_rss_mib']:.0f} | "
-        f"{med['wall_s']:.1f} |\n\nraw: {out.relative_to(ROOT)}"
-    )
+    rows = [
+        "| output | input | runs | MB per CPU-second (median; min-max) | peak RSS MiB (median) | wall s (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o, rs in runs.items():
+        spread = [r["mb_per_cpu_s"] for r in rs]
+        m = med[o]
+        rows.append(
+            f"| {o} | {size / 2**30:.2f} GiB, {args.line_bytes}-byte lines | {len(rs)} | "
+            f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {m['peak_rss_mib']:.0f} | "
+            f"{m['wall_s']:.1f} |"
+        )
+    if "otlp_http" in med:
+        m = med["otlp_http"]
+        rows.append(f"\notlp_http: {m['wire_bytes'] / 1e6:.0f} MB on the wire (zstd), {m['requests']:.0f} requests")
+    print("\n".join(rows) + f"\n\nraw: {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ file renamed away every K KiB), `idle` (many files, no writes). Per run: lines, 
 (utime+stime of tailrace, all threads, read from /proc), syscalls per line by kind (tailrace's
 own counters, dumped with SIGUSR1), read latency p50/p99 (the write time embedded in each line
 → the record's observedTimeUnixNano), peak RSS, lost and duplicated lines, and the backlog when
-a mode cannot keep up (reported, not hung). Output `file` (OTLP JSON) so every line can be
-accounted for; OTLP/HTTP into a loopback receiver arrives with the OTLP issue.
+a mode cannot keep up (reported, not hung). `--output otlp_http` (the default) ships OTLP/HTTP
+protobuf with zstd into a loopback receiver (tests/receiver.py, a thread of this harness, not
+of tailrace); `--output file` writes OTLP JSON. Either way every line is accounted for.
 
     python -m bench.watchmodes --workload appends --files 20,200,1000 --rate 20000 --seconds 10
     python -m bench.watchmodes --workload rotate --files 1 --rate 20000 --rotate-kib 1024
@@ -31,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from tests.receiver import Receiver
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 APPENDER = ROOT / "tests" / "appender.py"
@@ -48,14 +51,20 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Run:
-    def __init__(self, work: Path, mode: str, paths: str, coalesce: str) -> None:
+    def __init__(self, work: Path, mode: str, paths: str, coalesce: str, output: str) -> None:
         self.work = work
         self.err = work / "tailrace.stderr"
         self.out = work / "out.jsonl"
+        self.receiver: Receiver | None = None
+        if output == "otlp_http":
+            self.receiver = Receiver().start()
+            out = f"{{type: otlp_http, endpoint: '{self.receiver.endpoint}'}}"
+        else:
+            out = f"{{type: file, path: {self.out}}}"
         (work / "c.yaml").write_text(
             f"state_dir: {work}/state\n"
             f"inputs: [{{name: bench, paths: ['{paths}'], watch: {mode}, coalesce: {coalesce}}}]\n"
-            f"outputs: [{{type: file, path: {self.out}}}]\n"
+            f"outputs: [{out}]\n"
             "progress_interval: 0s\n"
         )
         with open(self.err, "wb") as err:
@@ -79,6 +88,13 @@ class Run:
         raise RuntimeError("no stats from tailrace")
 
     def records(self) -> list[dict[str, Any]]:
+        """(body, observedTimeUnixNano) of every record delivered, as OTLP JSON would have them."""
+        if self.receiver is not None:
+            got = self.receiver.got
+            return [
+                {"body": {"stringValue": b.decode()}, "observedTimeUnixNano": str(t)}
+                for b, t in zip(got.bodies, got.observed_ns, strict=True)
+            ]
         out = []
         if self.out.exists():
             for line in self.out.read_bytes().splitlines():
@@ -90,6 +106,8 @@ class Run:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
+        if self.receiver is not None:
+            self.receiver.stop()
 
 
 def wait_delivered(run: Run, expected: int, deadline: float) -> int:
@@ -107,7 +125,8 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
         logs.mkdir()
         for i in range(files):
             (logs / f"w{i:04d}.log").write_bytes(b"")
-        run = Run(work, mode, f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log", args.coalesce)
+        paths = f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log"
+        run = Run(work, mode, paths, args.coalesce, args.output)
         try:
             # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
             deadline = time.monotonic() + 60
@@ -156,6 +175,7 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
         return {
             "mode": mode,
             "coalesce": args.coalesce,
+            "output": args.output,
             "workload": args.workload,
             "files": files,
             "rate": args.rate if args.workload != "idle" else 0,
@@ -207,6 +227,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rotate-kib", type=int, default=1024)
     ap.add_argument("--coalesce", default="5ms", help="the inputs' coalesce setting")
+    ap.add_argument("--output", choices=["otlp_http", "file"], default="otlp_http")
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median by CPU is kept")
     ap.add_argument("--drain-timeout", type=float, default=20, help="seconds to wait for a backlog")
     ap.add_argument("--work-dir", default=None)

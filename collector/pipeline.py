@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Literal
 
 import trio
 
@@ -21,7 +22,7 @@ CHANNEL_SIZE = 4
 INLINE_STEP_SECONDS = 0.001
 
 
-def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config, encodings: list[str]) -> Tailer:
+def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config, encodings: list[Literal["proto", "json"]]) -> Tailer:
     return Tailer(
         cp,
         name=inp.name,
@@ -40,7 +41,7 @@ def make_tailer(cp: Checkpointer, inp: InputConfig, cfg: Config, encodings: list
         batch_max_records=cfg.batch.max_records,
         batch_max_age=float(cfg.batch.max_age),
         host=socket.gethostname(),
-        encodings=encodings,
+        encodings=list(encodings),
     )
 
 

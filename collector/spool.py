@@ -10,6 +10,7 @@ compressed ExportLogsServiceRequest exactly as it would be sent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -143,10 +144,8 @@ class Spool:
                 log.error(f"spool {self.name}: segment {seg.path.name} is unreadable ({e}); set aside as .corrupt")
                 self._segments.pop(0)
                 self.bytes -= seg.size
-                try:
+                with contextlib.suppress(OSError):
                     seg.path.rename(seg.path.with_suffix(".corrupt"))
-                except OSError:
-                    pass
         return None
 
     async def remove(self, seg: Segment) -> None:

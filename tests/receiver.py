@@ -9,10 +9,12 @@ of totals when it gets SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,6 +34,7 @@ Fault = tuple[int, dict[str, str], bytes]
 class Received:
     bodies: list[bytes] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
+    observed_ns: list[int] = field(default_factory=list)
     requests: int = 0
     accepted: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
@@ -55,7 +58,9 @@ class Receiver:
         delay: float = 0.0,
         count_only: bool = False,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls
         self.accept_zstd = accept_zstd
         self.max_body = max_body
         self.delay = delay
@@ -106,6 +111,8 @@ class Receiver:
                 super().shutdown_request(request)
 
         self._server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -120,10 +127,8 @@ class Receiver:
         with self.lock:
             conns, self._conns = list(self._conns), set()
         for c in conns:  # keep-alive connections too: the receiver is down
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -133,7 +138,7 @@ class Receiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- requests ---------------------------------------------------------------------
     def handle(self, path: str, headers: dict[str, str], raw: bytes) -> Fault:
@@ -174,12 +179,14 @@ class Receiver:
         req.ParseFromString(data)
         bodies: list[bytes] = []
         attributes: list[dict[str, Any]] = []
+        observed: list[int] = []
         for rl in req.resource_logs:
             for sl in rl.scope_logs:
                 for rec in sl.log_records:
                     bodies.append(rec.body.string_value.encode())
                     if not self.count_only:
                         attributes.append({a.key: _value(a.value) for a in rec.attributes})
+                        observed.append(rec.observed_time_unix_nano)
         reject = min(self.partial_reject, len(bodies))
         with self.lock:
             self.got.accepted += 1
@@ -188,6 +195,7 @@ class Receiver:
             if not self.count_only:
                 self.got.bodies.extend(bodies[reject:])
                 self.got.attributes.extend(attributes[reject:])
+                self.got.observed_ns.extend(observed[reject:])
         resp = logs_service_pb2.ExportLogsServiceResponse()
         if reject:
             resp.partial_success.rejected_log_records = reject

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -83,7 +82,9 @@ def account(expected: collections.Counter[str], got: collections.Counter[str]) -
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
-def test_otelcol_receives_every_line_byte_identical(tmp_path: Path, tailrace, otelcol: Otelcol, compression: str) -> None:  # type: ignore[no-untyped-def]
+def test_otelcol_receives_every_line_byte_identical(  # type: ignore[no-untyped-def]
+    tmp_path: Path, tailrace, otelcol: Otelcol, compression: str
+) -> None:
     expected = write_files(tmp_path / "logs", 100, 1000)
     t = tailrace(otlp_config(tmp_path, otelcol.endpoint, compression=compression)).start()
     wait_for(lambda: len(otelcol.bodies()) >= 100_000, 120, "100,000 records at the OpenTelemetry Collector", 0.2)
@@ -273,7 +274,8 @@ def test_400_drops_the_batch_counts_it_and_moves_on(tmp_path: Path, tailrace) ->
         s = stopped_stats(t.log())
         assert s["otlp.dropped_records"] == "500" and s["otlp.dropped_batches"] == "1"
         assert "answered 400: bad data: field x" in t.log()
-        assert collections.Counter(b.decode() for b in r.bodies()) == collections.Counter(line(1, n) for n in range(100))
+        got = collections.Counter(b.decode() for b in r.bodies())
+        assert got == collections.Counter(line(1, n) for n in range(100))
         # The dropped batch advanced its checkpoint: a restart does not send it again.
         cp = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
         assert cp["entries"][0]["offset"] == (tmp_path / "logs" / "f000.log").stat().st_size

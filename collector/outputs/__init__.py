@@ -14,8 +14,10 @@ from collector.config import BlackholeOutput, FileOutput, OtlpHttpOutput, Output
 
 class Output(Protocol):
     name: str
-    encoding: Literal["proto", "json"]
     max_in_flight: int
+
+    @property
+    def encoding(self) -> Literal["proto", "json"]: ...
 
     async def open(self) -> None: ...
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from collector._native import Batch
 from collector.config import BlackholeOutput
 
 
 class Blackhole:
-    encoding = "proto"
+    encoding: Final = "proto"
     max_in_flight = 1
 
     def __init__(self, cfg: BlackholeOutput) -> None:

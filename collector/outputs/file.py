@@ -5,7 +5,7 @@ flushed to the kernel; writes run on a worker thread so the event loop never blo
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 import trio
 
@@ -14,7 +14,7 @@ from collector.config import FileOutput
 
 
 class File:
-    encoding = "json"
+    encoding: Final = "json"
     max_in_flight = 1
 
     def __init__(self, cfg: FileOutput) -> None:

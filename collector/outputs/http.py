@@ -58,7 +58,8 @@ def proxy_for(target: Target) -> Target | None:
     """The proxy the environment names for `target`, honouring NO_PROXY."""
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(target.scheme)
-    if not url or urllib.request.proxy_bypass_environment(target.host, proxies):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # (not in typeshed)
+    if not url or bypass(target.host, proxies):
         return None
     if "://" not in url:
         url = "http://" + url
@@ -97,7 +98,7 @@ class Connection:
                 chunk = await self.stream.receive_some(_READ)
                 if not chunk:
                     raise HttpError("connection closed before the answer was complete")
-                c.receive_data(chunk)
+                c.receive_data(bytes(chunk))
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
@@ -123,7 +124,8 @@ class Connection:
 class Client:
     """Keep-alive connections to one endpoint (through its proxy, if any)."""
 
-    def __init__(self, url: str, tls: TlsConfig, user_agent: str) -> None:
+    def __init__(self, url: str, tls: TlsConfig, user_agent: str, timeout: float) -> None:
+        self.timeout = timeout  # per attempt: connect, TLS, request and answer
         self.target = Target.parse(url)
         self.proxy = proxy_for(self.target)
         self.user_agent = user_agent
@@ -161,7 +163,7 @@ class Client:
                 chunk = await stream.receive_some(_READ)
                 if not chunk:
                     raise HttpError("proxy closed the connection during CONNECT")
-                c.receive_data(chunk)
+                c.receive_data(bytes(chunk))
             elif isinstance(event, h11.Response):
                 if event.status_code != 200:
                     raise HttpError(f"proxy answered CONNECT with {event.status_code}")
@@ -171,7 +173,7 @@ class Client:
             else:
                 raise HttpError(f"proxy: unexpected {type(event).__name__} during CONNECT")
 
-    async def request(self, method: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> Response:
+    async def request(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
         """One request; a stale keep-alive connection is retried once on a fresh one."""
         target = self.target.path
         if self.proxy and not self._tls:
@@ -181,20 +183,21 @@ class Client:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else None
             try:
-                with trio.fail_after(timeout):
+                with trio.fail_after(self.timeout):
                     if conn is None:
                         conn = await self._connect()
                     answer = await conn.request(method, target, hdrs, body)
             except trio.TooSlowError:
                 if conn is not None:
                     await conn.aclose()
-                raise HttpError(f"no answer within {timeout:g}s") from None
+                raise HttpError(f"no answer within {self.timeout:g}s") from None
             except (OSError, h11.ProtocolError, trio.BrokenResourceError, ssl.SSLError) as e:
                 if conn is not None:
                     await conn.aclose()
                 if reused and attempt == 0:
                     continue  # the server closed an idle keep-alive connection
-                raise HttpError(str(e) or type(e).__name__) from None
+                cause = e.__cause__ or e  # trio wraps TLS errors in BrokenResourceError
+                raise HttpError(str(cause) or type(cause).__name__) from None
             except BaseException:
                 if conn is not None:
                     await conn.aclose()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -175,7 +176,7 @@ class HeaderFiles:
 
 
 class OtlpHttp:
-    encoding = "proto"
+    encoding: Final = "proto"
 
     def __init__(self, cfg: OtlpHttpOutput, state_dir: str) -> None:
         self.name = cfg.name
@@ -186,7 +187,7 @@ class OtlpHttp:
         self.timeout = float(cfg.timeout)
         self._headers = [(k, v) for k, v in cfg.headers.items()]
         self._header_files = HeaderFiles(cfg.header_files)
-        self.client = Client(self.url, cfg.tls, f"tailrace/{__version__}")
+        self.client = Client(self.url, cfg.tls, f"tailrace/{__version__}", self.timeout)
         self.spool: Spool | None = None
         if cfg.spool.enabled:
             self.spool = Spool(
@@ -299,7 +300,7 @@ class OtlpHttp:
             payload = await make(codec)
             self.stats["requests"] += 1
             try:
-                resp = await self.client.request("POST", self._headers_for(codec), payload, self.timeout)
+                resp = await self.client.request("POST", self._headers_for(codec), payload)
             except HttpError as e:
                 wait = self._backoff(attempt)
                 log.log("warning", f"output {self.name}: {self.url}: {e}; retrying", every=10.0, key=f"err:{self.name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Final
 
 import trio
 
@@ -11,7 +12,7 @@ from collector.config import StdoutOutput
 
 
 class Stdout:
-    encoding = "json"
+    encoding: Final = "json"
     max_in_flight = 1
 
     def __init__(self, cfg: StdoutOutput) -> None:
