@@ -156,3 +156,63 @@ def test_tls_verifies_the_server_and_presents_a_client_certificate(tmp_path: Pat
         assert good.stop() == 0
         assert account(expected, collections.Counter(b.decode() for b in r.bodies())) == (0, 0, 0)
         assert stopped_stats(good.log())["otlp.delivered_records"] == "100"
+
+
+class _Script(trio.abc.Stream):
+    """A stream that answers with scripted bytes, in the pieces given."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+        self.sent = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += bytes(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        pass
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.pieces.pop(0) if self.pieces else b""
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("pieces", "status", "body", "reusable"),
+    [
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"], 200, b"abc", True),
+        ([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2", b"04 No Content\r\nContent-Length: 0\r\n\r\n"], 204, b"", True),
+        ([b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nab", b"c\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n"],
+         503, b"abcde", True),
+        ([b"HTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"], 400, b"no", False),
+        ([b"HTTP/1.0 200 OK\r\n\r\nto the end", b" of the connection"], 200, b"to the end of the connection", False),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxEXTRA"], 200, b"x", False),
+    ],
+)
+async def test_http_answers_are_framed_correctly(pieces: list[bytes], status: int, body: bytes, reusable: bool) -> None:
+    from collector.outputs.http import Connection
+
+    c = Connection(_Script(pieces))
+    resp = await c.request("POST", "/v1/logs", [("Host", "h")], b"payload")
+    assert (resp.status, resp.body, c.reusable) == (status, body, reusable)
+    assert c.stream.sent == b"POST /v1/logs HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\npayload"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"],
+        [b"SSH-2.0-OpenSSH\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"],
+        [],
+    ],
+)
+async def test_http_broken_answers_are_errors(pieces: list[bytes]) -> None:
+    from collector.outputs.http import Connection, HttpError
+
+    with pytest.raises(HttpError):
+        await Connection(_Script(pieces)).request("POST", "/", [], b"")
+    with pytest.raises(HttpError, match="line break"):
+        await Connection(_Script(pieces)).request("POST", "/", [("X", "a\r\nInjected: 1")], b"")

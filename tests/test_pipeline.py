@@ -52,6 +52,9 @@ class GatedOutput:
     async def open(self) -> None:
         pass
 
+    def precompress(self) -> None:
+        return None
+
     async def serve(self) -> None:
         pass
 

@@ -17,6 +17,9 @@ class Blackhole:
         self.batches = 0
         self.records = 0
 
+    def precompress(self) -> None:
+        return None
+
     async def serve(self) -> None:
         pass
 

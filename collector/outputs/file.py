@@ -23,6 +23,9 @@ class File:
         self._f: BinaryIO | None = None
         self._limiter = trio.CapacityLimiter(1)
 
+    def precompress(self) -> None:
+        return None
+
     async def serve(self) -> None:
         pass
 

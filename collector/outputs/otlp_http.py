@@ -204,6 +204,9 @@ class OtlpHttp:
         lvl = self.cfg.compression_level
         return DEFAULT_LEVEL[codec] if lvl is None or codec != self.cfg.compression else lvl
 
+    def precompress(self) -> tuple[str, int] | None:
+        return (self.codec, self.level(self.codec)) if self.codec != "none" else None
+
     async def open(self) -> None:
         if self.spool is not None:
             await trio.to_thread.run_sync(self.spool.open)
@@ -237,7 +240,10 @@ class OtlpHttp:
         return make
 
     async def _encode(self, batch: Batch, codec: str, start: int, end: int) -> bytes:
-        if batch.proto_bytes * (end - start) // max(batch.records, 1) < INLINE_ENCODE_BYTES:
+        whole = start == 0 and end == batch.records
+        if (whole and batch.is_precompressed(codec, self.level(codec))) or (
+            batch.proto_bytes * (end - start) // max(batch.records, 1) < INLINE_ENCODE_BYTES
+        ):
             return batch.encode(codec, self.level(codec), start, end)
         return await trio.to_thread.run_sync(batch.encode, codec, self.level(codec), start, end)
 

@@ -19,6 +19,9 @@ class Stdout:
         self.name = cfg.name
         self._limiter = trio.CapacityLimiter(1)
 
+    def precompress(self) -> None:
+        return None
+
     async def serve(self) -> None:
         pass
 

@@ -63,11 +63,51 @@ pub struct Batch {
     pub offsets: Vec<(FileKey, u32, u64)>,
     /// The whole OTLP/JSON document (with its newline), if JSON was asked for.
     pub json: Vec<u8>,
-    /// Encoded `log_records` fields, if protobuf was asked for; `ends[i]` is where record `i`
-    /// ends in it.
-    proto_records: Vec<u8>,
+    /// The protobuf request, if protobuf was asked for: a gap for the head, then the encoded
+    /// `log_records` fields from `gap` on. At close the head is written at the end of the gap
+    /// (from `head_at`), so the whole request is one contiguous slice (compressed without a
+    /// copy). `ends[i]` is where record `i` ends, relative to `gap`.
+    proto: Vec<u8>,
+    gap: usize,
+    head_at: usize,
     ends: Vec<u32>,
     parts: Arc<RequestParts>,
+    /// The whole request compressed when the batch closed, if the tailer was asked to.
+    compressed: Option<(Compression, i32, Vec<u8>)>,
+    pool: Arc<BufferPool>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.proto));
+    }
+}
+
+/// Protobuf buffers of delivered batches, reused by new ones: a fresh megabyte per batch costs
+/// more in page faults (and their system time) than encoding into it.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    const KEEP: usize = 8;
+
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut v = self.free.lock().expect("pool lock").pop().unwrap_or_default();
+        v.clear();
+        v.reserve(capacity);
+        v
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        if v.capacity() > 0 {
+            let mut free = self.free.lock().expect("pool lock");
+            if free.len() < Self::KEEP {
+                free.push(v);
+            }
+        }
+    }
 }
 
 impl Batch {
@@ -77,16 +117,30 @@ impl Batch {
         if from >= to {
             return Err(format!("empty record range {from}..{to} of {}", self.ends.len()));
         }
-        let a = if from == 0 { 0 } else { self.ends[from - 1] as usize };
-        let b = self.ends[to - 1] as usize;
-        let records = &self.proto_records[a..b];
+        if from == 0 && to == self.ends.len() {
+            if let Some(done) = self.precompressed(codec, level) {
+                return Ok(done.to_vec());
+            }
+            return otlp::compress(codec, level, &[&self.proto[self.head_at..]]).map_err(|e| format!("compress: {e}"));
+        }
+        let a = self.gap + if from == 0 { 0 } else { self.ends[from - 1] as usize };
+        let b = self.gap + self.ends[to - 1] as usize;
+        let records = &self.proto[a..b];
         let head = otlp::proto_request_head(&self.parts.resource_attrs, &self.parts.scope, records.len());
         otlp::compress(codec, level, &[&head, records]).map_err(|e| format!("compress: {e}"))
     }
 
-    /// Uncompressed protobuf size of the whole batch.
+    /// The whole request as compressed when the batch closed, if it was, with this codec.
+    pub fn precompressed(&self, codec: Compression, level: i32) -> Option<&[u8]> {
+        match &self.compressed {
+            Some((c, l, bytes)) if *c == codec && (*l == level || codec == Compression::None) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Uncompressed protobuf size of the records of the batch.
     pub fn proto_len(&self) -> usize {
-        self.proto_records.len()
+        self.proto.len() - self.gap
     }
 }
 
@@ -98,6 +152,11 @@ struct Open {
 pub struct Batcher {
     limits: BatchLimits,
     encodings: Encodings,
+    /// Compress each batch as it closes (on the thread that reads), for the main output.
+    precompress: Option<(Compression, i32)>,
+    /// Room for the request head before the records (its largest possible size).
+    gap: usize,
+    pool: Arc<BufferPool>,
     header: Vec<u8>,
     parts: Arc<RequestParts>,
     open: Option<Open>,
@@ -114,6 +173,16 @@ const FOOTER: &[u8] = b"]}]}]}\n";
 
 impl Batcher {
     pub fn new(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64) -> Self {
+        Self::with_compression(limits, encodings, host, first_id, None)
+    }
+
+    pub fn with_compression(
+        limits: BatchLimits,
+        encodings: Encodings,
+        host: &str,
+        first_id: u64,
+        precompress: Option<(Compression, i32)>,
+    ) -> Self {
         let mut header = Vec::new();
         header.extend_from_slice(b"{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
         string_attr(&mut header, "host.name", host.as_bytes());
@@ -123,9 +192,13 @@ impl Batcher {
         let mut resource_attrs = Vec::new();
         otlp::proto_string_attr(&mut resource_attrs, 1, "host.name", host);
         let parts = Arc::new(RequestParts { resource_attrs, scope: otlp::proto_scope("tailrace", env!("CARGO_PKG_VERSION")) });
+        let gap = otlp::proto_request_head(&parts.resource_attrs, &parts.scope, u32::MAX as usize).len();
         Batcher {
             limits,
             encodings,
+            precompress: if encodings.proto { precompress } else { None },
+            gap,
+            pool: Arc::new(BufferPool::default()),
             header,
             parts,
             open: None,
@@ -170,8 +243,20 @@ impl Batcher {
 
     fn finish(&mut self) {
         if let Some(mut o) = self.open.take() {
+            let b = &mut o.batch;
             if self.encodings.json {
-                o.batch.json.extend_from_slice(FOOTER);
+                b.json.extend_from_slice(FOOTER);
+            }
+            if self.encodings.proto {
+                let head = otlp::proto_request_head(&b.parts.resource_attrs, &b.parts.scope, b.proto.len() - b.gap);
+                b.head_at = b.gap - head.len();
+                b.proto[b.head_at..b.gap].copy_from_slice(&head);
+                if let Some((codec, level)) = self.precompress {
+                    // A failure here is retried (and reported) by the output's own encode.
+                    if let Ok(out) = otlp::compress(codec, level, &[&b.proto[b.head_at..]]) {
+                        b.compressed = Some((codec, level, out));
+                    }
+                }
             }
             self.ready.push_back(o.batch);
         }
@@ -215,7 +300,8 @@ impl LineSink for Batcher {
     fn record(&mut self, source: &Arc<Source>, body: &[u8], end_offset: u64, consumed: u64, flags: Flags) {
         let attrs = source_attrs(source);
         let now = self.now;
-        let (enc, header, parts) = (self.encodings, &self.header, &self.parts);
+        let (enc, header, parts, gap, pool) = (self.encodings, &self.header, &self.parts, self.gap, &self.pool);
+        let max_bytes = self.limits.max_bytes;
         let open = self.open.get_or_insert_with(|| {
             let mut json = Vec::new();
             if enc.json {
@@ -230,9 +316,20 @@ impl LineSink for Batcher {
                 input_bytes: 0,
                 offsets: Vec::new(),
                 json,
-                proto_records: Vec::with_capacity(if enc.proto { 64 * 1024 } else { 0 }),
+                // A buffer a delivered batch gave back: already grown and paged in.
+                proto: if enc.proto {
+                    let mut v = pool.take(gap + max_bytes / 16);
+                    v.resize(gap, 0);
+                    v
+                } else {
+                    Vec::new()
+                },
+                gap: if enc.proto { gap } else { 0 },
+                head_at: 0,
                 ends: Vec::new(),
                 parts: parts.clone(),
+                compressed: None,
+                pool: pool.clone(),
             };
             Open { batch, opened: now }
         });
@@ -257,9 +354,9 @@ impl LineSink for Batcher {
                 if flags.partial {
                     extra[3] = &f[2];
                 }
-                otlp::proto_record(&mut b.proto_records, self.observed_ns, text, &extra);
+                otlp::proto_record(&mut b.proto, self.observed_ns, text, &extra);
             });
-            b.ends.push(b.proto_records.len() as u32);
+            b.ends.push((b.proto.len() - b.gap) as u32);
         }
         if enc.json {
             let p = &mut b.json;
@@ -295,7 +392,7 @@ impl LineSink for Batcher {
         if !valid {
             self.invalid_utf8 += 1;
         }
-        if b.json.len().max(b.proto_records.len()) >= self.limits.max_bytes || b.records as usize >= self.limits.max_records {
+        if b.json.len().max(b.proto.len() - b.gap) >= self.limits.max_bytes || b.records as usize >= self.limits.max_records {
             self.finish();
         }
     }
@@ -411,6 +508,18 @@ mod tests {
         let z = batch.encode(Compression::Zstd, 1, 0, 2).unwrap();
         assert_eq!(zstd::stream::decode_all(&z[..]).unwrap(), req);
         assert!(batch.encode(Compression::None, 0, 2, 2).is_err());
+        assert!(batch.precompressed(Compression::Zstd, 1).is_none());
+        // Compressed as it closes when asked: the same request, no work left for the output.
+        let limits = BatchLimits { max_bytes: 1 << 20, max_records: 2, max_age: Duration::from_secs(1) };
+        let mut pre = Batcher::with_compression(limits, Encodings::default(), "h\"1", 7, Some((Compression::Zstd, 1)));
+        pre.set_clock(Instant::now(), 42);
+        pre.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
+        pre.record(&src, b"\xffbad", 21, 5, Flags { split: false, partial: true });
+        let p = pre.pop_ready().unwrap();
+        assert!(p.json.is_empty());
+        let done = p.precompressed(Compression::Zstd, 1).expect("compressed at close");
+        assert_eq!(zstd::stream::decode_all(done).unwrap(), req);
+        assert!(p.precompressed(Compression::Zstd, 3).is_none() && p.precompressed(Compression::Gzip, 1).is_none());
         let text = String::from_utf8(batch.json).unwrap();
         assert!(text.ends_with("]}]}]}\n"));
         assert!(text.contains(r#"{"key":"host.name","value":{"stringValue":"h\"1"}}"#));

@@ -131,11 +131,26 @@ impl Compression {
     }
 }
 
-/// Compress `parts` (concatenated) as one stream.
+thread_local! {
+    /// One zstd context per thread (and level), reused: creating one costs more than a batch.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compress `parts` (concatenated) as one stream. A single part is compressed in one shot,
+/// without the copy into a streaming buffer.
 pub fn compress(codec: Compression, level: i32, parts: &[&[u8]]) -> std::io::Result<Vec<u8>> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     match codec {
         Compression::None => Ok(parts.concat()),
+        Compression::Zstd if parts.len() == 1 => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            let (_, c) = slot.as_mut().expect("just set");
+            c.include_contentsize(true)?;
+            c.compress(parts[0])
+        }),
         Compression::Zstd => {
             let mut enc = zstd::stream::Encoder::new(Vec::with_capacity(total / 4 + 64), level)?;
             enc.include_contentsize(true)?;

@@ -107,8 +107,19 @@ impl Batch {
         let codec = tailrace_core::Compression::parse(compression).map_err(value_err)?;
         let inner = self.inner.clone();
         let end = end.unwrap_or(inner.records as usize);
+        if start == 0 && end >= inner.records as usize {
+            if let Some(done) = inner.precompressed(codec, level) {
+                return Ok(PyBytes::new(py, done)); // compressed when the batch closed
+            }
+        }
         let out = py.detach(move || inner.encode(codec, level, start, end)).map_err(value_err)?;
         Ok(PyBytes::new(py, &out))
+    }
+
+    /// Whether `encode(compression, level)` of the whole batch is ready without work.
+    #[pyo3(signature = (compression, level))]
+    fn is_precompressed(&self, compression: &str, level: i32) -> bool {
+        tailrace_core::Compression::parse(compression).is_ok_and(|c| self.inner.precompressed(c, level).is_some())
     }
 
     fn __repr__(&self) -> String {
@@ -147,7 +158,7 @@ impl Tailer {
         rescan_interval = 1.0, read_from = "beginning", max_line_bytes = 1 << 20, read_budget = 256 * 1024,
         partial_flush = 5.0, rotate_wait = 5.0, close_inactive = 300.0, batch_max_bytes = 1 << 20,
         batch_max_records = 10_000, batch_max_age = 0.1, host = "localhost".to_string(), first_batch_id = 1,
-        encodings = vec!["proto".to_string()]))]
+        encodings = vec!["proto".to_string()], compression = None, compression_level = 1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         checkpointer: &Checkpointer,
@@ -169,7 +180,13 @@ impl Tailer {
         host: String,
         first_batch_id: u64,
         encodings: Vec<String>,
+        compression: Option<&str>,
+        compression_level: i32,
     ) -> PyResult<Self> {
+        let compression = match compression {
+            Some(c) => Some((tailrace_core::Compression::parse(c).map_err(value_err)?, compression_level)),
+            None => None,
+        };
         let watch = match watch {
             "poll" => WatchMode::Poll,
             "inotify" => WatchMode::Inotify,
@@ -211,6 +228,7 @@ impl Tailer {
             close_inactive: secs(close_inactive),
             batch: BatchLimits { max_bytes: batch_max_bytes.max(1), max_records: batch_max_records.max(1), max_age: secs(batch_max_age) },
             encodings: enc,
+            compression,
             host,
             ..TailerConfig::default()
         };
