@@ -520,7 +520,7 @@ mod tests {
         let done = p.precompressed(Compression::Zstd, 1).expect("compressed at close");
         assert_eq!(zstd::stream::decode_all(done).unwrap(), req);
         assert!(p.precompressed(Compression::Zstd, 3).is_none() && p.precompressed(Compression::Gzip, 1).is_none());
-        let text = String::from_utf8(batch.json).unwrap();
+        let text = String::from_utf8(batch.json.clone()).unwrap();
         assert!(text.ends_with("]}]}]}\n"));
         assert!(text.contains(r#"{"key":"host.name","value":{"stringValue":"h\"1"}}"#));
         assert!(text.contains(r#""body":{"stringValue":"he said \"hi\"\t\u0001"}"#));
