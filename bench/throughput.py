@@ -6,6 +6,7 @@ The file is written once and read once beforehand so the page cache is warm; eac
 from empty state and ends when every byte is committed (acknowledged).
 
     python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200] [--outputs otlp_http,blackhole]
+                               [--content repetitive|varied]
 
 Writes bench/results/throughput-<UTC time>.json and prints a Markdown table."""
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -29,15 +31,44 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def make_file(path: Path, total: int, line_bytes: int) -> int:
-    """Write `total` bytes (rounded down to whole lines) of distinct `line_bytes`-byte lines."""
+WORDS = (
+    "request", "served", "cache", "miss", "upstream", "timeout", "retry", "user", "session",
+    "token", "refreshed", "order", "created", "payment", "declined", "inventory", "low",
+    "shipment", "queued", "worker", "started", "job", "finished", "slow", "query", "index",
+)
+
+
+def varied_line(rng: random.Random, i: int) -> str:
+    """An access-log-like line: timestamps, ids, paths, numbers and words that change."""
+    return (
+        f"2026-11-26T{i // 3600000 % 24:02d}:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z "
+        f"{rng.choice(('INFO', 'INFO', 'INFO', 'WARN', 'ERROR', 'DEBUG'))} svc-{rng.randrange(40)} "
+        f"req={rng.getrandbits(64):016x} user={rng.randrange(10**6)} ip=10.{rng.randrange(256)}.{rng.randrange(256)}."
+        f"{rng.randrange(256)} path=/api/v1/{rng.choice(WORDS)}/{rng.randrange(10**5)} "
+        f"status={rng.choice((200, 200, 200, 201, 204, 304, 400, 404, 500, 503))} dur={rng.expovariate(0.02):.1f}ms "
+        f'msg="{" ".join(rng.choice(WORDS) for _ in range(8))}" '
+    )
+
+
+def make_file(path: Path, total: int, line_bytes: int, content: str = "repetitive") -> int:
+    """Write `total` bytes (rounded down to whole lines) of distinct `line_bytes`-byte lines:
+    `repetitive` (a counter and padding: compresses ~100x) or `varied` (access-log-like, ~4x)."""
     lines = total // line_bytes
     if path.exists() and path.stat().st_size == lines * line_bytes:
         return lines
     pad = "y" * line_bytes
+    rng = random.Random(42)
     with open(path, "wb", buffering=1 << 20) as f:
         chunk = []
         for i in range(lines):
+            if content == "varied":
+                text = varied_line(rng, i)
+                text = (text + pad)[: line_bytes - 1] if len(text) < line_bytes - 1 else text[: line_bytes - 1]
+                chunk.append((text + "\n").encode())
+                if len(chunk) == 10_000:
+                    f.write(b"".join(chunk))
+                    chunk.clear()
+                continue
             head = f"2026-11-26T00:00:00.000Z bench line {i:010d} "
             chunk.append((head + pad[: line_bytes - len(head) - 1] + "\n").encode())
             if len(chunk) == 10_000:
@@ -134,13 +165,15 @@ def main() -> None:
     ap.add_argument("--line-bytes", type=int, default=200)
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"))
     ap.add_argument("--outputs", default="otlp_http,blackhole")
+    ap.add_argument("--content", choices=["repetitive", "varied"], default="repetitive")
     args = ap.parse_args()
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B.log"
+    suffix = "" if args.content == "repetitive" else f"-{args.content}"
+    data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B{suffix}.log"
     print(f"writing {data} …", file=sys.stderr, flush=True)
-    lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes)
+    lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes, args.content)
     size = data.stat().st_size
     warm(data)
     outputs = args.outputs.split(",")
@@ -158,7 +191,7 @@ def main() -> None:
         "command": "python -m bench.throughput " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "input": {"bytes": size, "lines": lines, "line_bytes": args.line_bytes},
+        "input": {"bytes": size, "lines": lines, "line_bytes": args.line_bytes, "content": args.content},
         "runs": runs,
         "median": med,
     }
@@ -174,13 +207,16 @@ def main() -> None:
         spread = [r["mb_per_cpu_s"] for r in rs]
         m = med[o]
         rows.append(
-            f"| {o} | {size / 2**30:.2f} GiB, {args.line_bytes}-byte lines | {len(rs)} | "
+            f"| {o} | {size / 2**30:.2f} GiB, {args.line_bytes}-byte {args.content} lines | {len(rs)} | "
             f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {m['peak_rss_mib']:.0f} | "
             f"{m['wall_s']:.1f} |"
         )
     if "otlp_http" in med:
         m = med["otlp_http"]
-        rows.append(f"\notlp_http: {m['wire_bytes'] / 1e6:.0f} MB on the wire (zstd), {m['requests']:.0f} requests")
+        rows.append(
+            f"\notlp_http: {m['wire_bytes'] / 1e6:.0f} MB on the wire (zstd, {size / m['wire_bytes']:.1f}x), "
+            f"{m['requests']:.0f} requests"
+        )
     print("\n".join(rows) + f"\n\nraw: {out.relative_to(ROOT)}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import trio
 
 from collector import config
 from collector.pipeline import Pipeline
-from tests.conftest import ROOT, base_config, count_records, wait_for
+from tests.conftest import ROOT, base_config, count_records, require_tool, wait_for
 
 APPENDER = str(ROOT / "tests" / "appender.py")
 
@@ -80,15 +79,6 @@ async def test_naive_mode_trips_the_guard(tmp_path: Path) -> None:
     assert stat_family(d) >= 2 * d["lines"], d
 
 
-def _strace_or_fail() -> str:
-    path = shutil.which("strace")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("strace is required under CI=true (apt-get install strace)")
-        pytest.skip("strace not installed")
-    return path
-
-
 STAT_CALLS = ("fstat", "newfstatat", "fstatat64", "statx", "stat", "lstat")
 
 
@@ -118,7 +108,7 @@ def _stats_dump(t, n: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
 def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line) -> None:  # type: ignore[no-untyped-def]
     """At a small scale (20 files × 20 lines/s × 3 s), strace attached to every thread counts
     what the core's counters say: preads are file reads, stat-family calls are stat calls."""
-    strace = _strace_or_fail()
+    strace = require_tool("strace", "the guard's cross-check (apt-get install strace)")
     files, rate, seconds = 20, 20.0, 3.0
     logs = tmp_path / "logs"
     logs.mkdir()
