@@ -1,5 +1,5 @@
-"""The `tailrace` command: run, demo, check-config, --version. Exit codes: 0 done (also after
-SIGINT/SIGTERM), 2 configuration error, 1 anything else."""
+"""The `tailrace` command: run, demo, check-config, profile, top, --version. Exit codes: 0 done
+(also after SIGINT/SIGTERM), 2 configuration error, 1 anything else."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
 
         prepare(Path(cfg.inputs[0].paths[0]).parent)
     pipeline = Pipeline(cfg)
+    profiler = None
+    if cfg.profiler.enabled:
+        from collector.profiler import Profiler
+
+        pc = cfg.profiler
+        profiler = Profiler(Path(cfg.state_dir) / "profiles", every=float(pc.every), duration=float(pc.duration),
+                            rate=pc.rate, threshold=pc.threshold, min_samples=pc.min_samples, keep=pc.keep)
+    from collector.telemetry import Telemetry
+
+    telemetry = Telemetry(pipeline, profiler)
+    for out in pipeline.outputs:
+        if hasattr(out, "observe"):
+            out.observe = telemetry.observe_export
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
 
@@ -46,6 +59,13 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
 
             nursery.start_soon(on_signal)
             await nursery.start(pipeline.run)
+            nursery.start_soon(telemetry.watch_loop_lag)
+            if cfg.admin.enabled:
+                from collector.admin import Admin
+
+                await nursery.start(Admin(pipeline, telemetry, profiler).serve, cfg.admin.address)
+            if profiler is not None:
+                nursery.start_soon(profiler.run)
             if cfg.progress_interval:
                 nursery.start_soon(progress, pipeline, float(cfg.progress_interval))
             if demo:
@@ -80,7 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--config", help=argparse.SUPPRESS)
     chk = sub.add_parser("check-config", help="validate a configuration and exit")
     chk.add_argument("file")
+    prof = sub.add_parser("profile", help="a py-spy flamegraph of a running tailrace (or one started here)")
+    who = prof.add_mutually_exclusive_group(required=True)
+    who.add_argument("--pid", type=int, help="profile this running process")
+    who.add_argument("--config", help="start tailrace on this configuration and profile it")
+    prof.add_argument("--duration", type=float, default=10.0, help="seconds of sampling (default 10)")
+    prof.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
+    prof.add_argument("--out", default="profiles", help="directory for the SVG and speedscope JSON")
+    top = sub.add_parser("top", help="a live view of a running tailrace, through its admin endpoint")
+    top.add_argument("--url", default="http://127.0.0.1:2020", help="its admin endpoint")
+    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="print one view (two samples `interval` apart) and exit")
     args = ap.parse_args(argv)
+    if args.command == "profile":
+        from collector.profile_cmd import main as profile_main
+
+        return profile_main(args)
+    if args.command == "top":
+        from collector.top import main as top_main
+
+        return top_main(args.url, args.interval, args.once)
 
     try:
         cfg = _load(args.file if args.command == "check-config" else args.config)

@@ -210,6 +210,43 @@ class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
 OutputConfig = FileOutput | StdoutOutput | BlackholeOutput | OtlpHttpOutput
 
 
+class ProfilerConfig(_Strict):
+    """py-spy against tailrace itself: `duration` of sampling at `rate` Hz every `every`."""
+
+    enabled: bool = True
+    every: Duration = "5m"
+    duration: Duration = "10s"
+    rate: int = 50
+    # Warn when more than this share of samples is in stat-family syscalls (with >= min_samples).
+    threshold: float = 0.10
+    min_samples: int = 200
+    keep: int = 12
+
+    def __post_init__(self) -> None:
+        self.every = duration(self.every, "every")
+        self.duration = duration(self.duration, "duration")
+        if float(self.duration) < 1:
+            raise ValueError("duration: at least 1s")
+        if not 1 <= self.rate <= 1000:
+            raise ValueError("rate: between 1 and 1000 (Hz)")
+        if not 0 < self.threshold < 1:
+            raise ValueError("threshold: a share between 0 and 1, like 0.10")
+        if self.keep < 1:
+            raise ValueError("keep: at least 1")
+
+
+class AdminConfig(_Strict):
+    """The admin HTTP endpoint: /healthz, /readyz, /metrics, /stats, /debug/profile/latest.svg."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1:2020"
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"address: expected host:port, got {self.address!r}")
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -224,6 +261,8 @@ class Config(_Strict):
     shutdown_grace: Duration = "10s"
     progress_interval: Duration = "5s"
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    profiler: ProfilerConfig = msgspec.field(default_factory=ProfilerConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -70,6 +70,7 @@ class Pipeline:
         self._commits = 0
         self.records_delivered = 0
         self.batches_delivered = 0
+        self.bytes_acked = [0] * len(self.tailers)
         self.checkpoint_writes = 0
 
     def request_stop(self) -> None:
@@ -97,6 +98,15 @@ class Pipeline:
             for k, v in getattr(out, "stats", {}).items():
                 total[f"{out.name}.{k}"] = v
         return total
+
+    def stats_by_input(self) -> dict[str, dict[str, int]]:
+        """Each input's core counters, plus `lag_bytes`: read but not yet acknowledged."""
+        out = {}
+        for i, (inp, t) in enumerate(zip(self.cfg.inputs, self.tailers, strict=True)):
+            s = t.stats()
+            s["lag_bytes"] = max(0, s["bytes"] - self.bytes_acked[i])
+            out[inp.name] = s
+        return out
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         raise_nofile_limit()
@@ -238,6 +248,7 @@ class Pipeline:
             return
         del self._pending[key]
         self.tailers[index].commit(batch.id)
+        self.bytes_acked[index] += batch.input_bytes
         self._commits += 1
         self.records_delivered += batch.records
         self.batches_delivered += 1

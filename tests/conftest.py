@@ -116,6 +116,7 @@ def base_config(tmp_path: Path, paths: list[str], **input_opts: Any) -> dict[str
         "batch": {"max_age": "50ms"},
         "checkpoint_interval": "200ms",
         "progress_interval": "0s",
+        "admin": {"address": "127.0.0.1:0"},
     }
 
 

@@ -30,6 +30,7 @@ def otlp_config(tmp_path: Path, endpoint: str, paths: list[str] | None = None, *
         "checkpoint_interval": "200ms",
         "progress_interval": "0s",
         "shutdown_grace": "5s",
+        "admin": {"address": "127.0.0.1:0"},
     }
 
 

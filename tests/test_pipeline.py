@@ -55,6 +55,9 @@ class GatedOutput:
     def precompress(self) -> None:
         return None
 
+    def state(self) -> dict[str, object]:
+        return {}
+
     async def serve(self) -> None:
         pass
 

@@ -20,6 +20,9 @@ class Blackhole:
     def precompress(self) -> None:
         return None
 
+    def state(self) -> dict[str, object]:
+        return {}
+
     async def serve(self) -> None:
         pass
 

@@ -26,6 +26,9 @@ class File:
     def precompress(self) -> None:
         return None
 
+    def state(self) -> dict[str, object]:
+        return {}
+
     async def serve(self) -> None:
         pass
 

@@ -194,6 +194,9 @@ class OtlpHttp:
                 Path(state_dir) / "spool" / cfg.name, int(cfg.spool.max_bytes), cfg.name, float(cfg.spool.warn_every)
             )
         self._spooling = False
+        self.last_error: str | None = None
+        # Export latency hook (telemetry): (output, seconds, HTTP status or 0 without an answer).
+        self.observe: Callable[[str, float, int], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(
             ("requests", "delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records",
              "rejected_records", "spooled_batches", "spooled_records", "replayed_batches", "split_batches"),
@@ -203,6 +206,15 @@ class OtlpHttp:
     def level(self, codec: str) -> int:
         lvl = self.cfg.compression_level
         return DEFAULT_LEVEL[codec] if lvl is None or codec != self.cfg.compression else lvl
+
+    def state(self) -> dict[str, object]:
+        spool = self.spool
+        st: dict[str, object] = {"codec": self.codec, "last_error": self.last_error, "spooling": self._spooling}
+        if spool is not None:
+            st.update(spool_batches=len(spool), spool_bytes=spool.bytes, spool_max_bytes=spool.max_bytes)
+        if self.last_error is not None and (spool is None or spool.bytes >= spool.max_bytes):
+            st["not_ready"] = self.last_error if spool is None else f"spool full; {self.last_error}"
+        return st
 
     def precompress(self) -> tuple[str, int] | None:
         return (self.codec, self.level(self.codec)) if self.codec != "none" else None
@@ -305,13 +317,20 @@ class OtlpHttp:
             codec = self.codec
             payload = await make(codec)
             self.stats["requests"] += 1
+            t0 = trio.current_time()
             try:
                 resp = await self.client.request("POST", self._headers_for(codec), payload)
             except HttpError as e:
+                if self.observe:
+                    self.observe(self.name, trio.current_time() - t0, 0)
+                self.last_error = str(e)
                 wait = self._backoff(attempt)
                 log.log("warning", f"output {self.name}: {self.url}: {e}; retrying", every=10.0, key=f"err:{self.name}")
             else:
                 s = resp.status
+                if self.observe:
+                    self.observe(self.name, trio.current_time() - t0, s)
+                self.last_error = None if 200 <= s < 300 else f"{self.url} answered {s}"
                 if 200 <= s < 300:
                     rejected, message = partial_success(resp.body)
                     if rejected:

@@ -22,6 +22,9 @@ class Stdout:
     def precompress(self) -> None:
         return None
 
+    def state(self) -> dict[str, object]:
+        return {}
+
     async def serve(self) -> None:
         pass
 

@@ -1,0 +1,262 @@
+"""The continuous profiler: py-spy against tailrace's own pid, native frames on, at a duty cycle
+(`duration` of sampling at `rate` Hz every `every`). Each profile is kept under
+`state_dir/profiles` as collapsed stacks and an SVG flamegraph (the newest `keep`), and its
+stat-family share (non-idle samples whose stack holds `fstat`, `fstatat64`, `newfstatat`,
+`statx`, `__fxstat*`, or the core's `fstat` callers) becomes a metric and, above `threshold`
+with at least `min_samples` samples, a warning: the fstat regression, caught by a profile.
+
+py-spy stops the process for each native sample. It runs under a small shell that waits for
+it and then sends SIGCONT to tailrace, so a py-spy killed mid-sample never leaves tailrace
+stopped. Before py-spy starts, tailrace names that shell as its ptracer
+(`prctl(PR_SET_PTRACER)`): nodes run Yama `ptrace_scope=1`, where only an ancestor or a named
+process (and its descendants) may attach. Where py-spy is missing or still cannot attach,
+that is logged once and tailrace runs on."""
+
+from __future__ import annotations
+
+import ctypes
+import html
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from collector import log
+
+PR_SET_PTRACER = 0x59616D61
+STAT_FRAME = re.compile(
+    r"(?:^|[\s:;_])(?:fstat|fstat64|fstatat|fstatat64|newfstatat|statx|stat|stat64|lstat|lstat64"
+    r"|__fxstat\w*|__xstat\w*|__lxstat\w*)\s*\("
+    r"|::fstat\b|::stat\b"
+)
+
+
+def is_stat_frame(frame: str) -> bool:
+    return bool(STAT_FRAME.search(frame))
+
+
+@dataclass
+class Profile:
+    """Collapsed stacks: `frames;...;leaf` → samples."""
+
+    stacks: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def parse(cls, text: str) -> Profile:
+        p = cls()
+        for line in text.splitlines():
+            stack, _, n = line.rpartition(" ")
+            if stack and n.isdigit():
+                p.stacks[stack] += int(n)
+        return p
+
+    @property
+    def samples(self) -> int:
+        return sum(self.stacks.values())
+
+    def stat_samples(self) -> int:
+        return sum(n for s, n in self.stacks.items() if any(is_stat_frame(f) for f in s.split(";")))
+
+    def stat_share(self) -> float:
+        total = self.samples
+        return self.stat_samples() / total if total else 0.0
+
+    def top(self, n: int = 15) -> list[tuple[str, int, int]]:
+        """(frame, self samples, total samples), by total."""
+        self_c: Counter[str] = Counter()
+        total_c: Counter[str] = Counter()
+        for stack, count in self.stacks.items():
+            frames = stack.split(";")
+            self_c[frames[-1]] += count
+            for f in set(frames):
+                total_c[f] += count
+        return [(f, self_c[f], t) for f, t in total_c.most_common(n)]
+
+    def collapsed(self) -> str:
+        return "".join(f"{s} {n}\n" for s, n in sorted(self.stacks.items()))
+
+    def svg(self, title: str) -> str:
+        """An icicle-style flamegraph (root at the top), one rect per frame node."""
+        root: dict[str, tuple[int, dict]] = {}  # type: ignore[type-arg]
+
+        def add(node: dict, frames: list[str], n: int) -> None:  # type: ignore[type-arg]
+            for f in frames:
+                count, children = node.get(f, (0, {}))
+                node[f] = (count + n, children)
+                node = children
+
+        for stack, n in self.stacks.items():
+            add(root, stack.split(";"), n)
+        width, row = 1200.0, 16
+        total = max(self.samples, 1)
+        rects: list[str] = []
+        depth_max = 0
+
+        def draw(node: dict, x: float, depth: int) -> None:  # type: ignore[type-arg]
+            nonlocal depth_max
+            depth_max = max(depth_max, depth)
+            for f, (count, children) in sorted(node.items()):
+                w = width * count / total
+                if w >= 0.3:
+                    stat = is_stat_frame(f)
+                    hue = 0 if stat else 20 + (hash(f) % 40)
+                    label = html.escape(f if len(f) * 7 < w else f[: max(0, int(w / 7) - 2)] + "..")
+                    rects.append(
+                        f'<g><title>{html.escape(f)} ({count} samples, {100 * count / total:.1f}%)</title>'
+                        f'<rect x="{x:.1f}" y="{20 + depth * row}" width="{w:.1f}" height="{row - 1}" '
+                        f'fill="hsl({hue},{90 if stat else 70}%,{50 if stat else 60}%)"/>'
+                        + (f'<text x="{x + 2:.1f}" y="{20 + depth * row + 12}">{label}</text>' if w > 20 else "")
+                        + "</g>"
+                    )
+                    draw(children, x, depth + 1)
+                x += w
+
+        draw(root, 0.0, 0)
+        height = 40 + (depth_max + 1) * row
+        share = 100 * self.stat_share()
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
+            f'font-family="monospace" font-size="11">'
+            f'<text x="4" y="14">{html.escape(title)}: {self.samples} samples, stat-family {share:.1f}% '
+            f"(red)</text>" + "".join(rects) + "</svg>\n"
+        )
+
+    def speedscope(self, name: str) -> dict[str, object]:
+        frames: dict[str, int] = {}
+        samples, weights = [], []
+        for stack, n in self.stacks.items():
+            samples.append([frames.setdefault(f, len(frames)) for f in stack.split(";")])
+            weights.append(n)
+        return {
+            "$schema": "https://www.speedscope.app/file-format-schema.json",
+            "shared": {"frames": [{"name": f} for f in frames]},
+            "profiles": [
+                {"type": "sampled", "name": name, "unit": "none", "startValue": 0, "endValue": sum(weights),
+                 "samples": samples, "weights": weights}
+            ],
+            "name": name,
+        }
+
+
+def py_spy() -> str | None:
+    """py-spy beside this interpreter (the venv's), or on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def allow_ptracer(pid: int) -> bool:
+    """Let `pid` (and its descendants) ptrace this process under Yama ptrace_scope=1."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+async def record(pid: int, duration: float, rate: int, out: Path, native: bool = True) -> Profile:
+    """Sample `pid` with py-spy for `duration` seconds; raw collapsed stacks go to `out`.
+
+    py-spy runs under `sh`, which waits for it to end however it ends, then sends SIGCONT to
+    `pid`. When `pid` is this process, the shell is named its ptracer before py-spy starts."""
+    exe = py_spy()
+    if exe is None:
+        raise OSError("py-spy is not installed")
+    cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(max(1, round(duration))),
+           "--format", "raw", "--output", str(out), "--nonblocking" if not native else "--native"]
+    script = 'read go; "$@"; rc=$?; kill -CONT ' + str(pid) + " 2>/dev/null; exit $rc"
+    proc = await trio.lowlevel.open_process(
+        ["sh", "-c", script, "sh", *cmd], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        if pid == os.getpid():
+            allow_ptracer(proc.pid)
+        assert proc.stdin is not None and proc.stderr is not None
+        await proc.stdin.send_all(b"go\n")
+        await proc.stdin.aclose()
+        err = bytearray()
+        async with proc.stderr:
+            async for chunk in proc.stderr:
+                err += chunk
+        rc = await proc.wait()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGCONT)
+        raise
+    text = await trio.to_thread.run_sync(lambda: out.read_text() if out.exists() else None)
+    if rc != 0 or text is None:
+        msg = err.decode(errors="replace").strip().splitlines()
+        raise OSError(f"py-spy exited with {rc}: {msg[-1] if msg else 'no output'}")
+    return Profile.parse(text)
+
+
+class Profiler:
+    """The trio service: a profile every `every`, the newest `keep` kept on disk."""
+
+    def __init__(self, directory: Path, *, every: float, duration: float, rate: int, threshold: float,
+                 min_samples: int = 200, keep: int = 12) -> None:
+        self.dir = directory
+        self.every, self.duration, self.rate = every, duration, rate
+        self.threshold, self.min_samples, self.keep = threshold, min_samples, keep
+        self.profiles = 0
+        self.failures = 0
+        self.last_share: float | None = None
+        self.last_samples = 0
+        self.last_stat_samples = 0
+        self.warnings = 0
+        self.latest_svg: Path | None = None
+        self.unavailable: str | None = None
+
+    async def run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            await self.once()
+            if self.unavailable:
+                return
+            await trio.sleep(self.every)
+
+    async def once(self) -> Profile | None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{self.profiles:06d}"
+        raw = self.dir / f"{stamp}.collapsed"
+        try:
+            prof = await record(os.getpid(), self.duration, self.rate, raw)
+        except OSError as e:
+            self.failures += 1
+            if "not installed" in str(e) or self.failures >= 3 and self.profiles == 0:
+                self.unavailable = str(e)
+                log.warning(f"profiler: {e}; tailrace runs on without profiles")
+            else:
+                log.log("warning", f"profiler: {e}", every=600.0, key="profiler")
+            return None
+        self.profiles += 1
+        self.last_samples, self.last_stat_samples = prof.samples, prof.stat_samples()
+        self.last_share = prof.stat_share()
+        raw.write_text(prof.collapsed())
+        svg = self.dir / f"{stamp}.svg"
+        svg.write_text(prof.svg(f"tailrace pid {os.getpid()} {stamp}"))
+        self.latest_svg = svg
+        self._prune()
+        if prof.samples >= self.min_samples and self.last_share > self.threshold:
+            self.warnings += 1
+            log.warning(
+                f"profiler: {100 * self.last_share:.1f}% of samples are in stat-family syscalls "
+                f"(threshold {100 * self.threshold:.0f}%): the fstat regression? see {svg}",
+                samples=prof.samples, stat_samples=self.last_stat_samples,
+            )
+        return prof
+
+    def _prune(self) -> None:
+        for suffix in (".collapsed", ".svg"):
+            files = sorted(self.dir.glob(f"*{suffix}"))
+            for old in files[: max(0, len(files) - self.keep)]:
+                old.unlink(missing_ok=True)

@@ -1,0 +1,198 @@
+"""tailrace's own metrics through the OpenTelemetry SDK: a MeterProvider whose only reader is
+pulled (collected when `/metrics` is scraped, on the trio thread: no SDK background thread),
+observable instruments that read the pipeline's counters, and a histogram of export latency.
+`prometheus_text` renders a collection as the Prometheus text format (0.0.4); series are named
+`tailrace_…`, monotonic counters end in `_total`."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+
+from collector import __version__
+
+if TYPE_CHECKING:
+    from collector.pipeline import Pipeline
+    from collector.profiler import Profiler
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def process_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Telemetry:
+    def __init__(self, pipeline: Pipeline, profiler: Profiler | None = None) -> None:
+        self.pipeline = pipeline
+        self.profiler = profiler
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(
+            resource=Resource.create({"service.name": "tailrace", "service.version": __version__}),
+            metric_readers=[self.reader],
+            views=[View(instrument_name="tailrace_export_latency",
+                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))],
+        )
+        meter = self.provider.get_meter("tailrace", __version__)
+        self.loop_lag = 0.0
+        per_input = self._per_input
+        counters: list[tuple[str, str, str, Callable[[], Iterable[Observation]]]] = [
+            ("tailrace_lines_read", "1", "Lines read from files (records made)", per_input("lines")),
+            ("tailrace_bytes_read", "By", "Bytes read from files", per_input("bytes")),
+            ("tailrace_rotations", "1", "Rotations seen", per_input("rotations")),
+            ("tailrace_truncations", "1", "Truncations seen", per_input("truncations")),
+            ("tailrace_records_exported", "1", "Records an output acknowledged", self._per_output("delivered_records")),
+            ("tailrace_batches_exported", "1", "Batches an output acknowledged", self._per_output("delivered_batches")),
+            ("tailrace_export_retries", "1", "Export attempts retried", self._per_output("retries")),
+            ("tailrace_records_dropped", "1", "Records dropped on purpose (non-retryable answers)",
+             self._per_output("dropped_records")),
+            ("tailrace_batches_spooled", "1", "Batches written to the spool", self._per_output("spooled_batches")),
+            ("tailrace_syscalls", "1", "Syscalls made by the core, by kind", self._syscalls),
+            ("tailrace_process_cpu_seconds", "s", "CPU time of the tailrace process",
+             lambda: [Observation(process_cpu_seconds())]),
+        ]
+        for name, unit, desc, fn in counters:
+            meter.create_observable_counter(name, callbacks=[_cb(fn)], unit=unit, description=desc)
+        gauges: list[tuple[str, str, str, Callable[[], Iterable[Observation]]]] = [
+            ("tailrace_files_watched", "1", "Files open for reading", per_input("files_open")),
+            ("tailrace_lag_bytes", "By", "Bytes read but not yet acknowledged", self._lag),
+            ("tailrace_spool_bytes", "By", "Bytes in the spool", self._spool_bytes),
+            ("tailrace_profiler_stat_share", "1", "Share of the last profile's samples in stat-family syscalls",
+             self._stat_share),
+            ("tailrace_event_loop_lag_seconds", "s", "How late the trio loop woke a 100 ms sleep",
+             lambda: [Observation(self.loop_lag)]),
+            ("tailrace_process_rss_bytes", "By", "Resident memory of the tailrace process",
+             lambda: [Observation(process_rss_bytes())]),
+        ]
+        for name, unit, desc, fn in gauges:
+            meter.create_observable_gauge(name, callbacks=[_cb(fn)], unit=unit, description=desc)
+        self.export_latency = meter.create_histogram(
+            "tailrace_export_latency", unit="s", description="Export request duration, by output and status"
+        )
+
+    def _per_input(self, key: str) -> Callable[[], Iterable[Observation]]:
+        def f() -> Iterable[Observation]:
+            return [Observation(s[key], {"input": name}) for name, s in self.pipeline.stats_by_input().items()]
+
+        return f
+
+    def _per_output(self, key: str) -> Callable[[], Iterable[Observation]]:
+        def f() -> Iterable[Observation]:
+            return [
+                Observation(st[key], {"output": out.name})
+                for out in self.pipeline.outputs
+                if key in (st := getattr(out, "stats", {}))
+            ]
+
+        return f
+
+    def _syscalls(self) -> Iterable[Observation]:
+        s = self.pipeline.stats()
+        return [Observation(v, {"kind": k[len("syscalls_"):]}) for k, v in s.items() if k.startswith("syscalls_")]
+
+    def _lag(self) -> Iterable[Observation]:
+        return [Observation(s["lag_bytes"], {"input": n}) for n, s in self.pipeline.stats_by_input().items()]
+
+    def _spool_bytes(self) -> Iterable[Observation]:
+        return [
+            Observation(spool.bytes, {"output": out.name})
+            for out in self.pipeline.outputs
+            if (spool := getattr(out, "spool", None)) is not None
+        ]
+
+    def _stat_share(self) -> Iterable[Observation]:
+        share = self.profiler.last_share if self.profiler else None
+        return [] if share is None else [Observation(share)]
+
+    def observe_export(self, output: str, seconds: float, status: int) -> None:
+        self.export_latency.record(seconds, {"output": output, "status": str(status)})
+
+    async def watch_loop_lag(self) -> None:
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(0.1)
+            self.loop_lag = max(0.0, trio.current_time() - t0 - 0.1)
+
+    def collect(self) -> MetricsData | None:
+        return self.reader.get_metrics_data()
+
+    def prometheus(self) -> str:
+        return prometheus_text(self.collect())
+
+
+def _cb(fn: Callable[[], Iterable[Observation]]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    return lambda _options: fn()
+
+
+def _labels(attrs: Any, extra: dict[str, str] | None = None) -> str:
+    items = {**dict(attrs or {}), **(extra or {})}
+    if not items:
+        return ""
+    esc = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in items.values())
+    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(items, esc, strict=True)) + "}"
+
+
+def _num(v: float) -> str:
+    if isinstance(v, float) and math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def prometheus_text(data: MetricsData | None) -> str:
+    out: list[str] = []
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                d = m.data
+                if isinstance(d, Sum):
+                    name = m.name + ("_total" if d.is_monotonic else "")
+                    kind = "counter" if d.is_monotonic else "gauge"
+                elif isinstance(d, Gauge):
+                    name, kind = m.name, "gauge"
+                elif isinstance(d, Histogram):
+                    name, kind = m.name + ("_seconds" if m.unit == "s" else ""), "histogram"
+                else:
+                    continue
+                out.append(f"# HELP {name} {m.description}")
+                out.append(f"# TYPE {name} {kind}")
+                for p in d.data_points:
+                    if isinstance(p, NumberDataPoint):
+                        out.append(f"{name}{_labels(p.attributes)} {_num(p.value)}")
+                    elif isinstance(p, HistogramDataPoint):
+                        cum = 0
+                        for bound, n in zip([*p.explicit_bounds, math.inf], p.bucket_counts, strict=True):
+                            cum += n
+                            out.append(f"{name}_bucket{_labels(p.attributes, {'le': _num(float(bound))})} {cum}")
+                        out.append(f"{name}_sum{_labels(p.attributes)} {_num(p.sum)}")
+                        out.append(f"{name}_count{_labels(p.attributes)} {p.count}")
+    return "\n".join(out) + "\n"
+
+
+def now_unix() -> float:
+    return time.time()
