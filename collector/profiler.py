@@ -147,7 +147,9 @@ class Profile:
 
 
 def py_spy() -> str | None:
-    """py-spy beside this interpreter (the venv's), or on PATH."""
+    """py-spy beside this interpreter (the venv's), or on PATH; TAILRACE_PY_SPY overrides."""
+    if os.environ.get("TAILRACE_PY_SPY"):
+        return os.environ["TAILRACE_PY_SPY"]
     beside = Path(sys.executable).with_name("py-spy")
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
@@ -232,11 +234,12 @@ class Profiler:
             prof = await record(os.getpid(), self.duration, self.rate, raw)
         except OSError as e:
             self.failures += 1
-            if "not installed" in str(e) or self.failures >= 3 and self.profiles == 0:
-                self.unavailable = str(e)
+            if any(w in str(e) for w in ("not installed", "Permission denied", "Operation not permitted")):
+                self.unavailable = str(e)  # said once; no point trying again
                 log.warning(f"profiler: {e}; tailrace runs on without profiles")
             else:
                 log.log("warning", f"profiler: {e}", every=600.0, key="profiler")
+                await trio.sleep(1.0)  # never a tight loop of failing py-spys
             return None
         self.profiles += 1
         self.last_samples, self.last_stat_samples = prof.samples, prof.stat_samples()

@@ -87,6 +87,23 @@ class Tailrace:
     def log(self) -> str:
         return self.stderr.read_text() if self.stderr.exists() else ""
 
+    def admin(self) -> str:
+        """The admin endpoint's base URL, from the start-up log line (waits for it)."""
+        import re
+
+        found = wait_for(lambda: re.findall(r"admin endpoint on (http://[0-9.:]+)/", self.log()), 30, "the admin line")
+        return str(found[-1])
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.admin() + path, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -124,7 +141,8 @@ def require_tool(name: str, why: str) -> str:
     """The tool's path; without it the test skips, except under CI=true where it fails."""
     import shutil
 
-    path = shutil.which(name)
+    beside = Path(sys.executable).with_name(name)  # tools installed into the venv (py-spy)
+    path = str(beside) if beside.exists() else shutil.which(name)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required under CI=true ({why}) but is not installed")

@@ -1,0 +1,241 @@
+"""Self-observation: the profiler catches the fstat regression (naive) and stays quiet for
+inotify; /metrics, /healthz, /readyz; `tailrace top`; `tailrace profile`; a py-spy killed
+mid-sample never leaves tailrace stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.profiler import Profile, is_stat_frame
+from tests.conftest import ROOT, base_config, require_tool, wait_for
+
+
+def appender(directory: Path, files: int, rate: float, seconds: float) -> subprocess.Popen[str]:
+    args = [sys.executable, str(ROOT / "tests" / "appender.py"), str(directory), str(files), str(rate), str(seconds)]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "started"
+    return p
+
+
+def test_profile_parsing_share_and_renderings() -> None:
+    text = (
+        "main (cli.py:1);step (tailer.rs:10);tailrace_core::reader::FileReader::fstat (reader.rs:165);"
+        "statx (libc.so.6) 30\n"
+        "main (cli.py:1);step (tailer.rs:10);pread64 (libc.so.6) 60\n"
+        "main (cli.py:1);epoll (x.py:3) 10\n"
+        "garbage line\n"
+    )
+    p = Profile.parse(text)
+    assert (p.samples, p.stat_samples()) == (100, 30)
+    assert p.stat_share() == 0.3
+    assert p.top(2)[0] == ("main (cli.py:1)", 0, 100)
+    for frame in ("fstat64 (libc.so.6)", "__fxstat64 (libc.so.6)", "newfstatat (libc.so.6)", "statx (libc.so.6)",
+                  "tailrace_core::reader::FileReader::fstat (reader.rs:165)"):
+        assert is_stat_frame(frame), frame
+    for frame in ("pread64 (libc.so.6)", "stats (pipeline.py:10)", "Pipeline.stats (x.py:1)", "statistics (a.py:1)"):
+        assert not is_stat_frame(frame), frame
+    svg = p.svg("t")
+    assert svg.startswith("<svg") and "stat-family 30.0%" in svg and svg.count("<rect") == 6
+    sp = p.speedscope("t")
+    assert sum(sp["profiles"][0]["weights"]) == 100  # type: ignore[index]
+
+
+def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any], str]:
+    require_tool("py-spy", "the profiler")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(200):
+        (logs / f"w{i:04d}.log").write_bytes(b"")
+    cfg = base_config(tmp_path, [str(logs / "*.log")], watch=watch)
+    cfg["outputs"] = [{"type": "blackhole"}]
+    cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": 100}
+    t = tailrace(cfg).start()
+    wait_for(lambda: t.get("/stats")[0] == 200, 30, "the admin endpoint")
+    w = appender(logs, 200, 50, 14)  # 10,000 one-line appends per second
+    profiles = lambda: json.loads(t.get("/stats")[1])["profiler"]  # noqa: E731
+    first = wait_for(lambda: profiles()["profiles"] >= 1 and profiles(), 30, "a first profile")
+    # The first profile may include start-up; judge a profile taken wholly under the workload.
+    prof = wait_for(lambda: (p := profiles())["profiles"] >= first["profiles"] + 1 and p, 30, "a second profile")
+    w.communicate(timeout=60)
+    assert t.stop() == 0
+    return prof, t.log()
+
+
+def test_profiler_catches_the_fstat_regression_in_naive_mode(tmp_path: Path, tailrace: Any) -> None:
+    prof, log = _profiled(tmp_path, tailrace, "naive")
+    print(f"naive: {prof}")
+    assert prof["last_samples"] >= 200
+    assert prof["last_share"] > 0.10
+    assert "stat-family syscalls (threshold 10%)" in log
+    svgs = sorted((tmp_path / "state" / "profiles").glob("*.svg"))
+    assert svgs and "fstat" in svgs[-1].read_text()
+
+
+def test_profiler_stays_quiet_for_inotify(tmp_path: Path, tailrace: Any) -> None:
+    prof, log = _profiled(tmp_path, tailrace, "inotify")
+    print(f"inotify: {prof}")
+    assert prof["last_share"] is not None and prof["last_share"] < 0.10
+    assert "stat-family syscalls" not in log
+
+
+def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    n = 1234
+    (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(n)))
+    cfg = base_config(tmp_path, [str(logs / "*.log")])
+    t = tailrace(cfg).start()
+    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["records_delivered"] == n, 30, f"{n} records")
+    assert t.get("/healthz") == (200, b"ok\n")
+    assert t.get("/readyz") == (200, b"ready\n")
+    status, body = t.get("/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    lines = [s for s in families["tailrace_lines_read"].samples if s.name == "tailrace_lines_read_total"]
+    assert [(s.labels, s.value) for s in lines] == [({"input": "test"}, float(n))]
+    assert families["tailrace_lines_read"].type == "counter"
+    exported = families["tailrace_records_exported"].samples if "tailrace_records_exported" in families else []
+    assert exported == []  # the file output keeps no per-output counters
+    assert families["tailrace_files_watched"].samples[0].value == 1
+    assert families["tailrace_lag_bytes"].samples[0].value == 0
+    assert {s.labels["kind"] for s in families["tailrace_syscalls"].samples} >= {"read", "fstat", "open"}
+    assert t.get("/debug/profile/latest.svg")[0] == 404  # the profiler's first profile is 5 min away
+    assert t.get("/nope")[0] == 404
+    top = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "top", "--url", t.admin(), "--once", "--interval", "0.2"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)},
+    )
+    assert top.returncode == 0, top.stderr
+    row = next(ln for ln in top.stdout.splitlines() if ln.strip("│ ").startswith("test "))
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells[0] == "test" and cells[3] == f"{n:,}" and cells[4] == "0" and cells[5] == "1"
+    out_row = next(ln for ln in top.stdout.splitlines() if "file0" in ln)
+    assert f"{n:,}" in out_row and out_row.rstrip(" │").endswith("ok")
+    assert t.stop() == 0
+
+
+def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -> None:
+    from tests.receiver import free_port
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("one\n")
+    cfg = base_config(tmp_path, [str(logs / "*.log")])
+    cfg["outputs"] = [{"type": "otlp_http", "name": "down", "endpoint": f"http://127.0.0.1:{free_port()}",
+                       "spool": {"enabled": False}, "retry": {"initial": "100ms", "max": "200ms"}}]
+    t = tailrace(cfg).start()
+    status, body = wait_for(lambda: (r := t.get("/readyz"))[0] == 503 and r, 30, "/readyz to turn 503")
+    assert body.decode().startswith("output down: cannot connect to 127.0.0.1:")
+    assert t.get("/healthz")[0] == 200
+    assert t.stop() == 0
+
+
+def test_a_py_spy_killed_mid_sample_never_leaves_tailrace_stopped(tmp_path: Path, tailrace: Any) -> None:
+    require_tool("py-spy", "the profiler")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("")
+    cfg = base_config(tmp_path, [str(logs / "*.log")])
+    cfg["profiler"] = {"every": "0s", "duration": "30s", "rate": 1000}
+    t = tailrace(cfg).start()
+    assert t.proc is not None
+    pid = t.proc.pid
+
+    def py_spies() -> list[int]:
+        out = subprocess.run(["pgrep", "-x", "py-spy"], capture_output=True, text=True).stdout
+        mine = []
+        for x in out.split():
+            try:
+                if f"\0--pid\0{pid}\0" in Path(f"/proc/{x}/cmdline").read_text():
+                    mine.append(int(x))
+            except OSError:
+                pass
+        return mine
+
+    def state() -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    kills = 0
+    deadline = time.monotonic() + 60
+    while kills < 5 and time.monotonic() < deadline:
+        for spy in wait_for(py_spies, 30, "py-spy running"):
+            time.sleep(0.05 + 0.03 * kills)  # land mid-sample: at 1000 Hz it is stopping us all the time
+            try:
+                os.kill(spy, signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+            wait_for(lambda spy=spy: spy not in py_spies(), 10, "the killed py-spy gone")
+            # Caught mid-sample, tailrace was stopped; the shell around py-spy continues it.
+            wait_for(lambda: state() not in ("T", "t"), 5, "tailrace running again after py-spy was killed")
+    assert kills == 5
+    # Still alive and working: lines written now are delivered.
+    with open(logs / "a.log", "a") as f:
+        f.write("after the kills\n")
+    from tests.conftest import count_records
+
+    wait_for(lambda: count_records(tmp_path / "out" / "logs.jsonl") == 1, 30, "the line after the kills")
+    assert t.stop() == 0
+
+
+def test_a_sampler_killed_while_tailrace_is_stopped_leaves_it_running(tmp_path: Path, tailrace: Any) -> None:
+    """py-spy 0.4 resumes its target when it dies; the shell around it makes sure of it for any
+    sampler: this fake one stops tailrace (as a native sample does) and is killed right then."""
+    fake = tmp_path / "fake-py-spy"
+    fake.write_text('#!/bin/sh\necho $$ > "$0.pid"\nkill -STOP "$3"\nexec sleep 60\n')
+    fake.chmod(0o755)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("")
+    cfg = base_config(tmp_path, [str(logs / "*.log")])
+    cfg["profiler"] = {"every": "0s", "duration": "30s"}
+    t = tailrace(cfg)
+    os.environ["TAILRACE_PY_SPY"] = str(fake)
+    try:
+        t.start()
+    finally:
+        del os.environ["TAILRACE_PY_SPY"]
+    assert t.proc is not None
+    pid = t.proc.pid
+    pidfile = Path(f"{fake}.pid")
+    state = lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # noqa: E731
+    wait_for(lambda: pidfile.exists() and state() == "T", 30, "the fake sampler to stop tailrace")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    wait_for(lambda: state() != "T", 10, "tailrace continued after its sampler was killed")
+    with open(logs / "a.log", "a") as f:
+        f.write("after\n")
+    from tests.conftest import count_records
+
+    wait_for(lambda: count_records(tmp_path / "out" / "logs.jsonl") == 1, 30, "a line after the kill")
+    assert t.stop() == 0
+
+
+def test_tailrace_profile_command_writes_a_flamegraph(tmp_path: Path, tailrace: Any) -> None:
+    require_tool("py-spy", "tailrace profile")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("x\n")
+    t = tailrace(base_config(tmp_path, [str(logs / "*.log")])).start()
+    assert t.proc is not None
+    out = tmp_path / "prof"
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "profile", "--pid", str(t.proc.pid), "--duration", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "stat-family share" in r.stdout and "flamegraph:" in r.stdout
+    svg = next(out.glob("*.svg"))
+    assert svg.read_text().startswith("<svg")
+    sp = json.loads(next(out.glob("*.speedscope.json")).read_text())
+    assert sp["profiles"][0]["type"] == "sampled"
+    assert t.stop() == 0
