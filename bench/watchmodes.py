@@ -51,7 +51,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Run:
-    def __init__(self, work: Path, mode: str, paths: str, coalesce: str, output: str) -> None:
+    def __init__(self, work: Path, mode: str, paths: str, coalesce: str, output: str, profiler: bool = False) -> None:
         self.work = work
         self.err = work / "tailrace.stderr"
         self.out = work / "out.jsonl"
@@ -66,6 +66,9 @@ class Run:
             f"inputs: [{{name: bench, paths: ['{paths}'], watch: {mode}, coalesce: {coalesce}}}]\n"
             f"outputs: [{out}]\n"
             "progress_interval: 0s\n"
+            "admin: {address: '127.0.0.1:0'}\n"
+            # Continuous sampling (the default duty cycle is 10 s every 5 min): the worst case.
+            + ("profiler: {every: 0s, duration: 5s, rate: 50}\n" if profiler else "profiler: {enabled: false}\n")
         )
         with open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
@@ -118,7 +121,7 @@ def wait_delivered(run: Run, expected: int, deadline: float) -> int:
         time.sleep(0.2)
 
 
-def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
+def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as w:
         work = Path(w)
         logs = work / "logs"
@@ -126,7 +129,7 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
         for i in range(files):
             (logs / f"w{i:04d}.log").write_bytes(b"")
         paths = f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log"
-        run = Run(work, mode, paths, args.coalesce, args.output)
+        run = Run(work, mode, paths, args.coalesce, args.output, profiler)
         try:
             # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
             deadline = time.monotonic() + 60
@@ -155,6 +158,15 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
             rss = peak_rss_mib(run.proc.pid)
         finally:
             run.stop()
+        flamegraph, flamegraph_share = None, None
+        if profiler:
+            svgs = sorted((work / "state" / "profiles").glob("*.svg"))
+            if svgs:  # the newest whole profile taken under the workload
+                flamegraph = RESULTS / f"flamegraph-{args.workload}-{mode}-{files}files.svg"
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                flamegraph.write_bytes(svgs[-1].read_bytes())
+                share = re.search(r"stat-family ([0-9.]+)%", svgs[-1].read_text())
+                flamegraph_share = float(share.group(1)) if share else None
         d = {k: end[k] - base[k] for k in end}
         # Per line, or (idle) per second.
         lines = max(d["lines"], 1) if expected else max(wall, 1e-9)
@@ -174,6 +186,9 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
 
         return {
             "mode": mode,
+            "profiler": "continuous, 50 Hz, native" if profiler else "off",
+            "flamegraph": str(flamegraph.relative_to(ROOT)) if flamegraph else None,
+            "stat_family_share_pct": flamegraph_share,
             "coalesce": args.coalesce,
             "output": args.output,
             "workload": args.workload,
@@ -204,16 +219,17 @@ def one(args: argparse.Namespace, mode: str, files: int) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     per = "second" if rows and rows[0]["workload"] == "idle" else "line"
     head = (
-        f"| mode | files | lines | CPU µs/line | % core | stat/{per} | read/{per} | p50 ms | p99 ms "
-        "| lost | dup | backlog | RSS MiB |"
+        f"| mode | profiler | files | lines | CPU µs/line | % core | stat/{per} | read/{per} | p50 ms | p99 ms "
+        "| lost | dup | backlog | RSS MiB | stat share % |"
     )
-    out = [head, "|---" * 13 + "|"]
+    out = [head, "|---" * 15 + "|"]
     for r in rows:
         s = r["syscalls_per_line"]
         out.append(
-            f"| {r['mode']} | {r['files']} | {r['lines']} | {r['cpu_us_per_line']} | {r['cpu_pct_of_core']} | "
+            f"| {r['mode']} | {r['profiler'].split(',')[0]} | {r['files']} |"
+            f" {r['lines']} | {r['cpu_us_per_line']} | {r['cpu_pct_of_core']} | "
             f"{r['stat_family_per_line']} | {s.get('read')} | {r['latency_ms_p50']} | {r['latency_ms_p99']} | "
-            f"{r['lost']} | {r['duplicated']} | {r['backlog']} | {r['peak_rss_mib']} |"
+            f"{r['lost']} | {r['duplicated']} | {r['backlog']} | {r['peak_rss_mib']} | {r['stat_family_share_pct']} |"
         )
     return "\n".join(out)
 
@@ -231,16 +247,21 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="runs per cell; the median by CPU is kept")
     ap.add_argument("--drain-timeout", type=float, default=20, help="seconds to wait for a backlog")
     ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--profiler", choices=["off", "on", "both"], default="off",
+                    help="tailrace's own profiler sampling continuously (on), or side by side with off (both); "
+                    "keeps each cell's flamegraph in bench/results/")
     args = ap.parse_args()
     rows = []
-    cells = [(m, int(f)) for f in args.files.split(",") for m in args.modes.split(",")]
-    for i, (mode, files) in enumerate(cells):
+    profs = {"off": [False], "on": [True], "both": [False, True]}[args.profiler]
+    cells = [(m, int(f), p) for f in args.files.split(",") for m in args.modes.split(",") for p in profs]
+    for i, (mode, files, prof) in enumerate(cells):
         runs = []
         for k in range(args.runs):
             print(
-                f"[{i + 1}/{len(cells)}] {args.workload} {mode} {files} files, run {k + 1}", file=sys.stderr, flush=True
+                f"[{i + 1}/{len(cells)}] {args.workload} {mode} {files} files{', profiler on' if prof else ''}, "
+                f"run {k + 1}", file=sys.stderr, flush=True
             )
-            runs.append(one(args, mode, files))
+            runs.append(one(args, mode, files, prof))
             r = runs[-1]
             print(
                 f"    {r['lines']} lines, {r['cpu_us_per_line']} µs/line, {r['cpu_pct_of_core']}% core, "

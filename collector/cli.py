@@ -60,6 +60,9 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             nursery.start_soon(on_signal)
             await nursery.start(pipeline.run)
             nursery.start_soon(telemetry.watch_loop_lag)
+            tc = cfg.telemetry
+            if tc.otlp_endpoint:
+                nursery.start_soon(telemetry.push, tc.otlp_endpoint, float(tc.interval), tc.headers, tc.tls)
             if cfg.admin.enabled:
                 from collector.admin import Admin
 

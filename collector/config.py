@@ -247,6 +247,23 @@ class AdminConfig(_Strict):
             raise ValueError(f"address: expected host:port, got {self.address!r}")
 
 
+class TelemetryConfig(_Strict):
+    """tailrace's own metrics pushed as OTLP/HTTP (the same series as /metrics), when
+    `otlp_endpoint` is set (a base URL: `/v1/metrics` is added when it has no path)."""
+
+    otlp_endpoint: str | None = None
+    interval: Duration = "30s"
+    headers: dict[str, str] = {}
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+
+    def __post_init__(self) -> None:
+        self.interval = duration(self.interval, "interval")
+        if float(self.interval) <= 0:
+            raise ValueError("interval: must be positive")
+        if self.otlp_endpoint is not None and not re.match(r"^https?://[^/]+", self.otlp_endpoint):
+            raise ValueError(f"otlp_endpoint: expected http(s)://host:port, got {self.otlp_endpoint!r}")
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -263,6 +280,7 @@ class Config(_Strict):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     profiler: ProfilerConfig = msgspec.field(default_factory=ProfilerConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
     def __post_init__(self) -> None:
         if not self.inputs:

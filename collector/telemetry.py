@@ -28,7 +28,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from collector import __version__
+from collector import __version__, log
+from collector.config import TlsConfig
 
 if TYPE_CHECKING:
     from collector.pipeline import Pipeline
@@ -61,6 +62,7 @@ class Telemetry:
         )
         meter = self.provider.get_meter("tailrace", __version__)
         self.loop_lag = 0.0
+        self.pushes = 0
         per_input = self._per_input
         counters: list[tuple[str, str, str, Callable[[], Iterable[Observation]]]] = [
             ("tailrace_lines_read", "1", "Lines read from files (records made)", per_input("lines")),
@@ -138,6 +140,34 @@ class Telemetry:
             t0 = trio.current_time()
             await trio.sleep(0.1)
             self.loop_lag = max(0.0, trio.current_time() - t0 - 0.1)
+
+    async def push(self, endpoint: str, interval: float, headers: dict[str, str], tls: TlsConfig) -> None:
+        """Every `interval`, the same collection as /metrics as an OTLP/HTTP ExportMetricsServiceRequest."""
+        from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+
+        from collector.outputs.http import Client, HttpError
+
+        base = endpoint.rstrip("/")
+        url = base if base.split("://", 1)[1].partition("/")[2] else base + "/v1/metrics"
+        client = Client(url, tls, f"tailrace/{__version__}", timeout=min(10.0, interval))
+        hdrs = [("Content-Type", "application/x-protobuf"), *headers.items()]
+        try:
+            while True:
+                await trio.sleep(interval)
+                data = self.collect()
+                if data is None:
+                    continue
+                body = encode_metrics(data).SerializeToString()
+                try:
+                    resp = await client.request("POST", hdrs, body)
+                    self.pushes += 1
+                    if not 200 <= resp.status < 300:
+                        log.log("warning", f"telemetry: {url} answered {resp.status}", every=300.0, key="tpush")
+                except HttpError as e:
+                    log.log("warning", f"telemetry: {url}: {e}", every=300.0, key="tpush")
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
 
     def collect(self) -> MetricsData | None:
         return self.reader.get_metrics_data()

@@ -73,6 +73,7 @@ class Receiver:
         self._thread: threading.Thread | None = None
         self.port = port
         self._conns: set[socket.socket] = set()
+        self.metrics: list[Any] = []  # ExportMetricsServiceRequest messages (telemetry push)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Receiver:
@@ -155,6 +156,14 @@ class Receiver:
         return answer
 
     def _answer(self, path: str, h: dict[str, str], raw: bytes) -> Fault:
+        if path == "/v1/metrics":
+            from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+
+            mreq = metrics_service_pb2.ExportMetricsServiceRequest()
+            mreq.ParseFromString(raw)
+            with self.lock:
+                self.metrics.append(mreq)
+            return 200, {"Content-Type": "application/x-protobuf"}, b""
         if path != "/v1/logs":
             return 404, {"Content-Type": "text/plain"}, b"no such path"
         fault = self.fault(h) if self.fault else None

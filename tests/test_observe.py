@@ -239,3 +239,32 @@ def test_tailrace_profile_command_writes_a_flamegraph(tmp_path: Path, tailrace: 
     sp = json.loads(next(out.glob("*.speedscope.json")).read_text())
     assert sp["profiles"][0]["type"] == "sampled"
     assert t.stop() == 0
+
+
+def test_metrics_are_pushed_as_otlp_when_configured(tmp_path: Path, tailrace: Any) -> None:
+    from tests.receiver import Receiver
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    n = 321
+    (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(n)))
+    with Receiver() as r:
+        cfg = base_config(tmp_path, [str(logs / "*.log")])
+        cfg["telemetry"] = {"otlp_endpoint": r.endpoint, "interval": "200ms"}
+        t = tailrace(cfg).start()
+
+        def pushed_lines() -> float | None:
+            with r.lock:
+                reqs = list(r.metrics)
+            for req in reversed(reqs):
+                for rm in req.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for m in sm.metrics:
+                            if m.name == "tailrace_lines_read":
+                                return float(m.sum.data_points[0].as_int)
+            return None
+
+        wait_for(lambda: pushed_lines() == n, 30, f"a push with tailrace_lines_read = {n}")
+        assert t.stop() == 0
+        res = {a.key: a.value.string_value for a in r.metrics[-1].resource_metrics[0].resource.attributes}
+        assert res["service.name"] == "tailrace"

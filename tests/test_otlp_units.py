@@ -4,6 +4,7 @@ the spool's segment format."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import ssl
 import subprocess
@@ -216,3 +217,86 @@ async def test_http_broken_answers_are_errors(pieces: list[bytes]) -> None:
         await Connection(_Script(pieces)).request("POST", "/", [], b"")
     with pytest.raises(HttpError, match="line break"):
         await Connection(_Script(pieces)).request("POST", "/", [("X", "a\r\nInjected: 1")], b"")
+
+
+class ConnectProxy:
+    """A CONNECT-only HTTP proxy on loopback (a thread per tunnel) that records its tunnels."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.tunnels: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                client.close()
+                continue
+            self.tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            def pipe(a: socket.socket, b: socket.socket) -> None:
+                try:
+                    while data := a.recv(65536):
+                        b.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    for s in (a, b):
+                        with contextlib.suppress(OSError):
+                            s.shutdown(socket.SHUT_RDWR)
+
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_https_through_a_connect_proxy_and_no_proxy(
+    tmp_path: Path, tailrace: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = _certs(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(c["srv"], c["srv_key"])
+    proxy = ConnectProxy()
+    for k in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    try:
+        with Receiver(tls=ctx) as r:
+            expected = write_files(tmp_path / "logs", 1, 100)
+            t = tailrace(otlp_config(tmp_path, r.endpoint, tls={"ca_file": str(c["ca"])})).start()
+            wait_for(lambda: r.records() >= 100, 30, "100 records through the proxy")
+            assert t.stop() == 0
+            assert account(expected, collections.Counter(b.decode() for b in r.bodies())) == (0, 0, 0)
+            assert proxy.tunnels and set(proxy.tunnels) == {f"127.0.0.1:{r.port}"}
+            # NO_PROXY: the same endpoint is reached directly.
+            n = len(proxy.tunnels)
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            with open(tmp_path / "logs" / "f000.log", "a") as f:
+                f.write("direct\n")
+            t.start()
+            wait_for(lambda: r.records() >= 101, 30, "the line sent directly")
+            assert t.stop() == 0
+            assert len(proxy.tunnels) == n
+    finally:
+        proxy.close()
