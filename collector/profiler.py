@@ -39,8 +39,20 @@ STAT_FRAME = re.compile(
 )
 
 
+# With native frames py-spy counts threads blocked in these as active; they are waits, not CPU
+# (idle trio workers, the event loop in epoll_wait, threads waiting for the GIL).
+IDLE_FRAME = re.compile(
+    r"PyThread_acquire_lock|pthread_cond_(?:timed)?wait|\bepoll_wait \(|\bselect \(|\bpoll \(|nanosleep \("
+    r"|\bsem_(?:timed)?wait \("
+)
+
+
 def is_stat_frame(frame: str) -> bool:
     return bool(STAT_FRAME.search(frame))
+
+
+def is_idle(stack: str) -> bool:
+    return bool(IDLE_FRAME.search(stack))
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Profile:
     """Collapsed stacks: `frames;...;leaf` → samples."""
 
     stacks: Counter[str] = field(default_factory=Counter)
+    idle: int = 0  # samples of threads blocked in a wait, left out of `stacks`
 
     @classmethod
     def parse(cls, text: str) -> Profile:
@@ -55,7 +68,10 @@ class Profile:
         for line in text.splitlines():
             stack, _, n = line.rpartition(" ")
             if stack and n.isdigit():
-                p.stacks[stack] += int(n)
+                if is_idle(stack):
+                    p.idle += int(n)
+                else:
+                    p.stacks[stack] += int(n)
         return p
 
     @property

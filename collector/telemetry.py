@@ -145,10 +145,9 @@ class Telemetry:
         """Every `interval`, the same collection as /metrics as an OTLP/HTTP ExportMetricsServiceRequest."""
         from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
-        from collector.outputs.http import Client, HttpError
+        from collector.outputs.http import Client, HttpError, signal_url
 
-        base = endpoint.rstrip("/")
-        url = base if base.split("://", 1)[1].partition("/")[2] else base + "/v1/metrics"
+        url = signal_url(endpoint, "/v1/metrics")
         client = Client(url, tls, f"tailrace/{__version__}", timeout=min(10.0, interval))
         hdrs = [("Content-Type", "application/x-protobuf"), *headers.items()]
         try:

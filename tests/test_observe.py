@@ -33,9 +33,11 @@ def test_profile_parsing_share_and_renderings() -> None:
         "main (cli.py:1);step (tailer.rs:10);pread64 (libc.so.6) 60\n"
         "main (cli.py:1);epoll (x.py:3) 10\n"
         "garbage line\n"
+        "Thread.run (threading.py:982);lock_PyThread_acquire_lock (libpython3.11.so.1.0) 40\n"
+        "run (_run.py:2535);get_events (_io_epoll.py:243);epoll_wait (libc.so.6) 7\n"
     )
     p = Profile.parse(text)
-    assert (p.samples, p.stat_samples()) == (100, 30)
+    assert (p.samples, p.stat_samples(), p.idle) == (100, 30, 47)
     assert p.stat_share() == 0.3
     assert p.top(2)[0] == ("main (cli.py:1)", 0, 100)
     for frame in ("fstat64 (libc.so.6)", "__fxstat64 (libc.so.6)", "newfstatat (libc.so.6)", "statx (libc.so.6)",

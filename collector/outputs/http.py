@@ -58,6 +58,12 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+def signal_url(endpoint: str, path: str) -> str:
+    """An OTLP endpoint: a base URL gets the signal's `path` (`/v1/logs`), a full URL is kept."""
+    base = endpoint.rstrip("/")
+    return base if base.split("://", 1)[1].partition("/")[2] else base + path
+
+
 def proxy_for(target: Target) -> Target | None:
     """The proxy the environment names for `target`, honouring NO_PROXY."""
     proxies = urllib.request.getproxies_environment()

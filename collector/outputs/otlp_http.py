@@ -32,7 +32,7 @@ import trio
 from collector import __version__, log
 from collector._native import Batch
 from collector.config import OtlpHttpOutput
-from collector.outputs.http import Client, HttpError, Response
+from collector.outputs.http import Client, HttpError, Response, signal_url
 from collector.spool import Entry, Spool
 
 RETRYABLE = {429, 502, 503, 504}
@@ -49,9 +49,7 @@ class Outcome(Enum):
 
 
 def logs_url(endpoint: str) -> str:
-    base = endpoint.rstrip("/")
-    path = base.split("://", 1)[1].partition("/")[2]
-    return base if path else base + "/v1/logs"
+    return signal_url(endpoint, "/v1/logs")
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
