@@ -134,6 +134,7 @@ def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -
     cfg = base_config(tmp_path, [str(logs / "*.log")])
     cfg["outputs"] = [{"type": "otlp_http", "name": "down", "endpoint": f"http://127.0.0.1:{free_port()}",
                        "spool": {"enabled": False}, "retry": {"initial": "100ms", "max": "200ms"}}]
+    cfg["shutdown_grace"] = "1s"
     t = tailrace(cfg).start()
     status, body = wait_for(lambda: (r := t.get("/readyz"))[0] == 503 and r, 30, "/readyz to turn 503")
     assert body.decode().startswith("output down: cannot connect to 127.0.0.1:")
