@@ -13,6 +13,10 @@ of tailrace); `--output file` writes OTLP JSON. Either way every line is account
     python -m bench.watchmodes --workload rotate --files 1 --rate 20000 --rotate-kib 1024
     python -m bench.watchmodes --workload idle --files 10000 --seconds 10
 
+`--modes ...,otelcol` adds the peer row: the OpenTelemetry Collector's filelog receiver
+(bench/otelcol-filelog, built on first use) on the same files, shipping OTLP/HTTP with zstd
+into the same kind of receiver (its CPU from /proc; it has no syscall counters).
+
 Writes bench/results/watchmodes-<workload>-<time>.json and prints a Markdown table."""
 
 from __future__ import annotations
@@ -113,6 +117,39 @@ class Run:
             self.receiver.stop()
 
 
+OTELCOL_FILELOG = ROOT / "target" / "otelcol" / "otelcol-filelog"
+
+
+class PeerRun(Run):
+    """The OpenTelemetry Collector's filelog receiver on the same files, shipping OTLP/HTTP (zstd)
+    to the same kind of loopback receiver: the peer row. It has no syscall counters; its
+    "lines" are what the receiver got."""
+
+    def __init__(self, work: Path, paths: str) -> None:
+        subprocess.run([str(ROOT / "bench" / "otelcol-filelog" / "build.sh")], check=True)
+        self.work = work
+        self.err = work / "otelcol.stderr"
+        self.out = work / "unused"
+        self.receiver = Receiver().start()
+        cfg = {
+            "receivers": {"filelog": {"include": [paths], "start_at": "beginning", "poll_interval": "200ms"}},
+            "exporters": {"otlphttp": {"endpoint": self.receiver.endpoint, "compression": "zstd"}},
+            "service": {
+                "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                "pipelines": {"logs": {"receivers": ["filelog"], "exporters": ["otlphttp"]}},
+            },
+        }
+        (work / "otelcol.yaml").write_bytes(orjson.dumps(cfg))  # JSON is YAML
+        with open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([str(OTELCOL_FILELOG), "--config", str(work / "otelcol.yaml")], stderr=err)
+        self.dumps = 0
+        self.files = len(list((work / "logs").iterdir()))
+
+    def stats(self) -> dict[str, int]:
+        n = self.receiver.records() if self.receiver else 0
+        return {"lines": n, "records_delivered": n, "files_open": self.files, "steps": 0, "rotations": 0}
+
+
 def wait_delivered(run: Run, expected: int, deadline: float) -> int:
     while True:
         s = run.stats()
@@ -129,11 +166,14 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
         for i in range(files):
             (logs / f"w{i:04d}.log").write_bytes(b"")
         paths = f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log"
-        run = Run(work, mode, paths, args.coalesce, args.output, profiler)
+        peer = mode == "otelcol"
+        run = PeerRun(work, f"{logs}/*.log") if peer else Run(work, mode, paths, args.coalesce, args.output, profiler)
         try:
             # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
             deadline = time.monotonic() + 60
-            while "running" not in run.err.read_text():
+            if peer:
+                time.sleep(2.0)  # its first poll finds the (empty) files
+            while not peer and "running" not in run.err.read_text():
                 if time.monotonic() > deadline or run.proc.poll() is not None:
                     raise RuntimeError(f"tailrace did not start: {run.err.read_text()}")
                 time.sleep(0.05)
@@ -207,7 +247,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
             "syscalls_per_line": {
                 k[len("syscalls_") :]: round(v / lines, 4) for k, v in d.items() if k.startswith("syscalls_")
             },
-            "stat_family_per_line": round((d["syscalls_fstat"] + d["syscalls_stat"]) / lines, 4),
+            "stat_family_per_line": None if peer else round((d["syscalls_fstat"] + d["syscalls_stat"]) / lines, 4),
             "latency_ms_p50": q(0.5),
             "latency_ms_p99": q(0.99),
             "peak_rss_mib": round(rss, 1),
@@ -237,7 +277,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=["appends", "rotate", "idle"], default="appends")
-    ap.add_argument("--modes", default="inotify,auto,poll,naive")
+    ap.add_argument("--modes", default="inotify,auto,poll,naive",
+                    help="watch modes, and `otelcol` for the OpenTelemetry Collector's filelog receiver (the peer)")
     ap.add_argument("--files", default="20,200")
     ap.add_argument("--rate", type=float, default=20000, help="total lines per second")
     ap.add_argument("--seconds", type=float, default=10)
@@ -288,6 +329,57 @@ def main() -> None:
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(table(rows))
     print(f"\nraw: {out.relative_to(ROOT)}")
+    for png in plots(rows, out.with_suffix("")):
+        print(f"plot: {png.relative_to(ROOT)}")
+
+
+def plots(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """PNG plots beside the JSON: CPU µs per line against file count (one line per mode), and
+    read latency p50/p99 by mode. Needs matplotlib (`pip install matplotlib`; not a test or
+    runtime dependency); without it, says so and writes none."""
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        print("(no plots: pip install matplotlib)", file=sys.stderr)
+        return []
+    rows = [r for r in rows if r["cpu_us_per_line"] is not None and r.get("profiler", "off") == "off"]
+    if not rows:
+        return []
+    out = []
+    modes = sorted({r["mode"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in modes:
+        pts = sorted((r["files"], r["cpu_us_per_line"]) for r in rows if r["mode"] == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("files")
+    ax.set_ylabel("CPU µs per line")
+    ax.set_title(f"{rows[0]['workload']}: CPU per line ({rows[0]['rate']:.0f} lines/s in total)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.append(stem.with_name(stem.name + "-cpu.png"))
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = [f"{r['mode']}\n{r['files']} files" for r in rows]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["latency_ms_p50"] or 0 for r in rows], width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [r["latency_ms_p99"] or 0 for r in rows], width=0.4, label="p99")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("write → read latency, ms")
+    ax.set_title(f"{rows[0]['workload']}: latency by mode")
+    ax.legend()
+    fig.tight_layout()
+    out.append(stem.with_name(stem.name + "-latency.png"))
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":
