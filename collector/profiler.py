@@ -236,12 +236,14 @@ class Profiler:
         self.unavailable: str | None = None
 
     async def run(self) -> None:
+        """A profile every `every`, the first one `every` after start (start-up is not the
+        steady state; with `every: 0s`, sampling is continuous from the start)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         while True:
+            await trio.sleep(self.every)
             await self.once()
             if self.unavailable:
                 return
-            await trio.sleep(self.every)
 
     async def once(self) -> Profile | None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{self.profiles:06d}"
