@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from collector import __version__, config, log
-from collector.pipeline import Pipeline, progress
+from collector.pipeline import Pipeline, StateDirInUse, progress
 
 
 def _load(path: str | None) -> config.Config:
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # the core refuses a setting (bad glob, unreadable state_dir)
         print(f"tailrace: configuration error: {e}", file=sys.stderr)
         return 2
+    except StateDirInUse as e:
+        print(f"tailrace: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

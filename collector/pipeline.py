@@ -6,6 +6,8 @@ reading and flush their open batch, channels close downstream, outputs drain wit
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import time
 from typing import Literal
@@ -53,9 +55,31 @@ def make_tailer(
     )
 
 
+class StateDirInUse(Exception):
+    """Another tailrace holds this state_dir: two would overwrite each other's checkpoints."""
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """An exclusive flock on `state_dir/lock`, held (by the open descriptor) for the process's
+    life; the kernel releases it however the process ends. The lock file names the holder."""
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise StateDirInUse(f"state_dir {state_dir} is in use by another tailrace (pid {holder or '?'})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Pipeline:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._lock = lock_state_dir(cfg.state_dir)
         self.checkpointer = Checkpointer(cfg.state_dir)
         self.outputs: list[Output] = [build(o, cfg.state_dir) for o in cfg.outputs]
         encodings = sorted({o.encoding for o in self.outputs})
@@ -132,6 +156,7 @@ class Pipeline:
                 for out in self.outputs:
                     await out.close()
                 await self._write_checkpoints()
+            os.close(self._lock)  # the last checkpoints are written: another tailrace may start
             self._finished.set()
 
     async def _flow(self) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import attrs, base_config, count_records, records, wait_for
+from tests.conftest import ROOT, attrs, base_config, count_records, records, wait_for
 
 
 def body(rec: dict) -> str:  # type: ignore[type-arg]
@@ -173,3 +175,23 @@ def test_stdout_output_and_sigint(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     assert got == [line(3, n) for n in range(20)]
+
+
+def test_a_second_tailrace_on_the_same_state_dir_is_refused(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("one\n")
+    cfg = base_config(tmp_path, [str(logs / "*.log")])
+    first = tailrace(cfg).start()
+    wait_for(lambda: count_records(tmp_path / "out" / "logs.jsonl") == 1, 30, "the first instance running")
+    assert first.proc is not None
+    second = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(first.config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert second.returncode == 1
+    assert f"is in use by another tailrace (pid {first.proc.pid})" in second.stderr
+    first.kill()  # kill -9: the kernel releases the lock
+    again = tailrace(cfg).start()
+    wait_for(lambda: again.log().count(" running ") == 2, 30, "a new instance after the first died")
+    assert again.stop() == 0
