@@ -29,9 +29,10 @@ def check_config(tmp_path: Path, text: str, command: str = "check-config") -> su
 GOOD = "inputs: [{paths: ['/tmp/*.log']}]\noutputs: [{type: blackhole}]\n"
 
 
-def test_embedded_default_is_valid() -> None:
+@pytest.mark.parametrize("name", ["local.yaml", "otlp.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "collector.cli", "check-config", str(ROOT / "configs" / "local.yaml")],
+        [sys.executable, "-m", "collector.cli", "check-config", str(ROOT / "configs" / name)],
         capture_output=True,
         text=True,
         timeout=60,
