@@ -74,7 +74,9 @@ class InputConfig(_Strict):
     poll_interval: Duration = "250ms"
     # Safety rescan of the globs: 1s when polling, 60s when inotify finds new files anyway.
     rescan_interval: Duration | None = None
-    coalesce: Duration = "5ms"
+    # How long written files wait before they are read: `auto` (until the open batch would
+    # close, bounded by the inotify queue) or a duration.
+    coalesce: Duration = "auto"
     read_from: Literal["beginning", "end"] = "beginning"
     format: Literal["plain", "cri", "docker", "auto"] = "plain"
     max_line_bytes: Size = "1MiB"
@@ -90,7 +92,8 @@ class InputConfig(_Strict):
         if self.rescan_interval is None:
             self.rescan_interval = "1s" if self.watch == "poll" else "60s"
         self.rescan_interval = duration(self.rescan_interval, "rescan_interval")
-        self.coalesce = duration(self.coalesce, "coalesce")
+        if self.coalesce != "auto":
+            self.coalesce = duration(self.coalesce, "coalesce")
         self.partial_flush = duration(self.partial_flush, "partial_flush")
         self.rotate_wait = duration(self.rotate_wait, "rotate_wait")
         self.close_inactive = duration(self.close_inactive, "close_inactive")
@@ -101,7 +104,7 @@ class InputConfig(_Strict):
 class BatchConfig(_Strict):
     max_bytes: Size = "1MiB"
     max_records: int = 10_000
-    max_age: Duration = "100ms"
+    max_age: Duration = "200ms"
 
     def __post_init__(self) -> None:
         self.max_bytes = size(self.max_bytes, "max_bytes")

@@ -21,7 +21,7 @@ from collector.outputs import Output, build
 
 CHANNEL_SIZE = 4
 # Steps shorter than this run on the trio thread (GIL released inside); longer ones on a worker.
-INLINE_STEP_SECONDS = 0.001
+INLINE_STEP_SECONDS = 0.02
 
 
 def make_tailer(
@@ -52,6 +52,7 @@ def make_tailer(
         encodings=list(encodings),
         compression=compression[0] if compression else None,
         compression_level=compression[1] if compression else 1,
+        coalesce=None if inp.coalesce == "auto" else float(inp.coalesce),
     )
 
 
@@ -173,52 +174,44 @@ class Pipeline:
                     nursery.start_soon(self._tail_loop, i, t, to_dispatch.clone())
 
     async def _tail_loop(self, index: int, tailer: Tailer, out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
-        """Step the core, then wait: on the inotify descriptor when there is one, then `coalesce`
-        more so a burst of one-line writes becomes one read, or until the core's next timer. One
-        wakeup carries many lines. Stopping cancels the wait; batches already read are sent
-        (shielded) and the open batch is flushed."""
+        """Step the core, then wait: on the inotify descriptor when nothing is known to be
+        written, else until the core's next timer (written files wait `coalesce` to be read, an
+        open batch its age limit). One wakeup carries many lines: on a VM each trio wakeup costs
+        ~150-400 µs of CPU, more than reading a line. Stopping cancels the wait; batches already
+        read are sent (shielded) and the open batch is flushed."""
         limiter = trio.CapacityLimiter(1)
         fd = tailer.readiness_fd()
-        # naive reproduces Fluent Bit's event path: one event per wakeup, no coalescing.
-        coalesce = 0.0 if self.cfg.inputs[index].watch == "naive" else float(self.cfg.inputs[index].coalesce)
-        last = INLINE_STEP_SECONDS  # the first step discovers every file: on a worker thread
-        read_before = -1
+        heavy = True  # the first step discovers every file: on a worker thread
         async with out:
             with trio.CancelScope() as reading:
                 self._readers.append(reading)
                 if self._stopping.is_set():
                     reading.cancel()
                 while True:
-                    # A small step (a few lines) runs inline: a thread hop costs more than the
-                    # work. A step that read a lot runs on a worker so the event loop stays free.
+                    # A step that reads little runs inline: a thread hop costs more than the work.
+                    # After a step that read a lot the next runs on a worker thread, so the event
+                    # loop stays free while a backlog is read.
+                    before = tailer.bytes_read()
                     t0 = time.perf_counter()
-                    if last < INLINE_STEP_SECONDS:
-                        batches = tailer.step()
-                    else:
+                    if heavy:
                         batches = await trio.to_thread.run_sync(tailer.step, limiter=limiter)
-                    last = time.perf_counter() - t0
+                    else:
+                        batches = tailer.step()
+                    if tailer.bytes_read() != before:
+                        heavy = time.perf_counter() - t0 > INLINE_STEP_SECONDS
                     if batches:
                         with trio.CancelScope(shield=True):
                             await self._emit(index, batches, out)
                     for msg in tailer.take_reports():
                         log.warning(msg, input=self.cfg.inputs[index].name)
                     wait = tailer.next_wakeup()
-                    read_now = tailer.bytes_read()
-                    busy, read_before = read_now != read_before, read_now
                     if wait <= 0:
                         await trio.lowlevel.checkpoint()
-                    elif fd is None:
+                    elif fd is None or tailer.has_waiting():
                         await trio.sleep(wait)
-                    elif busy and coalesce:
-                        # Lines are flowing: more will have arrived by the end of the coalesce
-                        # period, so wait only that (one wakeup per period, not two; on a VM
-                        # each trio wakeup costs ~170 µs of CPU).
-                        await trio.sleep(min(coalesce, wait))
                     else:
                         with trio.move_on_after(wait):
                             await trio.lowlevel.wait_readable(fd)
-                            if coalesce:
-                                await trio.sleep(coalesce)
             await self._emit(index, await trio.to_thread.run_sync(tailer.flush, limiter=limiter), out)
 
     async def _emit(self, index: int, batches: list[Batch], out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:

@@ -35,6 +35,8 @@ class Received:
     bodies: list[bytes] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
     observed_ns: list[int] = field(default_factory=list)
+    # When each record's request arrived (time.time_ns(), body read): delivery latency.
+    arrived_ns: list[int] = field(default_factory=list)
     requests: int = 0
     accepted: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
@@ -143,6 +145,7 @@ class Receiver:
 
     # -- requests ---------------------------------------------------------------------
     def handle(self, path: str, headers: dict[str, str], raw: bytes) -> Fault:
+        arrived = time.time_ns()
         h = {k.lower(): v for k, v in headers.items()}
         with self.lock:
             self.got.requests += 1
@@ -150,12 +153,12 @@ class Receiver:
             self.got.headers.append(h)
         if self.delay:
             time.sleep(self.delay)
-        answer = self._answer(path, h, raw)
+        answer = self._answer(path, h, raw, arrived)
         with self.lock:
             self.got.statuses[answer[0]] = self.got.statuses.get(answer[0], 0) + 1
         return answer
 
-    def _answer(self, path: str, h: dict[str, str], raw: bytes) -> Fault:
+    def _answer(self, path: str, h: dict[str, str], raw: bytes, arrived: int) -> Fault:
         if path == "/v1/metrics":
             from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
@@ -205,6 +208,7 @@ class Receiver:
                 self.got.bodies.extend(bodies[reject:])
                 self.got.attributes.extend(attributes[reject:])
                 self.got.observed_ns.extend(observed[reject:])
+                self.got.arrived_ns.extend([arrived] * (len(bodies) - reject))
         resp = logs_service_pb2.ExportLogsServiceResponse()
         if reject:
             resp.partial_success.rejected_log_records = reject

@@ -232,6 +232,14 @@ impl Batcher {
         self.open.as_ref().map(|o| o.opened + self.limits.max_age)
     }
 
+    /// The open batch's age counts from `t` if that is earlier than its first record (lines that
+    /// waited in their files before they were read).
+    pub fn backdate(&mut self, t: Instant) {
+        if let Some(o) = &mut self.open {
+            o.opened = o.opened.min(t);
+        }
+    }
+
     /// Close the open batch if it is old enough (or unconditionally with `force`).
     pub fn close_if_due(&mut self, now: Instant, force: bool) {
         if let Some(o) = &self.open {

@@ -24,6 +24,9 @@ pub struct Entry {
     pub seen_ns: u64,
     /// Bumped at each truncation so that acknowledgements of older batches are ignored.
     pub epoch: u32,
+    /// `fp` as hex, kept between writes (cleared whenever `fp` is replaced): a full fingerprint
+    /// is 2 KiB of text per file, written every `checkpoint_interval`.
+    hex: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,7 +83,7 @@ impl Checkpointer {
             let fp = Fingerprint::from_hex(&e.fingerprint).ok_or_else(|| format!("{}: bad fingerprint", cp.path.display()))?;
             cp.entries.entry(e.input).or_default().insert(
                 FileKey { dev: e.dev, ino: e.ino },
-                Entry { fp, offset: e.offset, path: e.path, seen_ns: e.seen_unix_ns, epoch: 0 },
+                Entry { fp, offset: e.offset, path: e.path, seen_ns: e.seen_unix_ns, epoch: 0, hex: e.fingerprint },
             );
         }
         Ok(cp)
@@ -134,11 +137,15 @@ impl Checkpointer {
             path: path.to_string(),
             seen_ns: now,
             epoch: 0,
+            hex: String::new(),
         });
         // A new reading of the file starts here: acknowledgements of batches read before
         // (a truncated file's old bytes) must not move it.
         e.epoch += 1;
-        e.fp = fp.clone();
+        if e.fp != *fp {
+            e.fp = fp.clone();
+            e.hex.clear();
+        }
         e.offset = offset;
         e.seen_ns = now;
         e.epoch
@@ -146,12 +153,23 @@ impl Checkpointer {
 
     /// Advance a file's committed offset (acknowledged batches only).
     pub fn commit(&mut self, input: &str, key: FileKey, epoch: u32, offset: u64, fp: Option<&Fingerprint>) {
-        if let Some(e) = self.get_mut(input, key) {
+        self.commit_all(input, std::iter::once((key, epoch, offset)), |_| fp);
+    }
+
+    /// `commit` for every file of a batch: the input's entries are looked up once, and a file's
+    /// current fingerprint (`fp_of`) only while the stored one is not full yet.
+    pub fn commit_all<'a>(&mut self, input: &str, items: impl Iterator<Item = (FileKey, u32, u64)>, fp_of: impl Fn(FileKey) -> Option<&'a Fingerprint>) {
+        let Some(m) = self.entries.get_mut(input) else { return };
+        for (key, epoch, offset) in items {
+            let Some(e) = m.get_mut(&key) else { continue };
             if e.epoch == epoch && offset >= e.offset {
                 e.offset = offset;
-                if let Some(fp) = fp {
-                    if fp.bytes.len() > e.fp.bytes.len() {
-                        e.fp = fp.clone();
+                if !e.fp.is_full() {
+                    if let Some(fp) = fp_of(key) {
+                        if fp.bytes.len() > e.fp.bytes.len() {
+                            e.fp = fp.clone();
+                            e.hex.clear();
+                        }
                     }
                 }
             }
@@ -171,23 +189,30 @@ impl Checkpointer {
         for m in self.entries.values_mut() {
             m.retain(|_, e| now.saturating_sub(e.seen_ns) < forget);
         }
-        let mut entries: Vec<FileEntry> = self
-            .entries
-            .iter()
-            .flat_map(|(input, m)| m.iter().map(move |(k, e)| (input, k, e)))
-            .map(|(input, k, e)| FileEntry {
-                input: input.clone(),
-                dev: k.dev,
-                ino: k.ino,
-                fingerprint: e.fp.to_hex(),
-                offset: e.offset,
-                path: e.path.clone(),
-                seen_unix_ns: e.seen_ns,
-            })
-            .collect();
-        entries.sort_by(|a, b| (&a.input, &a.path, a.ino).cmp(&(&b.input, &b.path, b.ino)));
+        // Written by hand rather than through serde: the hex needs no escaping, and scanning
+        // 2 KiB of it per file for escapes was most of the cost.
+        let mut entries: Vec<(&String, &FileKey, &mut Entry)> =
+            self.entries.iter_mut().flat_map(|(input, m)| m.iter_mut().map(move |(k, e)| (input, k, e))).collect();
+        entries.sort_by(|a, b| (a.0, &a.2.path, a.1.ino).cmp(&(b.0, &b.2.path, b.1.ino)));
         let n = entries.len();
-        let body = serde_json::to_vec(&FileFormat { version: VERSION, written_unix_ns: now, entries }).map_err(std::io::Error::other)?;
+        let mut body = Vec::with_capacity(64 + n * (2 * crate::identity::FINGERPRINT_MAX + 200));
+        write!(body, "{{\"version\":{VERSION},\"written_unix_ns\":{now},\"entries\":[")?;
+        for (i, (input, k, e)) in entries.into_iter().enumerate() {
+            if e.hex.len() != 2 * e.fp.bytes.len() {
+                e.hex = e.fp.to_hex();
+            }
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"input\":");
+            serde_json::to_writer(&mut body, input)?;
+            write!(body, ",\"dev\":{},\"ino\":{},\"fingerprint\":\"", k.dev, k.ino)?;
+            body.extend_from_slice(e.hex.as_bytes());
+            write!(body, "\",\"offset\":{},\"path\":", e.offset)?;
+            serde_json::to_writer(&mut body, &e.path)?;
+            write!(body, ",\"seen_unix_ns\":{}}}", e.seen_ns)?;
+        }
+        body.extend_from_slice(b"]}");
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;

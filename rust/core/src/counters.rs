@@ -55,4 +55,8 @@ pub struct Counters {
     pub steps: u64,
     /// inotify queue overflows (each forces a full look and a read of every file).
     pub inotify_overflows: u64,
+    /// inotify events drained (the read delay is bounded by their rate).
+    pub inotify_events: u64,
+    /// Passes that read files (the others only drained events or ran timers).
+    pub read_passes: u64,
 }

@@ -77,6 +77,9 @@ pub struct FileReader {
     pub look_size: u64,
     pub look_mtime: SystemTime,
     pub look_wall: SystemTime,
+    /// In the tailer's set of files with a timer of their own (mirrored, so that checking
+    /// costs no set lookup).
+    pub timed: bool,
 }
 
 pub struct ReadResult {
@@ -125,6 +128,7 @@ impl FileReader {
             look_size: meta.size(),
             look_mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             look_wall: SystemTime::now(),
+            timed: false,
         };
         Ok((reader, truncated))
     }

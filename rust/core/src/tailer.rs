@@ -61,6 +61,11 @@ pub struct TailerConfig {
     pub host: String,
     /// Stop reading in a step once this many batches are ready (backpressure).
     pub max_ready_batches: usize,
+    /// How long files said to be written wait before they are read, so that many writes become
+    /// one read: a fixed duration, or `None` (auto) for the open batch's `max_age`, shortened so
+    /// the kernel's event queue cannot overflow meanwhile. Reading a line earlier than its batch
+    /// closes gains no latency, and every wakeup costs CPU.
+    pub coalesce: Option<Duration>,
 }
 
 impl Default for TailerConfig {
@@ -84,6 +89,7 @@ impl Default for TailerConfig {
             compression: None,
             host: "localhost".into(),
             max_ready_batches: 4,
+            coalesce: Some(Duration::ZERO),
         }
     }
 }
@@ -115,6 +121,12 @@ pub struct Tailer {
     dir_cache: discovery::DirCache,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: std::collections::BTreeSet<FileKey>,
+    /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
+    waiting: Vec<FileKey>,
+    waiting_since: Option<Instant>,
+    /// Events drained since `waiting_since` (their rate bounds the next delay).
+    waiting_events: u64,
+    read_delay: Duration,
 }
 
 impl Tailer {
@@ -148,7 +160,51 @@ impl Tailer {
             reported: HashSet::new(),
             dir_cache: discovery::DirCache::default(),
             timed: std::collections::BTreeSet::new(),
-        })
+            waiting: Vec::new(),
+            waiting_since: None,
+            waiting_events: 0,
+            read_delay: Duration::ZERO,
+        }
+        .with_initial_delay())
+    }
+
+    fn with_initial_delay(mut self) -> Self {
+        self.read_delay = self.max_read_delay();
+        self
+    }
+
+    /// The longest files may wait: `coalesce`, or in auto mode the batch's age limit (`naive`
+    /// reads at once, as Fluent Bit does; polling already waits `poll_interval`).
+    fn max_read_delay(&self) -> Duration {
+        match (self.cfg.watch, self.cfg.coalesce) {
+            (WatchMode::Naive | WatchMode::Poll, _) => Duration::ZERO,
+            (_, Some(d)) => d,
+            (_, None) => self.cfg.batch.max_age,
+        }
+    }
+
+    /// After a read: in auto mode the next delay keeps the events expected meanwhile (at the
+    /// rate just seen) under a quarter of the kernel's queue.
+    fn adapt_read_delay(&mut self, waited: Duration, events: u64) {
+        let max = self.max_read_delay();
+        self.read_delay = match (self.cfg.coalesce, self.watcher.queue_limit()) {
+            (None, Some(limit)) if events > 0 && !waited.is_zero() => {
+                let rate = events as f64 / waited.as_secs_f64();
+                max.min(Duration::from_secs_f64((limit / 4) as f64 / rate))
+            }
+            _ => max,
+        };
+    }
+
+    /// The read delay in use now (auto mode adapts it to the event rate).
+    pub fn read_delay(&self) -> Duration {
+        self.read_delay
+    }
+
+    /// Files are waiting to be read (their events are drained): the owner sleeps until
+    /// `next_wakeup` rather than waiting for the descriptor.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     pub fn name(&self) -> &str {
@@ -186,19 +242,26 @@ impl Tailer {
     /// budget), flush idle partial lines, close drained files, and return the batches closed.
     pub fn step(&mut self, now: Instant) -> Vec<Batch> {
         self.counters.steps += 1;
-        let mut dirty = Vec::new();
-        let news = {
-            let readers = &self.readers;
-            let mut open = readers.iter().filter(|(_, r)| r.is_open()).map(|(k, _)| *k);
-            self.watcher.collect(now, &mut open, &mut dirty, &mut self.counters)
-        };
-        for msg in news.reports {
-            self.report(msg.clone(), msg);
-        }
-        if news.look || self.next_look.is_none_or(|t| now >= t) {
+        if self.collect(now) || self.next_look.is_none_or(|t| now >= t) {
             self.look(now);
             self.next_look = Some(now + self.cfg.rescan_interval);
         }
+        // Written files wait for `read_delay` (many writes, one read) unless a read is due anyway:
+        // a backlog, or files found by a look.
+        let due = self.waiting_since.is_some_and(|t| now >= t + self.read_delay);
+        if !due && self.more.is_empty() {
+            self.housekeep(now);
+            self.batcher.close_if_due(now, false);
+            return self.take_ready();
+        }
+        self.counters.read_passes += 1;
+        let since = self.waiting_since.take();
+        if let Some(since) = since {
+            let waited = now.saturating_duration_since(since);
+            let events = std::mem::take(&mut self.waiting_events);
+            self.adapt_read_delay(waited, events);
+        }
+        let mut dirty = std::mem::take(&mut self.waiting);
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
         dirty.append(&mut self.more);
         dirty.sort_unstable();
@@ -206,8 +269,14 @@ impl Tailer {
         let naive = self.cfg.watch == WatchMode::Naive;
         let event_driven = self.watcher.event_driven();
         // Files rotated away first: their lines were written before those of their successors.
-        let readers = &self.readers;
-        dirty.sort_by_key(|k| readers.get(k).map(|r| r.state == FileState::Active));
+        // (A stable partition: one lookup per file, not one per comparison.)
+        // Draining files all have a timer: without one, there is nothing to put first.
+        if !self.timed.is_empty() {
+            let (first, active): (Vec<FileKey>, Vec<FileKey>) =
+                dirty.into_iter().partition(|k| self.readers.get(k).is_none_or(|r| r.state != FileState::Active));
+            dirty = first;
+            dirty.extend(active);
+        }
         // Passes over the files with more to read, each within its per-file budget (so one hot
         // file cannot starve the others), until every file is at EOF or enough batches are
         // ready: a step carries megabytes when there is a backlog, not one budget's worth.
@@ -276,8 +345,42 @@ impl Tailer {
             self.retime(key);
         }
         self.housekeep(now);
+        if let Some(since) = since {
+            // The lines just read were waiting in their files since `since`: their batch's age
+            // counts from then, so deferring the read adds no latency.
+            self.batcher.backdate(since);
+        }
         self.batcher.close_if_due(now, false);
+        if !self.read_delay.is_zero() && self.watcher.event_driven() {
+            // Writes made while this step read: drained now, so the owner sleeps until they are
+            // due rather than waking once more for the descriptor. (They count from the step's
+            // clock, a few ms early: the owner's clock is the only one the core reads.)
+            if self.collect(now) {
+                self.next_look = Some(now);
+            }
+        }
         self.take_ready()
+    }
+
+    /// Drain the watcher's news: files said to be written join `waiting`. Returns whether the
+    /// paths need a look (files created, renamed or deleted).
+    fn collect(&mut self, now: Instant) -> bool {
+        let before = self.counters.inotify_events;
+        let mut dirty = Vec::new();
+        let news = {
+            let readers = &self.readers;
+            let mut open = readers.iter().filter(|(_, r)| r.is_open()).map(|(k, _)| *k);
+            self.watcher.collect(now, &mut open, &mut dirty, &mut self.counters)
+        };
+        for msg in news.reports {
+            self.report(msg.clone(), msg);
+        }
+        if !dirty.is_empty() && self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+        self.waiting.append(&mut dirty);
+        self.waiting_events += self.counters.inotify_events - before;
+        news.look
     }
 
     /// The descriptor to wait on for news (inotify modes), if any.
@@ -308,7 +411,8 @@ impl Tailer {
             return now;
         }
         let mut t = self.next_look.unwrap_or(now);
-        for c in [self.watcher.next_wakeup(), self.batcher.deadline()].into_iter().flatten() {
+        let read = self.waiting_since.map(|s| s + self.read_delay);
+        for c in [self.watcher.next_wakeup(), self.batcher.deadline(), read].into_iter().flatten() {
             t = t.min(c);
         }
         // Timers of their own: a partial line's flush, a drained file's close.
@@ -331,23 +435,29 @@ impl Tailer {
         let mut cp = self.checkpoints.lock().expect("checkpointer lock");
         while self.pending.front().is_some_and(|p| p.acked) {
             let p = self.pending.pop_front().expect("front exists");
-            for (key, epoch, off) in p.offsets {
-                let fp = self.readers.get(&key).map(|r| &r.fp);
-                cp.commit(&self.cfg.name, key, epoch, off, fp);
-            }
+            let readers = &self.readers;
+            cp.commit_all(&self.cfg.name, p.offsets.into_iter(), |key| readers.get(&key).map(|r| &r.fp));
         }
         true
     }
 
     /// Track whether a reader has a timer of its own (a carried partial line, or draining).
     fn retime(&mut self, key: FileKey) {
-        match self.readers.get(&key) {
-            Some(r) if r.carried() > 0 || matches!(r.state, FileState::Draining { .. }) => {
-                self.timed.insert(key);
+        let want = match self.readers.get_mut(&key) {
+            Some(r) => {
+                let want = r.carried() > 0 || matches!(r.state, FileState::Draining { .. });
+                if want == r.timed {
+                    return;
+                }
+                r.timed = want;
+                want
             }
-            _ => {
-                self.timed.remove(&key);
-            }
+            None => false,
+        };
+        if want {
+            self.timed.insert(key);
+        } else {
+            self.timed.remove(&key);
         }
     }
 
@@ -567,6 +677,7 @@ impl Tailer {
         }
         self.more.push(f.key);
         self.readers.insert(f.key, r);
+        self.timed.remove(&f.key); // a reader it replaces may have had a timer
         self.clear_report(&f.path);
         Some(resumed)
     }
@@ -646,6 +757,8 @@ impl Tailer {
                 self.report(format!("watch:{}", s.path.display()), msg);
             }
             self.readers.insert(s.key, copy);
+            self.timed.remove(&s.key); // a reader it replaces may have had a timer
+            self.retime(s.key);
             self.more.push(s.key);
             return true;
         }

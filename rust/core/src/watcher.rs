@@ -47,6 +47,11 @@ pub trait Watcher: Send {
     fn unwatch(&mut self, _key: FileKey) {}
     /// Watch a directory for new and renamed files (idempotent).
     fn watch_dir(&mut self, _dir: &Path, _c: &mut Counters) {}
+    /// Events the kernel queues before it overflows (inotify): how long reads may wait is
+    /// bounded by it, since events are drained when files are read.
+    fn queue_limit(&self) -> Option<u64> {
+        None
+    }
 }
 
 pub struct PollWatcher {
@@ -119,6 +124,7 @@ pub struct InotifyWatcher {
     /// `auto`: poll files on filesystems whose events cannot be trusted.
     check_fs: bool,
     buf: Vec<u64>,
+    queue_limit: u64,
 }
 
 impl InotifyWatcher {
@@ -140,6 +146,11 @@ impl InotifyWatcher {
             one_event,
             check_fs,
             buf: vec![0u64; 8192],
+            // The per-instance limit (fs.inotify.max_queued_events, 16384 by default).
+            queue_limit: std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(16384),
         })
     }
 
@@ -174,7 +185,7 @@ impl InotifyWatcher {
         Ok(n as usize)
     }
 
-    fn handle(&mut self, n: usize, dirty: &mut Vec<FileKey>, news: &mut News, overflow: &mut bool) {
+    fn handle(&mut self, n: usize, dirty: &mut Vec<FileKey>, news: &mut News, overflow: &mut bool, events: &mut u64) {
         // SAFETY: the kernel wrote `n` bytes of whole events into buf (8-byte aligned).
         let bytes = unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, n) };
         let mut off = 0;
@@ -182,6 +193,7 @@ impl InotifyWatcher {
             // SAFETY: an event header lies at `off`; read_unaligned copes with any alignment.
             let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(bytes[off..].as_ptr() as *const libc::inotify_event) };
             off += EVENT_HEADER + ev.len as usize;
+            *events += 1;
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
                 *overflow = true;
                 continue;
@@ -229,7 +241,7 @@ impl Watcher for InotifyWatcher {
                 n = self.read_events(c, EVENT_HEADER + libc::FILENAME_MAX as usize + 1);
             }
             if let Ok(n) = n {
-                self.handle(n, dirty, &mut news, &mut overflow);
+                self.handle(n, dirty, &mut news, &mut overflow, &mut c.inotify_events);
             }
         } else {
             // Drain the whole queue now: reads may wait (coalesce), the kernel queue must not.
@@ -238,7 +250,7 @@ impl Watcher for InotifyWatcher {
                 if n == 0 {
                     break;
                 }
-                self.handle(n, dirty, &mut news, &mut overflow);
+                self.handle(n, dirty, &mut news, &mut overflow, &mut c.inotify_events);
                 if n < len / 2 {
                     break; // the queue is (almost certainly) empty: skip the read returning EAGAIN
                 }
@@ -270,6 +282,10 @@ impl Watcher for InotifyWatcher {
 
     fn event_driven(&self) -> bool {
         true
+    }
+
+    fn queue_limit(&self) -> Option<u64> {
+        Some(self.queue_limit)
     }
 
     fn watch(&mut self, key: FileKey, path: &Path, c: &mut Counters) -> Option<String> {

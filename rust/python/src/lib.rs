@@ -158,7 +158,7 @@ impl Tailer {
         rescan_interval = 1.0, read_from = "beginning", max_line_bytes = 1 << 20, read_budget = 256 * 1024,
         partial_flush = 5.0, rotate_wait = 5.0, close_inactive = 300.0, batch_max_bytes = 1 << 20,
         batch_max_records = 10_000, batch_max_age = 0.1, host = "localhost".to_string(), first_batch_id = 1,
-        encodings = vec!["proto".to_string()], compression = None, compression_level = 1))]
+        encodings = vec!["proto".to_string()], compression = None, compression_level = 1, coalesce = Some(0.0)))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         checkpointer: &Checkpointer,
@@ -182,6 +182,7 @@ impl Tailer {
         encodings: Vec<String>,
         compression: Option<&str>,
         compression_level: i32,
+        coalesce: Option<f64>,
     ) -> PyResult<Self> {
         let compression = match compression {
             Some(c) => Some((tailrace_core::Compression::parse(c).map_err(value_err)?, compression_level)),
@@ -230,6 +231,7 @@ impl Tailer {
             encodings: enc,
             compression,
             host,
+            coalesce: coalesce.map(secs),
             ..TailerConfig::default()
         };
         let t = tailrace_core::Tailer::new(cfg, checkpointer.inner.clone(), first_batch_id).map_err(value_err)?;
@@ -279,6 +281,17 @@ impl Tailer {
         t.next_wakeup(now).saturating_duration_since(now).as_secs_f64()
     }
 
+    /// Files said to be written wait to be read (sleep until `next_wakeup`; their events are
+    /// drained already).
+    fn has_waiting(&self) -> bool {
+        self.inner.lock().expect("tailer lock").has_waiting()
+    }
+
+    /// Seconds written files wait before they are read (auto mode adapts it).
+    fn read_delay(&self) -> f64 {
+        self.inner.lock().expect("tailer lock").read_delay().as_secs_f64()
+    }
+
     /// Input bytes consumed into records so far (cheap: to tell a busy step from an idle one).
     fn bytes_read(&self) -> u64 {
         self.inner.lock().expect("tailer lock").counters.bytes
@@ -309,6 +322,8 @@ impl Tailer {
             ("batches", c.batches),
             ("steps", c.steps),
             ("inotify_overflows", c.inotify_overflows),
+            ("inotify_events", c.inotify_events),
+            ("read_passes", c.read_passes),
             ("files_open", t.files_open() as u64),
             ("files_tracked", t.files_tracked() as u64),
             ("pending_batches", t.pending_batches() as u64),
