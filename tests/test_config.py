@@ -105,4 +105,13 @@ def test_rescan_default_follows_the_watch_mode() -> None:
         "outputs: [{type: blackhole}]"
     )
     assert [i.rescan_interval for i in cfg.inputs] == [60.0, 1.0, 3.0]
+    assert cfg.inputs[0].coalesce == "auto"  # reads wait until the batch would close
+    assert cfg.batch.max_age == 0.2
+
+
+def test_coalesce_is_auto_or_a_duration(tmp_path: Path) -> None:
+    cfg = config.parse("inputs: [{paths: [/a], coalesce: 5ms}]\noutputs: [{type: blackhole}]")
     assert cfg.inputs[0].coalesce == 0.005
+    r = check_config(tmp_path, "inputs: [{paths: ['/x'], coalesce: soon}]\noutputs: [{type: blackhole}]")
+    assert r.returncode == 2
+    assert "coalesce" in r.stderr and "soon" in r.stderr, r.stderr

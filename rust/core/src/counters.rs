@@ -20,6 +20,9 @@ pub struct Syscalls {
     pub inotify_read: u64,
     /// `posix_fadvise(DONTNEED)` (only `naive` makes it, as Fluent Bit does on every read).
     pub fadvise: u64,
+    /// `inotify_add_watch` on a file already watched: its mask changed (a file turning steady,
+    /// read on the cadence without write events, or back).
+    pub inotify_remask: u64,
 }
 
 impl Syscalls {
@@ -59,4 +62,8 @@ pub struct Counters {
     pub inotify_events: u64,
     /// Passes that read files (the others only drained events or ran timers).
     pub read_passes: u64,
+    /// Files turned steady (written at every read, so read on the cadence without write
+    /// events), and turned back.
+    pub steady_on: u64,
+    pub steady_off: u64,
 }

@@ -80,6 +80,9 @@ pub struct FileReader {
     /// In the tailer's set of files with a timer of their own (mirrored, so that checking
     /// costs no set lookup).
     pub timed: bool,
+    /// Reads in a row, one per read pass, that found new bytes (a file that is written at
+    /// every read turns steady: read on the cadence, without write events).
+    pub streak: u8,
 }
 
 pub struct ReadResult {
@@ -129,6 +132,7 @@ impl FileReader {
             look_mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             look_wall: SystemTime::now(),
             timed: false,
+            streak: 0,
         };
         Ok((reader, truncated))
     }
@@ -200,6 +204,11 @@ impl FileReader {
             Some(f) if !self.fp.bytes.is_empty() => Fingerprint::read(f, &mut c.syscalls).is_ok_and(|fp| !fp.compatible(&self.fp)),
             _ => false,
         }
+    }
+
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.file.as_ref().map(|f| f.as_raw_fd())
     }
 
     pub fn is_open(&self) -> bool {

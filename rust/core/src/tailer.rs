@@ -16,6 +16,9 @@ use crate::identity::{FileKey, Fingerprint};
 use crate::reader::{FileReader, FileState};
 use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
+/// Reads in a row that found new bytes before a file turns steady (see `Watcher::set_steady`).
+const STEADY_AFTER: u8 = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
     Poll,
@@ -204,7 +207,7 @@ impl Tailer {
     /// Files are waiting to be read (their events are drained): the owner sleeps until
     /// `next_wakeup` rather than waiting for the descriptor.
     pub fn has_waiting(&self) -> bool {
-        !self.waiting.is_empty()
+        self.waiting_since.is_some()
     }
 
     pub fn name(&self) -> &str {
@@ -262,6 +265,11 @@ impl Tailer {
             self.adapt_read_delay(waited, events);
         }
         let mut dirty = std::mem::take(&mut self.waiting);
+        // Steady files are read on the cadence: they raise no write events.
+        let steady_mode = self.watcher.event_driven() && !self.read_delay.is_zero();
+        if steady_mode {
+            dirty.extend(self.watcher.steady_files());
+        }
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
         dirty.append(&mut self.more);
         dirty.sort_unstable();
@@ -282,6 +290,7 @@ impl Tailer {
         // ready: a step carries megabytes when there is a backlog, not one budget's worth.
         let mut touched: Vec<FileKey> = Vec::new();
         let mut pass = dirty;
+        let mut first_pass = true;
         loop {
             let mut progress = false;
             let mut i = 0;
@@ -300,6 +309,23 @@ impl Tailer {
                 let res = r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters);
                 if naive {
                     r.fstat(&mut self.counters); // counters after the read
+                }
+                if steady_mode && first_pass {
+                    // A file with new bytes at STEADY_AFTER reads in a row turns steady (no write
+                    // events, read on the cadence); the first read that finds nothing turns it back.
+                    if let (Ok(res), Some(fd)) = (&res, r.raw_fd()) {
+                        if res.bytes > 0 {
+                            r.streak = r.streak.saturating_add(1);
+                            if r.streak >= STEADY_AFTER && r.state == FileState::Active && self.watcher.set_steady(key, fd, true, &mut self.counters) {
+                                self.counters.steady_on += 1;
+                            }
+                        } else {
+                            r.streak = 0;
+                            if self.watcher.set_steady(key, fd, false, &mut self.counters) {
+                                self.counters.steady_off += 1;
+                            }
+                        }
+                    }
                 }
                 progress |= res.as_ref().is_ok_and(|res| res.bytes > 0);
                 match res {
@@ -325,6 +351,7 @@ impl Tailer {
                 }
             }
             touched.extend_from_slice(&pass);
+            first_pass = false;
             if naive || !progress || self.more.is_empty() || self.batcher.ready_len() >= self.cfg.max_ready_batches {
                 break;
             }
@@ -357,6 +384,9 @@ impl Tailer {
             // clock, a few ms early: the owner's clock is the only one the core reads.)
             if self.collect(now) {
                 self.next_look = Some(now);
+            }
+            if self.watcher.has_steady() && self.waiting_since.is_none() {
+                self.waiting_since = Some(now); // the steady files' next read
             }
         }
         self.take_ready()

@@ -47,6 +47,20 @@ pub trait Watcher: Send {
     fn unwatch(&mut self, _key: FileKey) {}
     /// Watch a directory for new and renamed files (idempotent).
     fn watch_dir(&mut self, _dir: &Path, _c: &mut Counters) {}
+    /// Stop (`steady` true) or resume write events for a watched file, through its open
+    /// descriptor (the path may name another file by now). A steady file is read on the
+    /// tailer's cadence instead: it was written at every read, so its events cost and say
+    /// nothing. Returns whether the mask changed.
+    fn set_steady(&mut self, _key: FileKey, _fd: RawFd, _steady: bool, _c: &mut Counters) -> bool {
+        false
+    }
+    /// Files whose write events are off (read on the cadence).
+    fn steady_files(&self) -> Vec<FileKey> {
+        Vec::new()
+    }
+    fn has_steady(&self) -> bool {
+        false
+    }
     /// Events the kernel queues before it overflows (inotify): how long reads may wait is
     /// bounded by it, since events are drained when files are read.
     fn queue_limit(&self) -> Option<u64> {
@@ -86,6 +100,8 @@ enum Target {
 }
 
 const FILE_MASK: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
+/// A steady file: no write events (it is read on the cadence), the rest as before.
+const STEADY_MASK: u32 = libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
 const DIR_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ONLYDIR;
 const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
 
@@ -125,6 +141,7 @@ pub struct InotifyWatcher {
     check_fs: bool,
     buf: Vec<u64>,
     queue_limit: u64,
+    steady: BTreeSet<FileKey>,
 }
 
 impl InotifyWatcher {
@@ -151,6 +168,7 @@ impl InotifyWatcher {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(16384),
+            steady: BTreeSet::new(),
         })
     }
 
@@ -288,6 +306,49 @@ impl Watcher for InotifyWatcher {
         Some(self.queue_limit)
     }
 
+    fn set_steady(&mut self, key: FileKey, fd: RawFd, steady: bool, c: &mut Counters) -> bool {
+        if self.one_event || !self.by_key.contains_key(&key) || self.steady.contains(&key) == steady {
+            return false;
+        }
+        c.syscalls.inotify_remask += 1;
+        let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+        match self.add_watch(&path, if steady { STEADY_MASK } else { FILE_MASK }) {
+            Ok(wd) if self.by_key.get(&key) == Some(&wd) => {
+                if steady {
+                    self.steady.insert(key);
+                } else {
+                    self.steady.remove(&key);
+                }
+                true
+            }
+            Ok(wd) => {
+                // The watch of `key` is on another inode (its path was replaced as it was
+                // added): undo what this did to the descriptor's inode.
+                match self.targets.get(&wd) {
+                    Some(Target::File(other)) => {
+                        let mask = if self.steady.contains(other) { STEADY_MASK } else { FILE_MASK };
+                        let _ = self.add_watch(&path, mask);
+                    }
+                    Some(Target::Dir(_)) => {}
+                    // SAFETY: plain syscall on our inotify descriptor; the watch is new.
+                    None => unsafe {
+                        libc::inotify_rm_watch(self.fd.as_raw_fd(), wd);
+                    },
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn steady_files(&self) -> Vec<FileKey> {
+        self.steady.iter().copied().collect()
+    }
+
+    fn has_steady(&self) -> bool {
+        !self.steady.is_empty()
+    }
+
     fn watch(&mut self, key: FileKey, path: &Path, c: &mut Counters) -> Option<String> {
         if self.by_key.contains_key(&key) || self.polled.contains(&key) {
             return None;
@@ -317,6 +378,7 @@ impl Watcher for InotifyWatcher {
 
     fn unwatch(&mut self, key: FileKey) {
         self.polled.remove(&key);
+        self.steady.remove(&key);
         if let Some(wd) = self.by_key.remove(&key) {
             self.targets.remove(&wd);
             // SAFETY: plain syscall on our descriptor; a stale wd only yields EINVAL.

@@ -324,6 +324,8 @@ impl Tailer {
             ("inotify_overflows", c.inotify_overflows),
             ("inotify_events", c.inotify_events),
             ("read_passes", c.read_passes),
+            ("steady_on", c.steady_on),
+            ("steady_off", c.steady_off),
             ("files_open", t.files_open() as u64),
             ("files_tracked", t.files_tracked() as u64),
             ("pending_batches", t.pending_batches() as u64),
@@ -336,6 +338,7 @@ impl Tailer {
             ("syscalls_readdir", c.syscalls.readdir),
             ("syscalls_inotify_read", c.syscalls.inotify_read),
             ("syscalls_fadvise", c.syscalls.fadvise),
+            ("syscalls_inotify_remask", c.syscalls.inotify_remask),
         ] {
             d.set_item(k, v)?;
         }
