@@ -882,6 +882,58 @@ mod tests {
     }
 
     #[test]
+    fn reads_wait_for_coalesce_and_steady_files_need_no_events() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, "").unwrap();
+        let mut t = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.rescan_interval = Duration::from_secs(3600);
+            c.coalesce = Some(Duration::from_millis(100));
+        });
+        let ms = |n: u64| Duration::from_millis(n);
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 0); // discovery
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        let mut now = t0;
+        let mut total = 0;
+        for round in 1..=5u64 {
+            f.write_all(b"x\ny\n").unwrap();
+            now += ms(10);
+            // Written, but not due: the events are drained, nothing is read yet.
+            let reads = t.counters.syscalls.read;
+            total += records(&t.step(now));
+            if round <= 3 {
+                assert_eq!(t.counters.syscalls.read, reads, "round {round}: read before coalesce");
+                assert!(t.has_waiting());
+                assert_eq!(t.next_wakeup(now), now + ms(100));
+            }
+            now += ms(100);
+            total += records(&t.step(now));
+            assert_eq!(total, 2 * round, "round {round}");
+        }
+        // Three reads in a row found bytes: the file turned steady (one mask change) and is
+        // read on the cadence with no write events at all.
+        assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (1, 1));
+        let events = t.counters.inotify_events;
+        f.write_all(b"z\n").unwrap();
+        now += ms(100);
+        assert_eq!(records(&t.step(now)), 1);
+        assert_eq!(t.counters.inotify_events, events);
+        // The first read that finds nothing turns it back; then a write is an event again.
+        now += ms(100);
+        assert_eq!(records(&t.step(now)), 0);
+        assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (1, 2));
+        assert!(!t.has_waiting());
+        f.write_all(b"w\n").unwrap();
+        now += ms(10);
+        assert_eq!(records(&t.step(now)), 0);
+        assert!(t.counters.inotify_events > events);
+        now += ms(100);
+        assert_eq!(records(&t.step(now)), 1);
+    }
+
+    #[test]
     fn inactive_files_close_and_reopen_when_they_grow() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.log");

@@ -91,9 +91,12 @@ struct Harness {
     delivered: Vec<(String, bool, bool)>,
     max_line: usize,
     watch: WatchMode,
+    deferred: bool,
 }
 
-fn cfg(dir: &Path, max_line: usize, watch: WatchMode) -> TailerConfig {
+/// `deferred`: written files wait `coalesce` (10 ms) before they are read, and files written at
+/// every read turn steady (read on the cadence, without write events).
+fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerConfig {
     TailerConfig {
         name: "model".into(),
         paths: vec![format!("{}/*.log", dir.display())],
@@ -108,17 +111,18 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode) -> TailerConfig {
         rotate_wait: Duration::from_secs(5),
         close_inactive: Duration::from_secs(3600),
         batch: BatchLimits { max_bytes: 1 << 20, max_records: 7, max_age: Duration::ZERO },
+        coalesce: Some(if deferred { Duration::from_millis(10) } else { Duration::ZERO }),
         ..TailerConfig::default()
     }
 }
 
 impl Harness {
-    fn new(max_line: usize, watch: WatchMode) -> Self {
+    fn new(max_line: usize, watch: WatchMode, deferred: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("app.log");
         let cp = Arc::new(Mutex::new(Checkpointer::open(&dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        let tailer = Tailer::new(cfg(dir.path(), max_line, watch), cp.clone(), 1).unwrap();
-        Harness { dir, log, cp, tailer: Some(tailer), now: Instant::now(), next_batch: 1, delivered: vec![], max_line, watch }
+        let tailer = Tailer::new(cfg(dir.path(), max_line, watch, deferred), cp.clone(), 1).unwrap();
+        Harness { dir, log, cp, tailer: Some(tailer), now: Instant::now(), next_batch: 1, delivered: vec![], max_line, watch, deferred }
     }
 
     fn deliver(&mut self, batches: Vec<Batch>) {
@@ -138,6 +142,13 @@ impl Harness {
         self.now += dt;
         let batches = self.tailer.as_mut().unwrap().step(self.now);
         self.deliver(batches);
+        if self.deferred {
+            // Once more when the files written are due (10 ms later): the model's "step" is
+            // the owner's wakeup that reads.
+            self.now += Duration::from_millis(10);
+            let batches = self.tailer.as_mut().unwrap().step(self.now);
+            self.deliver(batches);
+        }
     }
 
     fn restart(&mut self) {
@@ -147,7 +158,7 @@ impl Harness {
         self.tailer = None;
         self.cp.lock().unwrap().write().unwrap();
         self.cp = Arc::new(Mutex::new(Checkpointer::open(&self.dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line, self.watch), self.cp.clone(), self.next_batch).unwrap());
+        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line, self.watch, self.deferred), self.cp.clone(), self.next_batch).unwrap());
     }
 
     fn append(&self, bytes: &[u8]) {
@@ -202,15 +213,25 @@ impl Model {
     }
 }
 
-/// Every sequence runs twice: polled (every step looks at every path) and through inotify
-/// (paths are looked at only when events say so).
+/// Every sequence runs three times: polled (every step looks at every path), through inotify
+/// (paths are looked at only when events say so), and through inotify with reads deferred
+/// (`coalesce`) and steady files read on the cadence.
 fn run(actions: Vec<Action>, max_line: usize) {
     run_in(actions.clone(), max_line, WatchMode::Poll);
-    run_in(actions, max_line, WatchMode::Inotify);
+    run_in(actions.clone(), max_line, WatchMode::Inotify);
+    run_deferred(actions, max_line);
 }
 
 fn run_in(actions: Vec<Action>, max_line: usize, watch: WatchMode) {
-    let mut h = Harness::new(max_line, watch);
+    run_with(actions, max_line, watch, false);
+}
+
+fn run_deferred(actions: Vec<Action>, max_line: usize) {
+    run_with(actions, max_line, WatchMode::Inotify, true);
+}
+
+fn run_with(actions: Vec<Action>, max_line: usize, watch: WatchMode, deferred: bool) {
+    let mut h = Harness::new(max_line, watch, deferred);
     let mut m = Model::default();
     let write_line = |h: &mut Harness, m: &mut Model, pad: usize| {
         if !m.exists {
