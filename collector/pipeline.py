@@ -162,13 +162,18 @@ class Pipeline:
 
     async def _flow(self) -> None:
         async with trio.open_nursery() as nursery:
-            to_dispatch, dispatched = trio.open_memory_channel[tuple[int, Batch]](CHANNEL_SIZE)
             out_sends = []
             for out in self.outputs:
                 send, recv = trio.open_memory_channel[tuple[int, Batch]](CHANNEL_SIZE)
                 out_sends.append(send)
                 nursery.start_soon(self._output_loop, out, recv)
-            nursery.start_soon(self._dispatch, dispatched, out_sends)
+            if len(out_sends) == 1:
+                # One output: the tail loops hand it their batches directly (a task hop less
+                # per batch).
+                to_dispatch = out_sends[0]
+            else:
+                to_dispatch, dispatched = trio.open_memory_channel[tuple[int, Batch]](CHANNEL_SIZE)
+                nursery.start_soon(self._dispatch, dispatched, out_sends)
             async with to_dispatch:
                 for i, t in enumerate(self.tailers):
                     nursery.start_soon(self._tail_loop, i, t, to_dispatch.clone())
@@ -234,29 +239,31 @@ class Pipeline:
                     await s.aclose()
 
     async def _output_loop(self, out: Output, recv: trio.MemoryReceiveChannel[tuple[int, Batch]]) -> None:
-        """Up to `out.max_in_flight` sends at once; each acknowledges its batch when it returns."""
-        window = trio.Semaphore(out.max_in_flight)
-        async with recv, trio.open_nursery() as sends:
-            async for index, batch in recv:
-                await window.acquire()
-                sends.start_soon(self._deliver, out, index, batch, window)
+        """`out.max_in_flight` senders take batches in order; each acknowledges its batch when
+        its send returns (long-lived tasks: no task and no semaphore per batch)."""
 
-    async def _deliver(self, out: Output, index: int, batch: Batch, window: trio.Semaphore) -> None:
+        async def sender(r: trio.MemoryReceiveChannel[tuple[int, Batch]]) -> None:
+            async with r:
+                async for index, batch in r:
+                    await self._deliver(out, index, batch)
+
+        async with recv, trio.open_nursery() as senders:
+            for _ in range(max(1, out.max_in_flight)):
+                senders.start_soon(sender, recv.clone())
+
+    async def _deliver(self, out: Output, index: int, batch: Batch) -> None:
         backoff = 0.1
-        try:
-            while True:
-                try:
-                    await out.send(batch)
-                    break
-                except OSError as e:
-                    # Never drop: the batch waits (and reading stops behind it) until the
-                    # output recovers or shutdown gives up, leaving it behind its checkpoint.
-                    log.log("warning", f"output {out.name}: {e}; retrying", every=10.0, key=f"out:{out.name}")
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            self._ack(index, batch)
-        finally:
-            window.release()
+        while True:
+            try:
+                await out.send(batch)
+                break
+            except OSError as e:
+                # Never drop: the batch waits (and reading stops behind it) until the output
+                # recovers or shutdown gives up, leaving it behind its checkpoint.
+                log.log("warning", f"output {out.name}: {e}; retrying", every=10.0, key=f"out:{out.name}")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._ack(index, batch)
 
     def _ack(self, index: int, batch: Batch) -> None:
         key = (index, batch.id)

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FileKey, Fingerprint};
+use crate::identity::{FileKey, Fingerprint, KeyMap};
 
 pub const VERSION: u32 = 1;
 const FILE_NAME: &str = "checkpoints.json";
@@ -50,7 +50,7 @@ struct FileFormat {
 pub struct Checkpointer {
     path: PathBuf,
     /// input → identity → entry (nested so lookups by `&str` allocate nothing).
-    entries: HashMap<String, HashMap<FileKey, Entry>>,
+    entries: HashMap<String, KeyMap<FileKey, Entry>>,
     existed: bool,
     written_ns: u64,
     pub forget_after: Duration,
@@ -129,7 +129,7 @@ impl Checkpointer {
     pub fn register(&mut self, input: &str, key: FileKey, fp: &Fingerprint, path: &str, offset: u64) -> u32 {
         let now = unix_ns(SystemTime::now());
         if !self.entries.contains_key(input) {
-            self.entries.insert(input.to_string(), HashMap::new());
+            self.entries.insert(input.to_string(), KeyMap::default());
         }
         let e = self.entries.get_mut(input).expect("inserted above").entry(key).or_insert_with(|| Entry {
             fp: fp.clone(),

@@ -316,20 +316,34 @@ impl Tailer {
                     if let (Ok(res), Some(fd)) = (&res, r.raw_fd()) {
                         if res.bytes > 0 {
                             r.streak = r.streak.saturating_add(1);
-                            if r.streak >= STEADY_AFTER && r.state == FileState::Active && self.watcher.set_steady(key, fd, true, &mut self.counters) {
+                            if r.streak == STEADY_AFTER && r.state == FileState::Active && self.watcher.set_steady(key, fd, true, &mut self.counters) {
                                 self.counters.steady_on += 1;
                             }
                         } else {
-                            r.streak = 0;
-                            if self.watcher.set_steady(key, fd, false, &mut self.counters) {
+                            // Only a file that may be steady asks the watcher: one that reached
+                            // the streak, or a fresh reader (0) of a file that was.
+                            let was = std::mem::take(&mut r.streak);
+                            if (was == 0 || was >= STEADY_AFTER) && self.watcher.set_steady(key, fd, false, &mut self.counters) {
                                 self.counters.steady_off += 1;
                             }
                         }
                     }
                 }
+                // A timer of its own (a carried partial line, or draining): tracked here, where
+                // the reader is at hand, rather than by a lookup per file after the step.
+                let want = r.carried() > 0 || matches!(r.state, FileState::Draining { .. });
+                if want != r.timed {
+                    r.timed = want;
+                    if want {
+                        self.timed.insert(key);
+                    } else {
+                        self.timed.remove(&key);
+                    }
+                }
                 progress |= res.as_ref().is_ok_and(|res| res.bytes > 0);
                 match res {
                     Ok(res) if res.replaced => {
+                        touched.push(key);
                         self.truncated(key, now);
                         pass.append(&mut self.more); // the copy, if any, then the file from 0: now
                     }
@@ -338,6 +352,7 @@ impl Tailer {
                         // An event said "written", there was nothing to read, and the file is now
                         // shorter than our position: truncated. (Nothing to read is usually just an
                         // event for bytes an earlier read already took; lseek tells, without a stat.)
+                        touched.push(key);
                         self.truncated(key, now);
                         pass.append(&mut self.more);
                     }
@@ -350,7 +365,6 @@ impl Tailer {
                     }
                 }
             }
-            touched.extend_from_slice(&pass);
             first_pass = false;
             if naive || !progress || self.more.is_empty() || self.batcher.ready_len() >= self.cfg.max_ready_batches {
                 break;
@@ -368,7 +382,7 @@ impl Tailer {
         self.dir_cache.clear(); // listings made by truncations in this step are not reused
         touched.sort_unstable();
         touched.dedup();
-        for key in touched.into_iter().chain(self.more.clone()) {
+        for key in touched {
             self.retime(key);
         }
         self.housekeep(now);
@@ -872,7 +886,9 @@ mod tests {
         let json: Vec<u8> = b.iter().flat_map(|x| x.json.clone()).collect();
         let text = String::from_utf8(json).unwrap();
         let q = text.find(r#""stringValue":"q""#).expect("the quiet line is in the first step");
-        assert_eq!(text[..q].matches(r#""stringValue":"h""#).count(), 4096);
+        // (Files are taken in inode order: the quiet one may come first.)
+        let before = text[..q].matches(r#""stringValue":"h""#).count();
+        assert!(before == 0 || before == 4096, "{before} hot lines before the quiet one");
         assert!(records(&b) > 4096 + 1);
         let mut total = records(&b);
         for _ in 0..100 {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
-use crate::identity::FileKey;
+use crate::identity::{FileKey, KeyMap};
 
 /// What a collect learnt besides dirty files.
 #[derive(Default, Debug, PartialEq, Eq)]
@@ -128,8 +128,8 @@ fn untrusted_fs(path: &Path) -> Option<&'static str> {
 
 pub struct InotifyWatcher {
     fd: OwnedFd,
-    targets: HashMap<i32, Target>,
-    by_key: HashMap<FileKey, i32>,
+    targets: KeyMap<i32, Target>,
+    by_key: KeyMap<FileKey, i32>,
     dirs: HashMap<PathBuf, i32>,
     /// Files without a watch, read every `poll_interval`.
     polled: BTreeSet<FileKey>,
@@ -154,8 +154,8 @@ impl InotifyWatcher {
         Ok(InotifyWatcher {
             // SAFETY: fd was just returned by inotify_init1 and is ours alone.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            targets: HashMap::new(),
-            by_key: HashMap::new(),
+            targets: KeyMap::default(),
+            by_key: KeyMap::default(),
             dirs: HashMap::new(),
             polled: BTreeSet::new(),
             poll_interval,
