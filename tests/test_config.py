@@ -88,7 +88,7 @@ def test_units_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert inp.paths == ["/var/log/pods/**/*.log", "/srv/*.log"]
     assert (inp.poll_interval, inp.max_line_bytes, inp.partial_flush) == (60.0, 65536, 1.5)
     assert (inp.name, inp.watch, inp.read_from, inp.rotate_wait) == ("input0", "auto", "beginning", 5.0)
-    assert (cfg.batch.max_age, cfg.batch.max_bytes, cfg.batch.max_records) == (0.25, 1 << 20, 10_000)
+    assert (cfg.batch.max_age, cfg.batch.max_bytes, cfg.batch.max_records) == (0.25, 2 << 20, 10_000)
     assert [o.name for o in cfg.outputs] == ["file0", "blackhole1"]
     assert config.size(3_000, "k") == 3000 and config.size("2GiB", "k") == 2 << 30
 
