@@ -49,6 +49,7 @@ async def _steady_state_counts(tmp_path: Path, watch: str, files: int, rate: flo
             while p.records_delivered < files:  # noqa: ASYNC110 - the pipeline's own counter
                 await trio.sleep(0.05)
         before = p.stats()
+        t0 = trio.current_time()
         writer = await trio.lowlevel.open_process(
             [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds)], stdout=subprocess.DEVNULL
         )
@@ -58,9 +59,10 @@ async def _steady_state_counts(tmp_path: Path, watch: str, files: int, rate: flo
             while p.records_delivered < expected:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         after = p.stats()
+        elapsed = trio.current_time() - t0
         p.request_stop()
     assert p.records_delivered == expected, "every line delivered, none twice"
-    return {k: after[k] - before[k] for k in after}
+    return {k: after[k] - before[k] for k in after} | {"elapsed_ms": int(elapsed * 1000)}
 
 
 @pytest.mark.parametrize("watch", ["inotify", "auto"])
@@ -71,6 +73,14 @@ async def test_inotify_modes_make_no_stat_calls_per_line(tmp_path: Path, watch: 
     assert stat_family(d) <= 0.01 * lines, d
     assert d["syscalls_read"] <= 1.1 * lines, d
     assert d["inotify_overflows"] == 0, d
+    # Reads wait for the batch deadline (coalesce: auto; max_age is 50 ms here): at most one
+    # read pass per period, and a wakeup carries many lines.
+    periods = d["elapsed_ms"] / 50
+    assert d["read_passes"] <= periods + 10, d
+    assert d["steps"] <= 2 * d["read_passes"] + 20, d
+    # Files written at every read turn steady: read on the cadence, without write events.
+    assert d["steady_on"] >= 100 and d["syscalls_inotify_remask"] >= d["steady_on"], d
+    assert d["inotify_events"] <= 0.1 * lines, d
 
 
 async def test_naive_mode_trips_the_guard(tmp_path: Path) -> None:
