@@ -69,6 +69,8 @@ class Telemetry:
             ("tailrace_bytes_read", "By", "Bytes read from files", per_input("bytes")),
             ("tailrace_rotations", "1", "Rotations seen", per_input("rotations")),
             ("tailrace_truncations", "1", "Truncations seen", per_input("truncations")),
+            ("tailrace_inotify_events", "1", "inotify events drained", per_input("inotify_events")),
+            ("tailrace_read_passes", "1", "Passes that read files (wakeups that read)", per_input("read_passes")),
             ("tailrace_records_exported", "1", "Records an output acknowledged", self._per_output("delivered_records")),
             ("tailrace_batches_exported", "1", "Batches an output acknowledged", self._per_output("delivered_batches")),
             ("tailrace_export_retries", "1", "Export attempts retried", self._per_output("retries")),
@@ -83,6 +85,7 @@ class Telemetry:
             meter.create_observable_counter(name, callbacks=[_cb(fn)], unit=unit, description=desc)
         gauges: list[tuple[str, str, str, Callable[[], Iterable[Observation]]]] = [
             ("tailrace_files_watched", "1", "Files open for reading", per_input("files_open")),
+            ("tailrace_files_steady", "1", "Files read on the cadence without write events", self._steady),
             ("tailrace_lag_bytes", "By", "Bytes read but not yet acknowledged", self._lag),
             ("tailrace_spool_bytes", "By", "Bytes in the spool", self._spool_bytes),
             ("tailrace_profiler_stat_share", "1", "Share of the last profile's samples in stat-family syscalls",
@@ -117,6 +120,10 @@ class Telemetry:
     def _syscalls(self) -> Iterable[Observation]:
         s = self.pipeline.stats()
         return [Observation(v, {"kind": k[len("syscalls_"):]}) for k, v in s.items() if k.startswith("syscalls_")]
+
+    def _steady(self) -> Iterable[Observation]:
+        by_input = self.pipeline.stats_by_input().items()
+        return [Observation(s["steady_on"] - s["steady_off"], {"input": n}) for n, s in by_input]
 
     def _lag(self) -> Iterable[Observation]:
         return [Observation(s["lag_bytes"], {"input": n}) for n, s in self.pipeline.stats_by_input().items()]

@@ -108,6 +108,9 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
     exported = families["tailrace_records_exported"].samples if "tailrace_records_exported" in families else []
     assert exported == []  # the file output keeps no per-output counters
     assert families["tailrace_files_watched"].samples[0].value == 1
+    assert [s.labels for s in families["tailrace_files_steady"].samples] == [{"input": "test"}]
+    assert [s.value for s in families["tailrace_read_passes"].samples if s.name.endswith("_total")][0] >= 1
+    assert "tailrace_inotify_events" in families
     assert families["tailrace_lag_bytes"].samples[0].value == 0
     assert {s.labels["kind"] for s in families["tailrace_syscalls"].samples} >= {"read", "fstat", "open"}
     assert t.get("/debug/profile/latest.svg")[0] == 404  # the profiler's first profile is 5 min away
