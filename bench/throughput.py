@@ -158,15 +158,18 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str) -> dict[
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="tailrace bench throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--line-bytes", type=int, default=200)
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"))
     ap.add_argument("--outputs", default="otlp_http,blackhole")
     ap.add_argument("--content", choices=["repetitive", "varied"], default="repetitive")
-    args = ap.parse_args()
+    ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON")
+    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    results = Path(args.results)
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -188,16 +191,16 @@ def main() -> None:
     med = {o: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for o, rs in runs.items()}
     result = {
         "benchmark": "bulk read-from-head, per output",
-        "command": "python -m bench.throughput " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.throughput " + " ".join(argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "input": {"bytes": size, "lines": lines, "line_bytes": args.line_bytes, "content": args.content},
         "runs": runs,
         "median": med,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     when = str(result["when"])
-    out = RESULTS / f"throughput-{when.replace(':', '')}.json"
+    out = results / f"throughput-{when.replace(':', '')}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     rows = [
         "| output | input | runs | MB per CPU-second (median; min-max) | peak RSS MiB (median) | wall s (median) |",

@@ -206,8 +206,8 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
         if profiler:
             svgs = sorted((work / "state" / "profiles").glob("*.svg"))
             if svgs:  # the newest whole profile taken under the workload
-                flamegraph = RESULTS / f"flamegraph-{args.workload}-{mode}-{files}files.svg"
-                RESULTS.mkdir(parents=True, exist_ok=True)
+                flamegraph = Path(args.results) / f"flamegraph-{args.workload}-{mode}-{files}files.svg"
+                flamegraph.parent.mkdir(parents=True, exist_ok=True)
                 flamegraph.write_bytes(svgs[-1].read_bytes())
                 share = re.search(r"stat-family ([0-9.]+)%", svgs[-1].read_text())
                 flamegraph_share = float(share.group(1)) if share else None
@@ -231,7 +231,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
         return {
             "mode": mode,
             "profiler": "continuous, 50 Hz, native" if profiler else "off",
-            "flamegraph": str(flamegraph.relative_to(ROOT)) if flamegraph else None,
+            "flamegraph": _shown(flamegraph) if flamegraph else None,
             "stat_family_share_pct": flamegraph_share,
             "coalesce": args.coalesce,
             "output": args.output,
@@ -279,8 +279,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="tailrace bench watchmodes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=["appends", "rotate", "idle"], default="appends")
     ap.add_argument("--modes", default="inotify,auto,poll,naive",
                     help="watch modes, and `otelcol` for the OpenTelemetry Collector's filelog receiver (the peer)")
@@ -295,8 +295,11 @@ def main() -> None:
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--profiler", choices=["off", "on", "both"], default="off",
                     help="tailrace's own profiler sampling continuously (on), or side by side with off (both); "
-                    "keeps each cell's flamegraph in bench/results/")
-    args = ap.parse_args()
+                    "keeps each cell's flamegraph beside the results")
+    ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON (and plots, flamegraphs)")
+    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    results = Path(args.results)
     rows = []
     profs = {"off": [False], "on": [True], "both": [False, True]}[args.profiler]
     cells = [(m, int(f), p) for f in args.files.split(",") for m in args.modes.split(",") for p in profs]
@@ -323,19 +326,24 @@ def main() -> None:
     when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     result = {
         "benchmark": "watch modes",
-        "command": "python -m bench.watchmodes " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.watchmodes " + " ".join(argv),
         "when": when,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "rows": rows,
         "median_note": "per cell, the run with the median CPU of --runs runs",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"watchmodes-{args.workload}-{when}.json"
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"watchmodes-{args.workload}-{when}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(table(rows))
-    print(f"\nraw: {out.relative_to(ROOT)}")
+    print(f"\nraw: {_shown(out)}")
     for png in plots(rows, out.with_suffix("")):
-        print(f"plot: {png.relative_to(ROOT)}")
+        print(f"plot: {_shown(png)}")
+
+
+def _shown(p: Path) -> str:
+    """A path relative to the repository when it is inside it."""
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 def plots(rows: list[dict[str, Any]], stem: Path) -> list[Path]:

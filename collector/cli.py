@@ -93,6 +93,21 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             nursery.cancel_scope.cancel()
 
 
+def _bench(harness: str, argv: list[str]) -> int:
+    """The harnesses live in the repository (with the test receiver and appender they drive),
+    not in the installed package: run them from a source checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / f"{harness}.py").exists() or not (root / "tests" / "receiver.py").exists():
+        print(f"tailrace: bench needs a source checkout (bench/{harness}.py and tests/ beside collector/); "
+              f"{root} has none", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    import importlib
+
+    importlib.import_module(f"bench.{harness}").main(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
     ap.add_argument("--version", action="version", version=f"tailrace {__version__}")
@@ -114,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--url", default="http://127.0.0.1:2020", help="its admin endpoint")
     top.add_argument("--interval", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="print one view (two samples `interval` apart) and exit")
+    bench = sub.add_parser(
+        "bench",
+        help="the benchmark harnesses (a source checkout): watchmodes or throughput",
+        description="Runs bench/watchmodes.py (watch modes side by side, and the OpenTelemetry "
+        "Collector's filelog receiver with --modes ...,otelcol) or bench/throughput.py (bulk read). "
+        "`tailrace bench watchmodes --help` lists the workloads and options.",
+    )
+    bench.add_argument("harness", choices=["watchmodes", "throughput"])
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the harness")
     args = ap.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args.harness, args.args)
     if args.command == "profile":
         from collector.profile_cmd import main as profile_main
 
