@@ -280,7 +280,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="tailrace bench watchmodes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="tailrace bench watchmodes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workload", choices=["appends", "rotate", "idle"], default="appends")
     ap.add_argument("--modes", default="inotify,auto,poll,naive",
                     help="watch modes, and `otelcol` for the OpenTelemetry Collector's filelog receiver (the peer)")

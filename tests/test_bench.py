@@ -22,7 +22,8 @@ def test_tailrace_bench_watchmodes_accounts_for_every_line(tmp_path: Path) -> No
     rows = {row["mode"]: row for row in orjson.loads(out.read_bytes())["rows"]}
     assert set(rows) == {"inotify", "naive"}
     for row in rows.values():
-        assert (row["expected_lines"], row["delivered"], row["lost"], row["duplicated"], row["backlog"]) == (300, 300, 0, 0, 0)
+        counts = (row["expected_lines"], row["delivered"], row["lost"], row["duplicated"], row["backlog"])
+        assert counts == (300, 300, 0, 0, 0), row
         assert row["latency"] == "delivery" and row["latency_ms_p99"] is not None
     assert rows["inotify"]["stat_family_per_line"] == 0
     assert rows["naive"]["stat_family_per_line"] >= 2
