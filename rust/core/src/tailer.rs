@@ -950,6 +950,38 @@ mod tests {
     }
 
     #[test]
+    fn auto_read_delay_is_the_batch_age_bounded_by_the_event_queue() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.coalesce = None;
+            c.batch.max_age = Duration::from_millis(200);
+        });
+        assert_eq!(t.read_delay(), Duration::from_millis(200));
+        let limit = t.watcher.queue_limit().unwrap();
+        // Events at `rate` per second: the wait keeps rate × wait under a quarter of the queue.
+        let rate = 200_000u64;
+        t.adapt_read_delay(Duration::from_secs(1), rate);
+        let want = Duration::from_secs_f64((limit / 4) as f64 / rate as f64).min(Duration::from_millis(200));
+        assert_eq!(t.read_delay(), want);
+        assert!(t.read_delay() < Duration::from_millis(200) || limit >= 4 * 40_000);
+        // A slow rate: back to the batch age.
+        t.adapt_read_delay(Duration::from_secs(1), 100);
+        assert_eq!(t.read_delay(), Duration::from_millis(200));
+        // A fixed coalesce is not adapted; naive reads at once.
+        let fixed = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.coalesce = Some(Duration::from_millis(5));
+        });
+        assert_eq!(fixed.read_delay(), Duration::from_millis(5));
+        let naive = tailer(d.path(), |c| {
+            c.watch = WatchMode::Naive;
+            c.coalesce = None;
+        });
+        assert_eq!(naive.read_delay(), Duration::ZERO);
+    }
+
+    #[test]
     fn inactive_files_close_and_reopen_when_they_grow() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.log");
