@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::identity::FileKey;
-use crate::otlp::{self, escape_json, Compression};
+use crate::otlp::{self, escape_json, CodecChoice, Compression};
 use crate::reader::{Flags, LineSink, Source};
 
 /// Which wire forms the batcher writes (at least one).
@@ -24,23 +24,11 @@ pub struct Encodings {
     pub json: bool,
 }
 
-impl Default for Encodings {
-    fn default() -> Self {
-        Encodings { proto: true, json: false }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct BatchLimits {
     pub max_bytes: usize,
     pub max_records: usize,
     pub max_age: Duration,
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        BatchLimits { max_bytes: 1 << 20, max_records: 10_000, max_age: Duration::from_millis(100) }
-    }
 }
 
 /// The parts of every request that do not depend on the records.
@@ -111,23 +99,27 @@ impl BufferPool {
 }
 
 impl Batch {
-    /// The `ExportLogsServiceRequest` protobuf holding records `from..to`, compressed.
-    pub fn encode(&self, codec: Compression, level: i32, from: usize, to: usize) -> Result<Vec<u8>, String> {
+    /// The `ExportLogsServiceRequest` protobuf holding records `from..to`, compressed: the
+    /// bytes compressed when the batch closed if they are the ones asked for, else compressed
+    /// now.
+    pub fn encode(&self, codec: Compression, level: i32, from: usize, to: usize) -> crate::error::Result<std::borrow::Cow<'_, [u8]>> {
+        use crate::error::Error;
         let to = to.min(self.ends.len());
         if from >= to {
-            return Err(format!("empty record range {from}..{to} of {}", self.ends.len()));
+            return Err(Error::Config(format!("empty record range {from}..{to} of {}", self.ends.len())));
         }
+        let compress = |parts: &[&[u8]]| otlp::compress(codec, level, parts).map_err(|e| Error::io("compress", e));
         if from == 0 && to == self.ends.len() {
             if let Some(done) = self.precompressed(codec, level) {
-                return Ok(done.to_vec());
+                return Ok(done.into());
             }
-            return otlp::compress(codec, level, &[&self.proto[self.head_at..]]).map_err(|e| format!("compress: {e}"));
+            return compress(&[&self.proto[self.head_at..]]).map(Into::into);
         }
         let a = self.gap + if from == 0 { 0 } else { self.ends[from - 1] as usize };
         let b = self.gap + self.ends[to - 1] as usize;
         let records = &self.proto[a..b];
         let head = otlp::proto_request_head(&self.parts.resource_attrs, &self.parts.scope, records.len());
-        otlp::compress(codec, level, &[&head, records]).map_err(|e| format!("compress: {e}"))
+        compress(&[&head, records]).map(Into::into)
     }
 
     /// The whole request as compressed when the batch closed, if it was, with this codec.
@@ -152,8 +144,9 @@ struct Open {
 pub struct Batcher {
     limits: BatchLimits,
     encodings: Encodings,
-    /// Compress each batch as it closes (on the thread that reads), for the main output.
-    precompress: Option<(Compression, i32)>,
+    /// Compress each batch as it closes (on the thread that reads), with the main output's
+    /// current codec.
+    precompress: Arc<CodecChoice>,
     /// Room for the request head before the records (its largest possible size).
     gap: usize,
     pool: Arc<BufferPool>,
@@ -173,16 +166,10 @@ const FOOTER: &[u8] = b"]}]}]}\n";
 
 impl Batcher {
     pub fn new(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64) -> Self {
-        Self::with_compression(limits, encodings, host, first_id, None)
+        Self::with_compression(limits, encodings, host, first_id, Arc::new(CodecChoice::default()))
     }
 
-    pub fn with_compression(
-        limits: BatchLimits,
-        encodings: Encodings,
-        host: &str,
-        first_id: u64,
-        precompress: Option<(Compression, i32)>,
-    ) -> Self {
+    pub fn with_compression(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64, precompress: Arc<CodecChoice>) -> Self {
         let mut header = Vec::new();
         header.extend_from_slice(b"{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
         string_attr(&mut header, "host.name", host.as_bytes());
@@ -196,7 +183,7 @@ impl Batcher {
         Batcher {
             limits,
             encodings,
-            precompress: if encodings.proto { precompress } else { None },
+            precompress,
             gap,
             pool: Arc::new(BufferPool::default()),
             header,
@@ -259,7 +246,7 @@ impl Batcher {
                 let head = otlp::proto_request_head(&b.parts.resource_attrs, &b.parts.scope, b.proto.len() - b.gap);
                 b.head_at = b.gap - head.len();
                 b.proto[b.head_at..b.gap].copy_from_slice(&head);
-                if let Some((codec, level)) = self.precompress {
+                if let Some((codec, level)) = self.precompress.get() {
                     // A failure here is retried (and reported) by the output's own encode.
                     if let Ok(out) = otlp::compress(codec, level, &[&b.proto[b.head_at..]]) {
                         b.compressed = Some((codec, level, out));
@@ -486,7 +473,7 @@ mod tests {
         assert_eq!((batch.records, batch.input_bytes), (2, 21));
         assert_eq!(batch.offsets, vec![(FileKey { dev: 1, ino: 2 }, 3, 21)]);
         // Protobuf: walk the request with a generic wire decoder.
-        let req = batch.encode(Compression::None, 0, 0, 2).unwrap();
+        let req = batch.encode(Compression::None, 0, 0, 2).unwrap().into_owned();
         let rl = &fields(&req)[0];
         assert_eq!(rl.0, 1);
         let rl = fields(&rl.1);
@@ -519,7 +506,8 @@ mod tests {
         assert!(batch.precompressed(Compression::Zstd, 1).is_none());
         // Compressed as it closes when asked: the same request, no work left for the output.
         let limits = BatchLimits { max_bytes: 1 << 20, max_records: 2, max_age: Duration::from_secs(1) };
-        let mut pre = Batcher::with_compression(limits, Encodings::default(), "h\"1", 7, Some((Compression::Zstd, 1)));
+        let choice = Arc::new(CodecChoice::new(Some((Compression::Zstd, 1))));
+        let mut pre = Batcher::with_compression(limits, Encodings { proto: true, json: false }, "h\"1", 7, choice.clone());
         pre.set_clock(Instant::now(), 42);
         pre.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
         pre.record(&src, b"\xffbad", 21, 5, Flags { split: false, partial: true });
@@ -528,6 +516,13 @@ mod tests {
         let done = p.precompressed(Compression::Zstd, 1).expect("compressed at close");
         assert_eq!(zstd::stream::decode_all(done).unwrap(), req);
         assert!(p.precompressed(Compression::Zstd, 3).is_none() && p.precompressed(Compression::Gzip, 1).is_none());
+        // The output's codec changed (a 415): the next batch closes compressed with the new one.
+        choice.set(Some((Compression::Gzip, 6)));
+        pre.record(&src, b"again", 27, 6, Flags::default());
+        pre.close_if_due(Instant::now(), true);
+        let g = pre.pop_ready().unwrap();
+        assert!(g.precompressed(Compression::Gzip, 6).is_some() && g.precompressed(Compression::Zstd, 1).is_none());
+        assert_eq!(otlp::decompress(Compression::Gzip, g.precompressed(Compression::Gzip, 6).unwrap()).unwrap(), &*g.encode(Compression::None, 0, 0, 1).unwrap());
         let text = String::from_utf8(batch.json.clone()).unwrap();
         assert!(text.ends_with("]}]}]}\n"));
         assert!(text.contains(r#"{"key":"host.name","value":{"stringValue":"h\"1"}}"#));

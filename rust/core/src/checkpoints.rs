@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::identity::{FileKey, Fingerprint, KeyMap};
 
 pub const VERSION: u32 = 1;
@@ -64,23 +65,25 @@ pub fn unix_ns(t: SystemTime) -> u64 {
 impl Checkpointer {
     /// Load `state_dir/checkpoints.json` if present. A file of another version or that does not
     /// parse is an error that names it: guessing offsets would lose or repeat data.
-    pub fn open(state_dir: &Path, forget_after: Duration) -> Result<Self, String> {
-        std::fs::create_dir_all(state_dir).map_err(|e| format!("state_dir {}: {e}", state_dir.display()))?;
+    pub fn open(state_dir: &Path, forget_after: Duration) -> Result<Self> {
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(format!("state_dir {}", state_dir.display()), e))?;
         let path = state_dir.join(FILE_NAME);
         let mut cp = Checkpointer { path, entries: HashMap::new(), existed: false, written_ns: 0, forget_after, writes: 0 };
         let text = match std::fs::read(&cp.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cp),
-            Err(e) => return Err(format!("{}: {e}", cp.path.display())),
+            Err(e) => return Err(Error::io(cp.path.display().to_string(), e)),
         };
-        let f: FileFormat = serde_json::from_slice(&text).map_err(|e| format!("{}: not a checkpoint file: {e}", cp.path.display()))?;
+        let at = cp.path.clone();
+        let corrupt = move |detail: String| Error::CorruptState { path: at.clone(), detail };
+        let f: FileFormat = serde_json::from_slice(&text).map_err(|e| corrupt(format!("not a checkpoint file: {e}")))?;
         if f.version != VERSION {
-            return Err(format!("{}: checkpoint version {} (this tailrace reads {VERSION})", cp.path.display(), f.version));
+            return Err(corrupt(format!("checkpoint version {} (this tailrace reads {VERSION})", f.version)));
         }
         cp.existed = true;
         cp.written_ns = f.written_unix_ns;
         for e in f.entries {
-            let fp = Fingerprint::from_hex(&e.fingerprint).ok_or_else(|| format!("{}: bad fingerprint", cp.path.display()))?;
+            let fp = Fingerprint::from_hex(&e.fingerprint).ok_or_else(|| corrupt(format!("bad fingerprint of {}", e.path)))?;
             cp.entries.entry(e.input).or_default().insert(
                 FileKey { dev: e.dev, ino: e.ino },
                 Entry { fp, offset: e.offset, path: e.path, seen_ns: e.seen_unix_ns, epoch: 0, hex: e.fingerprint },
@@ -255,6 +258,7 @@ mod tests {
         assert!(c2.lookup("in", k, &Fingerprint { bytes: b"x".to_vec() }).is_none());
         std::fs::write(d.path().join(FILE_NAME), r#"{"version":99,"written_unix_ns":0,"entries":[]}"#).unwrap();
         let err = Checkpointer::open(d.path(), Duration::from_secs(1)).err().unwrap();
-        assert!(err.contains("checkpoint version 99"), "{err}");
+        assert!(matches!(&err, Error::CorruptState { path, .. } if path.ends_with(FILE_NAME)), "{err}");
+        assert!(err.to_string().contains("checkpoint version 99"), "{err}");
     }
 }

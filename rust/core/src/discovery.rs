@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::counters::Syscalls;
+use crate::error::Error;
 use crate::identity::FileKey;
 
 /// One regular file found at a path.
@@ -34,13 +35,15 @@ pub struct Discoverer {
 }
 
 impl Discoverer {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
-        for p in include {
-            glob::Pattern::new(p).map_err(|e| format!("paths: bad glob {p:?}: {e}"))?;
+    pub fn new(include: &[String], exclude: &[String]) -> crate::error::Result<Self> {
+        let bad = |key: &str, i: usize, p: &str, e: glob::PatternError| Error::Config(format!("{key}[{i}]: bad glob {p:?}: {e}"));
+        for (i, p) in include.iter().enumerate() {
+            glob::Pattern::new(p).map_err(|e| bad("paths", i, p, e))?;
         }
         let exclude = exclude
             .iter()
-            .map(|p| glob::Pattern::new(p).map_err(|e| format!("exclude: bad glob {p:?}: {e}")))
+            .enumerate()
+            .map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("exclude", i, p, e)))
             .collect::<Result<_, _>>()?;
         Ok(Discoverer { include: include.to_vec(), exclude })
     }

@@ -146,12 +146,11 @@ impl FileReader {
         self.source = Arc::new(Source { key: self.source.key, path, epoch, encoded_attrs: Default::default() });
     }
 
-    /// Position a freshly opened file at a resume offset (checkpoint or copy).
-    pub fn seek_to(&mut self, offset: u64, _c: &mut Counters) -> std::io::Result<()> {
-        // Reads are preads at `pos`: no lseek.
+    /// Position a freshly opened file at a resume offset (checkpoint or copy). Reads are
+    /// preads at `pos`: no lseek, nothing that can fail.
+    pub fn start_at(&mut self, offset: u64) {
         self.pos = offset;
         self.emitted = offset;
-        Ok(())
     }
 
     /// `posix_fadvise(fd, 0, 0, DONTNEED)` over the whole file, as Fluent Bit's default
@@ -234,7 +233,7 @@ impl FileReader {
 
     /// The file was truncated (or replaced in place): forget the carried bytes and start at 0.
     /// The caller decides whether the carry was recovered elsewhere (a copytruncate copy).
-    pub fn restart_at_zero(&mut self, _c: &mut Counters) -> std::io::Result<()> {
+    pub fn restart_at_zero(&mut self) {
         self.carry.clear();
         self.carry_split = false;
         self.carry_since = None;
@@ -242,7 +241,6 @@ impl FileReader {
         self.emitted = 0;
         self.fp = Fingerprint::default();
         self.eof = false;
-        Ok(())
     }
 
     /// Since when a partial line has been carried, if one is.

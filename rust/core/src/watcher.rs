@@ -6,8 +6,9 @@
 //!   watches say when to look at paths (new files, rotation). The whole event queue is drained at
 //!   each collect. Files that get no watch (limits, network and FUSE filesystems in `auto`) are
 //!   polled instead.
-//! - `naive`: Fluent Bit's event path, reproduced so the regression can be shown and guarded:
-//!   one event per wakeup (the tailer adds the fstat calls Fluent Bit makes around it).
+//! - `naive` (`naive.rs`): Fluent Bit's event path, reproduced so the regression can be shown
+//!   and guarded: one event per wakeup, and the fstat and fadvise calls Fluent Bit makes
+//!   around its reads, through the read hooks below.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
 use crate::identity::{FileKey, KeyMap};
+use crate::reader::FileReader;
 
 /// What a collect learnt besides dirty files.
 #[derive(Default, Debug, PartialEq, Eq)]
@@ -66,6 +68,20 @@ pub trait Watcher: Send {
     fn queue_limit(&self) -> Option<u64> {
         None
     }
+    /// Written files may wait (`coalesce`) before they are read. Polling already waits its
+    /// interval; `naive` reads at once, as Fluent Bit does.
+    fn defers_reads(&self) -> bool {
+        self.event_driven()
+    }
+    /// One read per file per step, even with more to read (`naive`: a chunk per event).
+    fn one_pass(&self) -> bool {
+        false
+    }
+    /// Called before and after each read of a file, and once after a step's reads with every
+    /// file held. Only `naive` does work here (the syscalls Fluent Bit makes around its reads).
+    fn before_read(&self, _r: &FileReader, _c: &mut Counters) {}
+    fn after_read(&self, _r: &FileReader, _c: &mut Counters) {}
+    fn after_reads(&self, _held: &mut dyn Iterator<Item = &FileReader>, _c: &mut Counters) {}
 }
 
 pub struct PollWatcher {
@@ -145,6 +161,8 @@ pub struct InotifyWatcher {
 }
 
 impl InotifyWatcher {
+    /// `one_event`: read one event per collect (the `naive` strategy); `check_fs`: poll files on
+    /// filesystems whose events cannot be trusted (`auto`).
     pub fn new(poll_interval: Duration, one_event: bool, check_fs: bool) -> std::io::Result<Self> {
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };

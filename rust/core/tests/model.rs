@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use tailrace_core::batcher::BatchLimits;
-use tailrace_core::{Batch, Checkpointer, Tailer, TailerConfig, WatchMode};
+use tailrace_core::{Batch, Checkpointer, CodecChoice, Encodings, ReadFrom, Tailer, TailerConfig, WatchMode};
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -112,7 +112,12 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerC
         close_inactive: Duration::from_secs(3600),
         batch: BatchLimits { max_bytes: 1 << 20, max_records: 7, max_age: Duration::ZERO },
         coalesce: Some(if deferred { Duration::from_millis(10) } else { Duration::ZERO }),
-        ..TailerConfig::default()
+        exclude: vec![],
+        read_from: ReadFrom::Beginning,
+        encodings: Encodings { proto: false, json: true },
+        host: "localhost".into(),
+        max_ready_batches: 4,
+        outputs: 1,
     }
 }
 
@@ -121,7 +126,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("app.log");
         let cp = Arc::new(Mutex::new(Checkpointer::open(&dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        let tailer = Tailer::new(cfg(dir.path(), max_line, watch, deferred), cp.clone(), 1).unwrap();
+        let tailer = Tailer::new(cfg(dir.path(), max_line, watch, deferred), cp.clone(), 1, Arc::new(CodecChoice::default())).unwrap();
         Harness { dir, log, cp, tailer: Some(tailer), now: Instant::now(), next_batch: 1, delivered: vec![], max_line, watch, deferred }
     }
 
@@ -158,7 +163,7 @@ impl Harness {
         self.tailer = None;
         self.cp.lock().unwrap().write().unwrap();
         self.cp = Arc::new(Mutex::new(Checkpointer::open(&self.dir.path().join("state"), Duration::from_secs(3600)).unwrap()));
-        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line, self.watch, self.deferred), self.cp.clone(), self.next_batch).unwrap());
+        self.tailer = Some(Tailer::new(cfg(self.dir.path(), self.max_line, self.watch, self.deferred), self.cp.clone(), self.next_batch, Arc::new(CodecChoice::default())).unwrap());
     }
 
     fn append(&self, bytes: &[u8]) {

@@ -1,0 +1,334 @@
+//! Rotation policy: what a path means at each look, and what follows a truncation. The rules
+//! (the README's *Delivery, rotation and restarts*, in code):
+//!
+//! 1. A file is known by (device, inode) plus its head (`Fingerprint`, up to 1 KiB, compared by
+//!    prefix while shorter): a reused inode with another head is another file.
+//! 2. New at a matched path: read from its checkpoint if it has one whose head matches, else
+//!    from 0 (or from its end with `read_from: end`, at the very first start only).
+//! 3. Rotation by rename (the file left its path, the path exists): the old descriptor is
+//!    drained, then closed after `rotate_wait`; the new file at the path is read from 0.
+//! 4. Siblings of a path (`app.log.1`, …) no reader holds are read too: a checkpointed one from
+//!    its offset, one never seen from 0 (rotated twice between two looks, or while tailrace was
+//!    down). At the very first start the siblings already there are history: recorded as read
+//!    to their end (`note_archives`), never shipped.
+//! 5. Deletion (the file left its path, nothing is there): drained through the open
+//!    descriptor, then closed.
+//! 6. Truncation or copytruncate (shorter than our position, or its head changed): reading
+//!    restarts at 0 under a new checkpoint epoch (late acknowledgements of the old bytes are
+//!    refused). If the unread tail survives in a copy beside the path (a sibling never seen
+//!    whose head holds everything emitted), the copy is drained from where we left off
+//!    (`recover_copy`). Lines written between the copy and the truncate are gone from disk.
+//! 7. A file truncated while no reader held it (its checkpoint's head no longer matches) is
+//!    rule 6 at adoption.
+//! 8. After a restart, files checkpointed at paths no longer matched are looked for among the
+//!    siblings of those paths (rotated while we were down).
+//!
+//! Every reading of a file starts in `register` (checkpoint entry and reader source
+//! together). The checkpointer is locked once per look or truncation and passed down.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::checkpoints::{unix_ns, Checkpointer};
+use crate::discovery::{self, Found};
+use crate::identity::{FileKey, Fingerprint};
+use crate::reader::{FileReader, FileState};
+use crate::tailer::{ReadFrom, Tailer};
+
+/// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
+/// records carry (`path`, that epoch). The one place both are set.
+fn register(input: &str, cp: &mut Checkpointer, r: &mut FileReader, path: String, offset: u64) {
+    let epoch = cp.register(input, r.key(), &r.fp, &path, offset);
+    r.start_at(offset);
+    r.set_source(path, epoch);
+}
+
+impl Tailer {
+    /// Look at every path: new files, rotation, truncation, deletion, inactive files that grew.
+    pub(crate) fn look(&mut self, now: Instant) {
+        let checkpoints = self.checkpoints.clone();
+        let mut cp = checkpoints.lock().expect("checkpointer lock");
+        self.dir_cache.clear();
+        let first = !self.looked;
+        self.looked = true;
+        let scan = self.scan();
+        let at_path: HashMap<&Path, FileKey> = scan.files.iter().map(|f| (f.path.as_path(), f.key)).collect();
+        self.look_moved(&mut cp, &at_path, now);
+        let wall = SystemTime::now();
+        let history = first && !cp.existed();
+        for f in &scan.files {
+            if self.readers.contains_key(&f.key) {
+                self.look_held(&mut cp, f, wall, now);
+                continue;
+            }
+            let from_end = history && self.cfg.read_from == ReadFrom::End;
+            if let Some(resumed) = self.adopt(&mut cp, f, from_end.then_some(f.size), FileState::Active, now) {
+                if history {
+                    self.note_archives(&mut cp, &f.path); // rule 4: history, not ours to ship
+                } else if !resumed {
+                    self.adopt_siblings(&mut cp, &f.path, now); // rule 4: a predecessor rotated unseen
+                }
+            }
+        }
+        if first {
+            self.look_for_checkpointed(&mut cp, now);
+        }
+        let ns = unix_ns(wall);
+        for k in self.readers.keys() {
+            cp.touch(&self.cfg.name, *k, ns);
+        }
+        drop(cp);
+        self.dir_cache.clear();
+        self.close_inactive(now);
+        let keys: Vec<FileKey> = self.readers.keys().copied().collect();
+        for k in keys {
+            self.retime(k);
+        }
+    }
+
+    /// Expand the globs, watch their base directories, report what could not be read.
+    fn scan(&mut self) -> discovery::Scan {
+        let scan = self.discoverer.scan(&mut self.counters.syscalls);
+        for dir in self.discoverer.base_dirs() {
+            self.watcher.watch_dir(&dir, &mut self.counters);
+        }
+        for (path, err) in &scan.errors {
+            self.counters.open_errors += 1;
+            self.report(format!("scan:{path}"), format!("cannot read {path}: {err}"));
+        }
+        for pattern in &scan.unmatched {
+            let msg = format!("input {}: no file matches {pattern} (yet)", self.cfg.name);
+            self.report(format!("unmatched:{pattern}"), msg);
+        }
+        scan
+    }
+
+    /// Rules 3 and 5: files that left their path (renamed away or deleted) are drained; then
+    /// siblings this tailer never saw are read (a file rotated twice between two looks).
+    fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, now: Instant) {
+        let moved: Vec<FileKey> = self
+            .readers
+            .values()
+            .filter(|r| r.state == FileState::Active && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .map(|r| r.key())
+            .collect();
+        for key in moved {
+            let r = self.readers.get_mut(&key).expect("listed above");
+            r.state = FileState::Draining { since: now };
+            if !r.is_open() {
+                let _ = r.reopen(&mut self.counters);
+            }
+            let path = PathBuf::from(&r.source.path);
+            if path.exists() {
+                self.counters.rotations += 1;
+            } else {
+                self.counters.deletions += 1;
+            }
+            if r.replaced(&mut self.counters) {
+                // Truncated (copytruncate) and then rotated before we looked.
+                self.truncated_in(cp, key, now);
+            }
+            self.adopt_siblings(cp, &path, now);
+        }
+    }
+
+    /// A held file still at its path: truncated or rewritten since the last look (rule 6), or
+    /// closed as inactive and grown since.
+    fn look_held(&mut self, cp: &mut Checkpointer, f: &Found, wall: SystemTime, now: Instant) {
+        let r = self.readers.get_mut(&f.key).expect("held");
+        if r.state != FileState::Active {
+            return;
+        }
+        let mut replaced = f.size < r.pos;
+        // Changed since the last look (size, mtime, or an mtime too recent for its coarse clock
+        // to tell): check the head is still the same content (truncated and rewritten past our
+        // offset between two looks). Idle files cost nothing here.
+        let changed = f.size != r.look_size || f.mtime != r.look_mtime || f.mtime + Duration::from_secs(1) >= r.look_wall;
+        if !replaced && changed && !r.fp.bytes.is_empty() && r.is_open() {
+            // Through our own descriptor: the path may already name another file.
+            replaced = r.head_changed(&mut self.counters);
+        }
+        r.look_size = f.size;
+        r.look_mtime = f.mtime;
+        r.look_wall = wall;
+        if replaced {
+            self.truncated_in(cp, f.key, now);
+        } else if !r.is_open() && f.size > r.pos {
+            self.more.push(f.key);
+            if let Err(e) = r.reopen(&mut self.counters) {
+                self.counters.open_errors += 1;
+                let msg = format!("cannot reopen {}: {e}", f.path.display());
+                self.report(format!("open:{}", f.path.display()), msg);
+            }
+        }
+    }
+
+    /// Rule 8: files checkpointed before a restart that are no longer at a matched path are
+    /// looked for in their directories (rotated while we were down), with anything newer.
+    fn look_for_checkpointed(&mut self, cp: &mut Checkpointer, now: Instant) {
+        let mut dirs_done = HashSet::new();
+        for (key, e) in cp.entries_for(&self.cfg.name) {
+            if self.readers.contains_key(&key) || !dirs_done.insert(e.path.clone()) {
+                continue;
+            }
+            self.adopt_siblings(cp, Path::new(&e.path), now);
+        }
+    }
+
+    /// Start reading a file (rule 2): at its checkpoint if known, else at `start` or 0. Returns
+    /// whether it resumed from a checkpoint, or `None` when it could not be opened.
+    fn adopt(&mut self, cp: &mut Checkpointer, f: &Found, start: Option<u64>, state: FileState, now: Instant) -> Option<bool> {
+        let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &mut self.counters) {
+            Ok(x) => x,
+            Err(e) => {
+                self.counters.open_errors += 1;
+                let msg = format!("cannot open {}: {e}", f.path.display());
+                self.report(format!("open:{}", f.path.display()), msg);
+                return None;
+            }
+        };
+        let stale = cp.get(&self.cfg.name, f.key).filter(|e| e.fp.is_evidence() && (!e.fp.compatible(&r.fp) || e.offset > f.size));
+        if let Some((fp, offset, was_at)) = stale.map(|e| (e.fp.clone(), e.offset, e.path.clone())) {
+            // Rule 7: known identity, other content: truncated (or copytruncated) while no
+            // reader held it. A copy, if any, lies beside the path the file had then.
+            self.counters.truncations += 1;
+            self.recover_copy(cp, Path::new(&was_at), &fp, offset, 0, now);
+        }
+        // An entry whose head is shorter than a line proves nothing about identity (an inode
+        // reused); its offset can only be 0 or a flushed partial, so it is not resumed.
+        let entry = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size && e.fp.is_evidence());
+        let resume = entry.map(|e| (e.offset, e.path.clone()));
+        let offset = match &resume {
+            Some((off, _)) => *off,
+            None if state != FileState::Active => {
+                // A sibling never seen whose head is that of a file we read: a copy of it
+                // (copytruncate seen only after a rotation). Its bytes up to what we emitted
+                // from the original were delivered already.
+                let held = self.readers.values().filter_map(|o| copy_offset(&o.fp, o.emitted, &r.fp, f.size)).max();
+                let ckpt = cp.entries_for(&self.cfg.name).into_iter().filter(|(k, _)| *k != f.key).filter_map(|(_, e)| copy_offset(&e.fp, e.offset, &r.fp, f.size)).max();
+                held.max(ckpt).unwrap_or(0)
+            }
+            None => start.unwrap_or(0),
+        };
+        let resumed = resume.is_some();
+        // A file resumed at a rotated path keeps the path it was discovered at.
+        let path = resume.map(|(_, p)| p).filter(|_| state != FileState::Active).unwrap_or_else(|| f.path.display().to_string());
+        register(&self.cfg.name, cp, &mut r, path, offset);
+        r.state = state;
+        r.look_size = f.size;
+        r.look_mtime = f.mtime;
+        if let Some(msg) = self.watcher.watch(f.key, &f.path, &mut self.counters) {
+            self.report(format!("watch:{}", f.path.display()), msg);
+        }
+        self.hold(f.key, r);
+        self.clear_report(&format!("open:{}", f.path.display()));
+        Some(resumed)
+    }
+
+    /// Rule 4: siblings of `path` (`app.log.1`, ...) that no reader holds: a checkpointed one
+    /// resumes at its offset (usually its end); one never seen is read from 0.
+    fn adopt_siblings(&mut self, cp: &mut Checkpointer, path: &Path, now: Instant) {
+        let ns = unix_ns(SystemTime::now());
+        for s in discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
+            if self.readers.contains_key(&s.key) {
+                continue;
+            }
+            cp.touch(&self.cfg.name, s.key, ns);
+            // Even a sibling read to its end is opened: its head tells whether it is still the
+            // file we read (rotations are rare; this is not the read path).
+            self.adopt(cp, &s, None, FileState::Draining { since: now }, now);
+        }
+    }
+
+    /// Rule 4 at the very first start: the siblings present are recorded as seen to their end,
+    /// so a later rotation does not mistake them for lines rotated away unseen.
+    fn note_archives(&mut self, cp: &mut Checkpointer, path: &Path) {
+        for s in discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
+            if self.readers.contains_key(&s.key) {
+                continue;
+            }
+            let Ok((mut r, _)) = FileReader::open(s.path.clone(), s.key, 0, Instant::now(), &mut self.counters) else { continue };
+            if cp.get(&self.cfg.name, s.key).is_none() {
+                cp.register(&self.cfg.name, s.key, &r.fp, &s.path.display().to_string(), s.size);
+            }
+            r.close(&mut self.counters);
+        }
+    }
+
+    /// Rule 6: after a copytruncate the bytes past `emitted` survive in a copy beside `path`
+    /// whose head matches `fp`: drain that copy from `emitted`, as if it were the file rotated
+    /// away. Returns whether a copy was found.
+    fn recover_copy(&mut self, cp: &mut Checkpointer, path: &Path, fp: &Fingerprint, emitted: u64, carried: usize, now: Instant) -> bool {
+        if fp.bytes.is_empty() {
+            return false;
+        }
+        let mut copies: Vec<Found> = discovery::rotated_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls)
+            .into_iter()
+            .filter(|s| !self.readers.contains_key(&s.key) && s.size >= emitted)
+            .collect();
+        copies.sort_by_key(|s| std::cmp::Reverse(s.mtime));
+        for s in copies {
+            let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &mut self.counters) else { continue };
+            // A copy is a file never seen before: known siblings are older rotations (an entry
+            // whose head differs is an inode reused, not a file seen).
+            let known = cp.lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| e.fp.is_evidence());
+            // Nothing emitted yet but a partial line carried: the copy must start with it.
+            let carry_copy = emitted == 0 && carried > 0 && carried <= fp.bytes.len() && copy.fp.bytes.starts_with(&fp.bytes[..carried]);
+            if known || (!carry_copy && copy_offset(fp, emitted, &copy.fp, s.size) != Some(emitted)) {
+                copy.close(&mut self.counters);
+                continue;
+            }
+            register(&self.cfg.name, cp, &mut copy, path.display().to_string(), emitted);
+            copy.state = FileState::Draining { since: now };
+            if let Some(msg) = self.watcher.watch(s.key, &s.path, &mut self.counters) {
+                self.report(format!("watch:{}", s.path.display()), msg);
+            }
+            self.hold(s.key, copy);
+            return true;
+        }
+        false
+    }
+
+    /// Rule 6 from the read path: the file was found truncated or replaced in place.
+    pub(crate) fn truncated(&mut self, key: FileKey, now: Instant) {
+        let checkpoints = self.checkpoints.clone();
+        let mut cp = checkpoints.lock().expect("checkpointer lock");
+        self.truncated_in(&mut cp, key, now);
+    }
+
+    /// Rule 6: bytes we had not yet emitted may survive in a copy (copytruncate): drain that
+    /// copy from our offset. Then restart at 0, under a new epoch.
+    fn truncated_in(&mut self, cp: &mut Checkpointer, key: FileKey, now: Instant) {
+        self.counters.truncations += 1;
+        let (path, emitted, fp, carried) = {
+            let r = &self.readers[&key];
+            (PathBuf::from(&r.source.path), r.emitted, r.fp.clone(), r.carried())
+        };
+        let recovered = self.recover_copy(cp, &path, &fp, emitted, carried, now);
+        let r = self.readers.get_mut(&key).expect("truncated file is held");
+        if !recovered && carried > 0 {
+            r.flush_partial(now, None, &mut self.batcher, &mut self.counters);
+        }
+        r.restart_at_zero();
+        register(&self.cfg.name, cp, r, path.display().to_string(), 0);
+        self.retime(key);
+        self.more.push(key); // read again from 0 in this step (or the next, from the read loop)
+    }
+}
+
+/// If `copy` (a file of `copy_size` bytes with head `copy_fp`) is a copy of a file whose head is
+/// `orig_fp` and of which `orig_offset` bytes were emitted, the offset to resume the copy at.
+/// The evidence must cover what was emitted: the copy's head holds every emitted byte up to
+/// the fingerprint's length, ending at a line end (a short shared prefix proves nothing).
+pub fn copy_offset(orig_fp: &Fingerprint, orig_offset: u64, copy_fp: &Fingerprint, copy_size: u64) -> Option<u64> {
+    if orig_offset == 0 || orig_fp.bytes.is_empty() || !orig_fp.compatible(copy_fp) || copy_size < orig_offset {
+        return None;
+    }
+    let n = orig_offset as usize;
+    if n <= orig_fp.bytes.len() {
+        (copy_fp.bytes.len() >= n && orig_fp.bytes[n - 1] == b'\n').then_some(orig_offset)
+    } else {
+        (orig_fp.is_full() && copy_fp.is_full()).then_some(orig_offset)
+    }
+}
