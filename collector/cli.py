@@ -10,8 +10,9 @@ from pathlib import Path
 
 import trio
 
-from collector import __version__, config, log
-from collector.pipeline import Pipeline, StateDirInUse, progress
+from collector import __version__, log
+from collector.flow import config
+from collector.flow.pipeline import Pipeline, StateDirInUse, progress
 
 
 def _load(path: str | None) -> config.Config:
@@ -30,12 +31,12 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
     pipeline = Pipeline(cfg)
     profiler = None
     if cfg.profiler.enabled:
-        from collector.profiler import Profiler
+        from collector.observe.profiler import Profiler
 
         pc = cfg.profiler
         profiler = Profiler(Path(cfg.state_dir) / "profiles", every=float(pc.every), duration=float(pc.duration),
                             rate=pc.rate, threshold=pc.threshold, min_samples=pc.min_samples, keep=pc.keep)
-    from collector.telemetry import Telemetry
+    from collector.observe.telemetry import Telemetry
 
     telemetry = Telemetry(pipeline, profiler)
     for out in pipeline.outputs:
@@ -64,7 +65,7 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             if tc.otlp_endpoint:
                 nursery.start_soon(telemetry.push, tc.otlp_endpoint, float(tc.interval), tc.headers, tc.tls)
             if cfg.admin.enabled:
-                from collector.admin import Admin
+                from collector.observe.admin import Admin
 
                 await nursery.start(Admin(pipeline, telemetry, profiler).serve, cfg.admin.address)
             if profiler is not None:
@@ -142,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args.harness, args.args)
     if args.command == "profile":
-        from collector.profile_cmd import main as profile_main
+        from collector.observe.profile_cmd import main as profile_main
 
         return profile_main(args)
     if args.command == "top":
-        from collector.top import main as top_main
+        from collector.observe.top import main as top_main
 
         return top_main(args.url, args.interval, args.once)
 

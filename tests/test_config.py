@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import config
+from collector.flow import config
 from tests.conftest import ROOT
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from collector import config
-from collector.pipeline import Pipeline
+from collector.flow import config
+from collector.flow.pipeline import Pipeline
 from tests.conftest import ROOT, base_config, count_records, require_tool, wait_for
 
 APPENDER = str(ROOT / "tests" / "appender.py")

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.profiler import Profile, is_stat_frame
+from collector.observe.profiler import Profile, is_stat_frame
 from tests.conftest import ROOT, base_config, require_tool, wait_for
 
 

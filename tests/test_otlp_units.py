@@ -15,10 +15,10 @@ import pytest
 import trio
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
-from collector import config
-from collector.outputs.http import Target, proxy_for
-from collector.outputs.otlp_http import logs_url, partial_success, retry_after, transcode
-from collector.spool import Spool
+from collector.flow import config
+from collector.http import Target, proxy_for
+from collector.flow.outputs.otlp_http import logs_url, partial_success, retry_after, transcode
+from collector.flow.spool import Spool
 from tests.conftest import require_tool, stopped_stats, wait_for
 from tests.receiver import Receiver
 from tests.test_otlp import account, otlp_config, write_files
@@ -193,7 +193,7 @@ class _Script(trio.abc.Stream):
     ],
 )
 async def test_http_answers_are_framed_correctly(pieces: list[bytes], status: int, body: bytes, reusable: bool) -> None:
-    from collector.outputs.http import Connection
+    from collector.http import Connection
 
     c = Connection(_Script(pieces))
     resp = await c.request("POST", "/v1/logs", [("Host", "h")], b"payload")
@@ -211,7 +211,7 @@ async def test_http_answers_are_framed_correctly(pieces: list[bytes], status: in
     ],
 )
 async def test_http_broken_answers_are_errors(pieces: list[bytes]) -> None:
-    from collector.outputs.http import Connection, HttpError
+    from collector.http import Connection, HttpError
 
     with pytest.raises(HttpError):
         await Connection(_Script(pieces)).request("POST", "/", [], b"")

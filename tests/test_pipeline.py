@@ -8,9 +8,9 @@ from pathlib import Path
 
 import trio
 
-from collector import config
+from collector.flow import config
 from collector._native import Batch, Checkpointer, Tailer
-from collector.pipeline import Pipeline
+from collector.flow.pipeline import Pipeline
 from tests.conftest import records
 
 

@@ -1,22 +1,41 @@
 //! Thin pyo3 bindings over `tailrace_core`: convert arguments, release the GIL around every call
-//! that does I/O, hand Python whole batches (one `bytes` each), map errors in one place.
+//! that does I/O or takes a lock a worker thread may hold, hand Python whole batches (one
+//! `bytes` each), and map the core's errors to Python exceptions in one place (`to_py_err`).
 #![deny(warnings)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tailrace_core::batcher::BatchLimits;
-use tailrace_core::{Encodings, ReadFrom, TailerConfig, WatchMode};
+use tailrace_core::{CodecChoice, Compression, Encodings, Error, Ledger, ReadFrom, Status, TailerConfig, WatchMode};
 
-fn value_err(e: String) -> PyErr {
-    PyValueError::new_err(e)
+create_exception!(_native, ConfigError, PyValueError, "A value the core cannot use; the message names the key.");
+create_exception!(_native, CorruptState, PyException, "A state file that cannot be read back without guessing; the message names it.");
+
+/// The one error adapter: configuration → `ConfigError` (a `ValueError`), I/O → `OSError`
+/// (with its errno), a state file that cannot be trusted → `CorruptState`.
+fn to_py_err(e: Error) -> PyErr {
+    match e {
+        Error::Config(msg) => ConfigError::new_err(msg),
+        Error::Io { context, source } => match source.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, format!("{context}: {source}"))),
+            None => PyOSError::new_err(format!("{context}: {source}")),
+        },
+        e @ Error::CorruptState { .. } => CorruptState::new_err(e.to_string()),
+    }
 }
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
+}
+
+fn codec(name: &str) -> PyResult<Compression> {
+    Compression::parse(name).map_err(to_py_err)
 }
 
 /// Identity → committed offset for every input, in `state_dir/checkpoints.json`.
@@ -25,47 +44,52 @@ struct Checkpointer {
     inner: Arc<Mutex<tailrace_core::Checkpointer>>,
 }
 
+impl Checkpointer {
+    /// The checkpointer, locked with the GIL released (a tailer's look may hold it).
+    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut tailrace_core::Checkpointer) -> T + Send) -> T {
+        py.detach(|| f(&mut self.inner.lock().expect("checkpointer lock")))
+    }
+}
+
 #[pymethods]
 impl Checkpointer {
     #[new]
-    #[pyo3(signature = (state_dir, forget_after = 7.0 * 86400.0))]
-    fn new(state_dir: &str, forget_after: f64) -> PyResult<Self> {
-        let cp = tailrace_core::Checkpointer::open(std::path::Path::new(state_dir), secs(forget_after)).map_err(value_err)?;
+    fn new(py: Python<'_>, state_dir: &str, forget_after: f64) -> PyResult<Self> {
+        let cp = py.detach(|| tailrace_core::Checkpointer::open(std::path::Path::new(state_dir), secs(forget_after))).map_err(to_py_err)?;
         Ok(Checkpointer { inner: Arc::new(Mutex::new(cp)) })
     }
 
     /// Write the checkpoint file atomically (tmp + fsync + rename). Returns the entry count.
     fn write(&self, py: Python<'_>) -> PyResult<usize> {
-        let inner = self.inner.clone();
-        py.detach(move || inner.lock().expect("checkpointer lock").write()).map_err(|e| PyOSError::new_err(e.to_string()))
+        self.with(py, |c| c.write()).map_err(|e| to_py_err(Error::io("write checkpoints", e)))
     }
 
     #[getter]
-    fn existed(&self) -> bool {
-        self.inner.lock().expect("checkpointer lock").existed()
+    fn existed(&self, py: Python<'_>) -> bool {
+        self.with(py, |c| c.existed())
     }
 
     #[getter]
-    fn path(&self) -> String {
-        self.inner.lock().expect("checkpointer lock").path().display().to_string()
+    fn path(&self, py: Python<'_>) -> String {
+        self.with(py, |c| c.path().display().to_string())
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.lock().expect("checkpointer lock").len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.with(py, |c| c.len())
     }
 
     /// Committed offset of the file at `path` for `input` (by identity), if tracked.
-    fn offset_of(&self, input: &str, path: &str) -> PyResult<Option<u64>> {
+    fn offset_of(&self, py: Python<'_>, input: &str, path: &str) -> PyResult<Option<u64>> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let m = std::fs::metadata(path).map_err(|e| to_py_err(Error::io(path, e)))?;
         let key = tailrace_core::identity::FileKey { dev: m.dev(), ino: m.ino() };
-        Ok(self.inner.lock().expect("checkpointer lock").get(input, key).map(|e| e.offset))
+        Ok(self.with(py, |c| c.get(input, key).map(|e| e.offset)))
     }
 }
 
 /// One batch: its records in the wire forms the outputs asked for. `json` is an OTLP/JSON
 /// document; `encode()` gives the OTLP protobuf request, compressed. Acknowledge it with
-/// `Tailer.commit(id)`.
+/// `Tailer.commit(id)`, once per output.
 #[pyclass(frozen, module = "collector._native")]
 struct Batch {
     inner: Arc<tailrace_core::Batch>,
@@ -101,25 +125,19 @@ impl Batch {
     }
 
     /// The `ExportLogsServiceRequest` holding records `start..end` (all by default), compressed
-    /// with `compression` (zstd, gzip or none) at `level`. The GIL is released meanwhile.
-    #[pyo3(signature = (compression = "zstd", level = 1, start = 0, end = None))]
+    /// with `compression` at `level` (the bytes compressed when the batch closed if they
+    /// match). The GIL is released meanwhile.
+    #[pyo3(signature = (compression, level, start = 0, end = None))]
     fn encode<'py>(&self, py: Python<'py>, compression: &str, level: i32, start: usize, end: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
-        let codec = tailrace_core::Compression::parse(compression).map_err(value_err)?;
-        let inner = self.inner.clone();
-        let end = end.unwrap_or(inner.records as usize);
-        if start == 0 && end >= inner.records as usize {
-            if let Some(done) = inner.precompressed(codec, level) {
-                return Ok(PyBytes::new(py, done)); // compressed when the batch closed
-            }
-        }
-        let out = py.detach(move || inner.encode(codec, level, start, end)).map_err(value_err)?;
+        let codec = codec(compression)?;
+        let inner = &self.inner;
+        let out = py.detach(|| inner.encode(codec, level, start, end.unwrap_or(usize::MAX))).map_err(to_py_err)?;
         Ok(PyBytes::new(py, &out))
     }
 
     /// Whether `encode(compression, level)` of the whole batch is ready without work.
-    #[pyo3(signature = (compression, level))]
     fn is_precompressed(&self, compression: &str, level: i32) -> bool {
-        tailrace_core::Compression::parse(compression).is_ok_and(|c| self.inner.precompressed(c, level).is_some())
+        Compression::parse(compression).is_ok_and(|c| self.inner.precompressed(c, level).is_some())
     }
 
     fn __repr__(&self) -> String {
@@ -127,12 +145,27 @@ impl Batch {
     }
 }
 
-/// One input's files: discovery, watching, reading, batching; checkpoints on commit.
+/// What the owner reads between steps, published at the end of each (never the tailer's lock).
+#[derive(Default)]
+struct Published {
+    status: Status,
+    next_wakeup: Option<Instant>,
+    reports: Vec<String>,
+}
+
+/// One input's files: discovery, watching, reading, batching; acknowledgements go to its
+/// ledger, which commits checkpoints.
 #[pyclass(frozen, module = "collector._native")]
 struct Tailer {
     inner: Mutex<tailrace_core::Tailer>,
-    /// Acknowledgements that arrived while a step held the tailer; applied at the next call.
-    acks: Mutex<Vec<u64>>,
+    ledger: Arc<Ledger>,
+    codec: Arc<CodecChoice>,
+    published: Mutex<Published>,
+    readiness_fd: Option<i32>,
+    /// Test-only: steps wait here while held (`_hold_steps`), so a test can show the event loop
+    /// answering while a worker is inside a step.
+    hold: (Mutex<bool>, Condvar),
+    held: AtomicBool,
 }
 
 fn to_py(batches: Vec<tailrace_core::Batch>) -> Vec<Batch> {
@@ -140,27 +173,48 @@ fn to_py(batches: Vec<tailrace_core::Batch>) -> Vec<Batch> {
 }
 
 impl Tailer {
+    /// Run `f` on the tailer with the GIL released, then publish what the owner reads.
     fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut tailrace_core::Tailer) -> T + Send) -> T {
         py.detach(|| {
             let mut t = self.inner.lock().expect("tailer lock");
-            for id in std::mem::take(&mut *self.acks.lock().expect("acks lock")) {
-                t.commit(id);
+            {
+                let mut on = self.hold.0.lock().expect("hold lock");
+                while *on {
+                    self.held.store(true, Ordering::SeqCst);
+                    on = self.hold.1.wait(on).expect("hold lock");
+                }
+                self.held.store(false, Ordering::SeqCst);
             }
-            f(&mut t)
+            let out = f(&mut t);
+            let status = t.status();
+            let next_wakeup = t.next_wakeup(Instant::now());
+            let reports = t.take_reports();
+            let mut p = self.published.lock().expect("published lock");
+            p.status = status;
+            p.next_wakeup = Some(next_wakeup);
+            p.reports.extend(reports);
+            out
         })
+    }
+
+    /// The published state, read with the GIL released (a worker may be publishing).
+    fn read<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Published) -> T + Send) -> T {
+        py.detach(|| f(&mut self.published.lock().expect("published lock")))
     }
 }
 
 #[pymethods]
 impl Tailer {
+    /// Every option is required: they are built from the configuration
+    /// (`collector.flow.config.tailer_options`), the one place defaults are written.
     #[new]
-    #[pyo3(signature = (checkpointer, *, name, paths, exclude = vec![], watch = "poll", poll_interval = 0.25,
-        rescan_interval = 1.0, read_from = "beginning", max_line_bytes = 1 << 20, read_budget = 256 * 1024,
-        partial_flush = 5.0, rotate_wait = 5.0, close_inactive = 300.0, batch_max_bytes = 1 << 20,
-        batch_max_records = 10_000, batch_max_age = 0.1, host = "localhost".to_string(), first_batch_id = 1,
-        encodings = vec!["proto".to_string()], compression = None, compression_level = 1, coalesce = Some(0.0)))]
+    #[pyo3(signature = (checkpointer, *, name, paths, exclude, watch, poll_interval, rescan_interval, read_from,
+        max_line_bytes, read_budget, buffer_size, partial_flush, rotate_wait, close_inactive, batch_max_bytes,
+        batch_max_records, batch_max_age, host, first_batch_id, encodings, compression, compression_level,
+        coalesce, max_ready_batches, outputs))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         checkpointer: &Checkpointer,
         name: String,
         paths: Vec<String>,
@@ -171,6 +225,7 @@ impl Tailer {
         read_from: &str,
         max_line_bytes: usize,
         read_budget: usize,
+        buffer_size: usize,
         partial_flush: f64,
         rotate_wait: f64,
         close_inactive: f64,
@@ -183,129 +238,130 @@ impl Tailer {
         compression: Option<&str>,
         compression_level: i32,
         coalesce: Option<f64>,
+        max_ready_batches: usize,
+        outputs: u32,
     ) -> PyResult<Self> {
-        let compression = match compression {
-            Some(c) => Some((tailrace_core::Compression::parse(c).map_err(value_err)?, compression_level)),
+        let choice = match compression {
+            Some(c) => Some((codec(c)?, compression_level)),
             None => None,
-        };
-        let watch = match watch {
-            "poll" => WatchMode::Poll,
-            "inotify" => WatchMode::Inotify,
-            "naive" => WatchMode::Naive,
-            "auto" => WatchMode::Auto,
-            other => return Err(value_err(format!("watch: {other:?} (auto, inotify, poll or naive)"))),
-        };
-        let read_from = match read_from {
-            "beginning" => ReadFrom::Beginning,
-            "end" => ReadFrom::End,
-            other => return Err(value_err(format!("read_from: {other:?} (beginning or end)"))),
         };
         let mut enc = Encodings { proto: false, json: false };
         for e in &encodings {
             match e.as_str() {
                 "proto" => enc.proto = true,
                 "json" => enc.json = true,
-                other => return Err(value_err(format!("encodings: {other:?} (proto or json)"))),
+                other => return Err(ConfigError::new_err(format!("encodings: {other:?} (proto or json)"))),
             }
         }
         if !enc.proto && !enc.json {
-            enc.proto = true;
-        }
-        if max_line_bytes == 0 {
-            return Err(value_err("max_line_bytes must be positive".into()));
+            return Err(ConfigError::new_err("encodings: at least one of proto and json"));
         }
         let cfg = TailerConfig {
             name,
             paths,
             exclude,
-            watch,
+            watch: WatchMode::parse(watch).map_err(to_py_err)?,
             poll_interval: secs(poll_interval),
             rescan_interval: secs(rescan_interval),
-            read_from,
+            read_from: ReadFrom::parse(read_from).map_err(to_py_err)?,
             max_line_bytes,
-            read_budget: read_budget.max(1),
+            read_budget,
+            buffer_size,
             partial_flush: secs(partial_flush),
             rotate_wait: secs(rotate_wait),
             close_inactive: secs(close_inactive),
             batch: BatchLimits { max_bytes: batch_max_bytes.max(1), max_records: batch_max_records.max(1), max_age: secs(batch_max_age) },
             encodings: enc,
-            compression,
             host,
+            max_ready_batches: max_ready_batches.max(1),
             coalesce: coalesce.map(secs),
-            ..TailerConfig::default()
+            outputs,
         };
-        let t = tailrace_core::Tailer::new(cfg, checkpointer.inner.clone(), first_batch_id).map_err(value_err)?;
-        Ok(Tailer { inner: Mutex::new(t), acks: Mutex::new(Vec::new()) })
+        let cp = checkpointer.inner.clone();
+        let codec = Arc::new(CodecChoice::new(choice.filter(|_| enc.proto)));
+        let t = py.detach(|| tailrace_core::Tailer::new(cfg, cp, first_batch_id, codec)).map_err(to_py_err)?;
+        let published = Mutex::new(Published { status: t.status(), next_wakeup: None, reports: Vec::new() });
+        Ok(Tailer {
+            ledger: t.ledger(),
+            codec: t.codec(),
+            readiness_fd: t.readiness_fd(),
+            inner: Mutex::new(t),
+            published,
+            hold: (Mutex::new(false), Condvar::new()),
+            held: AtomicBool::new(false),
+        })
     }
 
     /// One pass (GIL released): look at paths if due, read what may have grown, return the
     /// batches that closed.
     fn step(&self, py: Python<'_>) -> Vec<Batch> {
-        let batches = self.with(py, |t| t.step(Instant::now()));
-        to_py(batches)
+        to_py(self.with(py, |t| t.step(Instant::now())))
     }
 
     /// Close the open batch and return every batch not yet handed out (shutdown).
     fn flush(&self, py: Python<'_>) -> Vec<Batch> {
-        let batches = self.with(py, |t| t.flush(Instant::now()));
-        to_py(batches)
+        to_py(self.with(py, |t| t.flush(Instant::now())))
     }
 
-    /// Every output acknowledged batch `id` (or dropped it on purpose): checkpoints may advance.
-    fn commit(&self, id: u64) {
-        match self.inner.try_lock() {
-            Ok(mut t) => {
-                for id in std::mem::take(&mut *self.acks.lock().expect("acks lock")) {
-                    t.commit(id);
-                }
-                t.commit(id);
-            }
-            Err(_) => self.acks.lock().expect("acks lock").push(id),
-        }
+    /// One output acknowledged batch `id` (delivered, spooled, or dropped on purpose). Returns
+    /// True when that was the last output (its checkpoints may have advanced), False while
+    /// others have not, None for a batch that is not pending. Never waits for a step.
+    fn commit(&self, py: Python<'_>, id: u64) -> Option<bool> {
+        let ledger = &self.ledger;
+        py.detach(|| ledger.ack(id))
     }
 
-    /// Apply acknowledgements queued while a step ran (before writing checkpoints).
-    fn sync(&self, py: Python<'_>) {
-        self.with(py, |_| ());
+    /// Batches from now on close compressed with this codec (the main output's current one),
+    /// or are left for the output to compress (`None`).
+    #[pyo3(signature = (compression, level))]
+    fn set_compression(&self, compression: Option<&str>, level: i32) -> PyResult<()> {
+        let choice = match compression {
+            Some(c) => Some((codec(c)?, level)),
+            None => None,
+        };
+        self.codec.set(choice);
+        Ok(())
     }
 
     /// The descriptor that becomes readable when there is news (inotify modes), else None.
     fn readiness_fd(&self) -> Option<i32> {
-        self.inner.lock().expect("tailer lock").readiness_fd()
+        self.readiness_fd
     }
 
     /// Seconds until `step` has work without new input (0 when it has work now).
-    fn next_wakeup(&self) -> f64 {
-        let t = self.inner.lock().expect("tailer lock");
-        let now = Instant::now();
-        t.next_wakeup(now).saturating_duration_since(now).as_secs_f64()
+    fn next_wakeup(&self, py: Python<'_>) -> f64 {
+        let at = self.read(py, |p| p.next_wakeup);
+        at.map_or(0.0, |t| t.saturating_duration_since(Instant::now()).as_secs_f64())
     }
 
     /// Files said to be written wait to be read (sleep until `next_wakeup`; their events are
     /// drained already).
-    fn has_waiting(&self) -> bool {
-        self.inner.lock().expect("tailer lock").has_waiting()
+    fn has_waiting(&self, py: Python<'_>) -> bool {
+        self.read(py, |p| p.status.waiting)
     }
 
     /// Seconds written files wait before they are read (auto mode adapts it).
-    fn read_delay(&self) -> f64 {
-        self.inner.lock().expect("tailer lock").read_delay().as_secs_f64()
+    fn read_delay(&self, py: Python<'_>) -> f64 {
+        self.read(py, |p| p.status.read_delay.as_secs_f64())
     }
 
-    /// Input bytes consumed into records so far (cheap: to tell a busy step from an idle one).
-    fn bytes_read(&self) -> u64 {
-        self.inner.lock().expect("tailer lock").counters.bytes
+    /// Input bytes consumed into records so far (to tell a busy step from an idle one).
+    fn bytes_read(&self, py: Python<'_>) -> u64 {
+        self.read(py, |p| p.status.counters.bytes)
     }
 
     /// Problems to report once each (unreadable paths, patterns matching nothing).
-    fn take_reports(&self) -> Vec<String> {
-        self.inner.lock().expect("tailer lock").take_reports()
+    fn take_reports(&self, py: Python<'_>) -> Vec<String> {
+        self.read(py, |p| std::mem::take(&mut p.reports))
     }
 
-    /// Counters: lines, bytes, files, rotations, ..., and syscalls by kind (`syscalls_*`).
+    /// Counters as of the end of the last step: lines, bytes, files, rotations, ..., syscalls
+    /// by kind (`syscalls_*`) and `stat_family` (what the fstat guard counts, defined once in
+    /// the core). Answered while a step runs.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let t = self.inner.lock().expect("tailer lock");
-        let c = t.counters;
+        let ledger = &self.ledger;
+        let (s, pending) = py.detach(|| (self.published.lock().expect("published lock").status.clone(), ledger.pending()));
+        let c = s.counters;
         let d = PyDict::new(py);
         for (k, v) in [
             ("lines", c.lines),
@@ -326,9 +382,11 @@ impl Tailer {
             ("read_passes", c.read_passes),
             ("steady_on", c.steady_on),
             ("steady_off", c.steady_off),
-            ("files_open", t.files_open() as u64),
-            ("files_tracked", t.files_tracked() as u64),
-            ("pending_batches", t.pending_batches() as u64),
+            ("files_open", s.files_open as u64),
+            ("files_tracked", s.files_tracked as u64),
+            ("pending_batches", pending as u64),
+            ("invalid_utf8", s.invalid_utf8),
+            ("stat_family", c.syscalls.stat_family()),
             ("syscalls_open", c.syscalls.open),
             ("syscalls_close", c.syscalls.close),
             ("syscalls_read", c.syscalls.read),
@@ -342,9 +400,41 @@ impl Tailer {
         ] {
             d.set_item(k, v)?;
         }
-        d.set_item("invalid_utf8", t.invalid_utf8())?;
         Ok(d)
     }
+
+    /// Test-only: hold (True) or release (False) steps. A held step waits inside the tailer's
+    /// lock, as a long step on a worker thread would.
+    fn _hold_steps(&self, on: bool) {
+        *self.hold.0.lock().expect("hold lock") = on;
+        self.hold.1.notify_all();
+    }
+
+    /// Test-only: a step is waiting on `_hold_steps`.
+    fn _step_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+/// A body compressed with `src`, recompressed with `dst` at `level` (a spooled batch for an
+/// endpoint that now asks for another codec). The GIL is released meanwhile.
+#[pyfunction]
+fn transcode<'py>(py: Python<'py>, payload: &[u8], src: &str, dst: &str, level: i32) -> PyResult<Bound<'py, PyBytes>> {
+    let (src, dst) = (codec(src)?, codec(dst)?);
+    let out = py.detach(|| tailrace_core::otlp::transcode(payload, src, dst, level)).map_err(|e| to_py_err(Error::io("transcode", e)))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The level a codec uses when the configuration gives none (zstd 1, gzip 6).
+#[pyfunction]
+fn default_level(compression: &str) -> PyResult<i32> {
+    Ok(codec(compression)?.default_level())
+}
+
+/// Compressions this process made (every codec but none): a batch is compressed once.
+#[pyfunction]
+fn compressions() -> u64 {
+    tailrace_core::otlp::COMPRESSIONS.load(Ordering::Relaxed)
 }
 
 /// Raise the open-files soft limit to the hard limit; returns the new soft limit.
@@ -358,7 +448,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Checkpointer>()?;
     m.add_class::<Tailer>()?;
     m.add_class::<Batch>()?;
+    m.add("ConfigError", m.py().get_type::<ConfigError>())?;
+    m.add("CorruptState", m.py().get_type::<CorruptState>())?;
+    m.add_function(wrap_pyfunction!(transcode, m)?)?;
+    m.add_function(wrap_pyfunction!(default_level, m)?)?;
+    m.add_function(wrap_pyfunction!(compressions, m)?)?;
     m.add_function(wrap_pyfunction!(raise_nofile_limit, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
+    // The codecs by their spool byte (index): the spool's segment headers use these.
+    m.add("CODECS", Compression::ALL.map(|c| c.name()).to_vec())?;
     Ok(())
 }

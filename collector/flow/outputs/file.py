@@ -10,7 +10,7 @@ from typing import BinaryIO, Final
 import trio
 
 from collector._native import Batch
-from collector.config import FileOutput
+from collector.flow.config import FileOutput
 
 
 class File:

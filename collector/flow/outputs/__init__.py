@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from collector._native import Batch
-from collector.config import BlackholeOutput, FileOutput, OtlpHttpOutput, OutputConfig, StdoutOutput
+from collector.flow.config import BlackholeOutput, FileOutput, OtlpHttpOutput, OutputConfig, StdoutOutput
 
 
 class Output(Protocol):
@@ -37,10 +37,10 @@ class Output(Protocol):
 
 
 def build(cfg: OutputConfig, state_dir: str) -> Output:
-    from collector.outputs.blackhole import Blackhole
-    from collector.outputs.file import File
-    from collector.outputs.otlp_http import OtlpHttp
-    from collector.outputs.stdout import Stdout
+    from collector.flow.outputs.blackhole import Blackhole
+    from collector.flow.outputs.file import File
+    from collector.flow.outputs.otlp_http import OtlpHttp
+    from collector.flow.outputs.stdout import Stdout
 
     if isinstance(cfg, FileOutput):
         return File(cfg)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from collector.config import TlsConfig
+from collector.flow.config import TlsConfig
 
 # OTLP answers are small (an ExportLogsServiceResponse or a Status).
 MAX_ANSWER_BYTES = 1 << 20

@@ -16,8 +16,8 @@ import trio
 
 from collector import log
 from collector._native import Batch, Checkpointer, Tailer, raise_nofile_limit
-from collector.config import Config, InputConfig
-from collector.outputs import Output, build
+from collector.flow.config import Config, InputConfig
+from collector.flow.outputs import Output, build
 
 CHANNEL_SIZE = 4
 # Steps shorter than this run on the trio thread (GIL released inside); longer ones on a worker.

@@ -31,9 +31,9 @@ import trio
 
 from collector import __version__, log
 from collector._native import Batch
-from collector.config import OtlpHttpOutput
-from collector.outputs.http import Client, HttpError, Response, signal_url
-from collector.spool import Entry, Spool
+from collector.flow.config import OtlpHttpOutput
+from collector.http import Client, HttpError, Response, signal_url
+from collector.flow.spool import Entry, Spool
 
 RETRYABLE = {429, 502, 503, 504}
 MISCONFIGURED = {401, 403, 404}

@@ -8,7 +8,7 @@ from typing import Final
 import trio
 
 from collector._native import Batch
-from collector.config import StdoutOutput
+from collector.flow.config import StdoutOutput
 
 
 class Stdout:

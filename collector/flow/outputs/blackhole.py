@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from collector._native import Batch
-from collector.config import BlackholeOutput
+from collector.flow.config import BlackholeOutput
 
 
 class Blackhole:

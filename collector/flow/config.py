@@ -5,6 +5,7 @@ is expanded in string values; durations are `250ms`, `5s`, `1m`, `2h`; sizes are
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 
 
 class ConfigError(Exception):
@@ -26,40 +27,78 @@ _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNITS_B = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-Duration = str | int | float
-Size = str | int
+
+class Duration(float):
+    """Seconds, written `250ms`, `5s`, `1m`, `2h` or a bare number of seconds. Decoded once,
+    when the configuration is read; everything downstream sees a float."""
 
 
-def duration(value: Duration, key: str) -> float:
+class Size(int):
+    """Bytes, written `64KiB`, `1MiB`, `1GiB`, `64KB` or an integer."""
+
+
+class Coalesce(float):
+    """`auto` or a duration. `auto` is stored as infinity (written files wait as long as their
+    batch allows: the open batch's `max_age`, bounded by the inotify queue) and compares equal
+    to the string "auto"."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return other == "auto" and math.isinf(self)
+        return float(self) == other
+
+    __hash__ = float.__hash__
+
+    def __repr__(self) -> str:
+        return "auto" if math.isinf(self) else float.__repr__(self)
+
+
+AUTO = Coalesce(math.inf)
+
+
+def duration(value: object, key: str = "") -> Duration:
     """Seconds from `250ms`, `5s`, `1m`, `2h`, or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a duration like 250ms, 5s or 1m, got {value!r}")
+    key = f"{key}: " if key else ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{key}expected a duration like 250ms, 5s or 1m, got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         m = _DURATION.match(value)
         if not m:
-            raise ValueError(f"{key}: expected a duration like 250ms, 5s or 1m, got {value!r}")
+            raise ValueError(f"{key}expected a duration like 250ms, 5s or 1m, got {value!r}")
         seconds = float(m.group(1)) * _UNITS_S[m.group(2)]
     if seconds < 0:
-        raise ValueError(f"{key}: must not be negative")
-    return seconds
+        raise ValueError(f"{key}must not be negative")
+    return Duration(seconds)
 
 
-def size(value: Size, key: str) -> int:
+def size(value: object, key: str = "") -> Size:
     """Bytes from `64KiB`, `1MiB`, or an integer."""
-    if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a size like 64KiB or 1MiB, got {value!r}")
+    key = f"{key}: " if key else ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{key}expected a size like 64KiB or 1MiB, got {value!r}")
     if isinstance(value, int):
         n = value
     else:
         m = _SIZE.match(value)
         if not m:
-            raise ValueError(f"{key}: expected a size like 64KiB, 1MiB or bytes, got {value!r}")
+            raise ValueError(f"{key}expected a size like 64KiB, 1MiB or bytes, got {value!r}")
         n = int(m.group(1)) * _UNITS_B[m.group(2)]
     if n <= 0:
-        raise ValueError(f"{key}: must be positive")
-    return n
+        raise ValueError(f"{key}must be positive")
+    return Size(n)
+
+
+def _dec_hook(typ: type, value: Any) -> Any:
+    """msgspec's hook for the unit types: the error becomes msgspec's, with the key's path."""
+    if typ is Duration:
+        return duration(value)
+    if typ is Size:
+        return size(value)
+    if typ is Coalesce:
+        return AUTO if value == "auto" else Coalesce(duration(value, "expected auto or a duration like 5ms"))
+    raise NotImplementedError(f"no decoder for {typ}")
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -71,46 +110,35 @@ class InputConfig(_Strict):
     name: str = ""
     exclude: list[str] = []
     watch: Literal["auto", "inotify", "poll", "naive"] = "auto"
-    poll_interval: Duration = "250ms"
+    poll_interval: Duration = duration("250ms")
     # Safety rescan of the globs: 1s when polling, 60s when inotify finds new files anyway.
     rescan_interval: Duration | None = None
     # How long written files wait before they are read: `auto` (until the open batch would
     # close, bounded by the inotify queue) or a duration.
-    coalesce: Duration = "auto"
+    coalesce: Coalesce = AUTO
     read_from: Literal["beginning", "end"] = "beginning"
     format: Literal["plain", "cri", "docker", "auto"] = "plain"
-    max_line_bytes: Size = "1MiB"
-    read_budget: Size = "256KiB"
-    partial_flush: Duration = "5s"
-    rotate_wait: Duration = "5s"
-    close_inactive: Duration = "5m"
+    max_line_bytes: Size = size("1MiB")
+    read_budget: Size = size("256KiB")
+    partial_flush: Duration = duration("5s")
+    rotate_wait: Duration = duration("5s")
+    close_inactive: Duration = duration("5m")
 
     def __post_init__(self) -> None:
         if not self.paths or not all(isinstance(p, str) and p.strip() for p in self.paths):
             raise ValueError("paths: must list at least one glob")
-        self.poll_interval = duration(self.poll_interval, "poll_interval")
         if self.rescan_interval is None:
-            self.rescan_interval = "1s" if self.watch == "poll" else "60s"
-        self.rescan_interval = duration(self.rescan_interval, "rescan_interval")
-        if self.coalesce != "auto":
-            self.coalesce = duration(self.coalesce, "coalesce")
-        self.partial_flush = duration(self.partial_flush, "partial_flush")
-        self.rotate_wait = duration(self.rotate_wait, "rotate_wait")
-        self.close_inactive = duration(self.close_inactive, "close_inactive")
-        self.max_line_bytes = size(self.max_line_bytes, "max_line_bytes")
-        self.read_budget = size(self.read_budget, "read_budget")
+            self.rescan_interval = duration("1s" if self.watch == "poll" else "60s")
 
 
 class BatchConfig(_Strict):
     # 2 MiB of uncompressed protobuf: one request per `max_age` at 20,000 lines/s of 200 bytes
     # (each request costs CPU), under the OTLP/gRPC default limit of 4 MiB.
-    max_bytes: Size = "2MiB"
+    max_bytes: Size = size("2MiB")
     max_records: int = 10_000
-    max_age: Duration = "200ms"
+    max_age: Duration = duration("200ms")
 
     def __post_init__(self) -> None:
-        self.max_bytes = size(self.max_bytes, "max_bytes")
-        self.max_age = duration(self.max_age, "max_age")
         if self.max_records <= 0:
             raise ValueError("max_records: must be positive")
 
@@ -149,14 +177,11 @@ class RetryConfig(_Strict):
     """Exponential backoff with full jitter between `initial` and `max`; `Retry-After` wins.
     401/403/404 mean misconfiguration: retried every `misconfigured`, loudly."""
 
-    initial: Duration = "500ms"
-    max: Duration = "30s"
-    misconfigured: Duration = "60s"
+    initial: Duration = duration("500ms")
+    max: Duration = duration("30s")
+    misconfigured: Duration = duration("60s")
 
     def __post_init__(self) -> None:
-        self.initial = duration(self.initial, "initial")
-        self.max = duration(self.max, "max")
-        self.misconfigured = duration(self.misconfigured, "misconfigured")
         if float(self.initial) <= 0:
             raise ValueError("initial: must be positive")
 
@@ -166,14 +191,9 @@ class SpoolConfig(_Strict):
     (fsynced, then counted as acknowledged) and is replayed in order until delivered."""
 
     enabled: bool = True
-    after: Duration = "5s"
-    max_bytes: Size = "1GiB"
-    warn_every: Duration = "30s"
-
-    def __post_init__(self) -> None:
-        self.after = duration(self.after, "after")
-        self.max_bytes = size(self.max_bytes, "max_bytes")
-        self.warn_every = duration(self.warn_every, "warn_every")
+    after: Duration = duration("5s")
+    max_bytes: Size = size("1GiB")
+    warn_every: Duration = duration("30s")
 
 
 class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
@@ -187,7 +207,7 @@ class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
     # Header name → file holding its value (e.g. a rotating token), re-read when it changes.
     header_files: dict[str, str] = {}
     max_in_flight: int = 4
-    timeout: Duration = "10s"
+    timeout: Duration = duration("10s")
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
@@ -204,7 +224,6 @@ class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
             raise ValueError(f"endpoint: bad port in {self.endpoint!r}") from None
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight: must be at least 1")
-        self.timeout = duration(self.timeout, "timeout")
         if float(self.timeout) <= 0:
             raise ValueError("timeout: must be positive")
         for k in (*self.headers, *self.header_files):
@@ -219,8 +238,8 @@ class ProfilerConfig(_Strict):
     """py-spy against tailrace itself: `duration` of sampling at `rate` Hz every `every`."""
 
     enabled: bool = True
-    every: Duration = "5m"
-    duration: Duration = "10s"
+    every: Duration = duration("5m")
+    duration: Duration = duration("10s")
     rate: int = 50
     # Warn when more than this share of samples is in stat-family syscalls (with >= min_samples).
     threshold: float = 0.10
@@ -228,8 +247,6 @@ class ProfilerConfig(_Strict):
     keep: int = 12
 
     def __post_init__(self) -> None:
-        self.every = duration(self.every, "every")
-        self.duration = duration(self.duration, "duration")
         if float(self.duration) < 1:
             raise ValueError("duration: at least 1s")
         if not 1 <= self.rate <= 1000:
@@ -257,12 +274,11 @@ class TelemetryConfig(_Strict):
     `otlp_endpoint` is set (a base URL: `/v1/metrics` is added when it has no path)."""
 
     otlp_endpoint: str | None = None
-    interval: Duration = "30s"
+    interval: Duration = duration("30s")
     headers: dict[str, str] = {}
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
 
     def __post_init__(self) -> None:
-        self.interval = duration(self.interval, "interval")
         if float(self.interval) <= 0:
             raise ValueError("interval: must be positive")
         if self.otlp_endpoint is not None and not re.match(r"^https?://[^/]+", self.otlp_endpoint):
@@ -279,9 +295,9 @@ class Config(_Strict):
     outputs: list[OutputConfig]
     state_dir: str = "./state"
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
-    checkpoint_interval: Duration = "1s"
-    shutdown_grace: Duration = "10s"
-    progress_interval: Duration = "5s"
+    checkpoint_interval: Duration = duration("1s")
+    shutdown_grace: Duration = duration("10s")
+    progress_interval: Duration = duration("5s")
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     profiler: ProfilerConfig = msgspec.field(default_factory=ProfilerConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
@@ -292,9 +308,6 @@ class Config(_Strict):
             raise ValueError("inputs: must list at least one input")
         if not self.outputs:
             raise ValueError("outputs: must list at least one output")
-        self.checkpoint_interval = duration(self.checkpoint_interval, "checkpoint_interval")
-        self.shutdown_grace = duration(self.shutdown_grace, "shutdown_grace")
-        self.progress_interval = duration(self.progress_interval, "progress_interval")
         names = set()
         for i, inp in enumerate(self.inputs):
             inp.name = inp.name or f"input{i}"
@@ -303,6 +316,81 @@ class Config(_Strict):
             names.add(inp.name)
         for i, out in enumerate(self.outputs):
             out.name = out.name or f"{type(out).__struct_config__.tag}{i}"
+
+
+# Checkpoints of files not seen for this long are dropped when the file is written.
+CHECKPOINT_FORGET_AFTER = Duration(7 * 86400.0)
+
+
+class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the core's `Tailer` is told, built from the configuration by
+    `tailer_options` (the core has no defaults of its own). Benchmarks and tests build their
+    tailers through the same function, so they run what production runs."""
+
+    name: str
+    paths: list[str]
+    exclude: list[str]
+    watch: str
+    poll_interval: float
+    rescan_interval: float
+    read_from: str
+    max_line_bytes: int
+    read_budget: int
+    # The read buffer (one per tailer) and the batches ready before reading stops in a step
+    # (backpressure): internals, not configuration keys.
+    buffer_size: int = 64 * 1024
+    max_ready_batches: int = 4
+    partial_flush: float
+    rotate_wait: float
+    close_inactive: float
+    batch_max_bytes: int
+    batch_max_records: int
+    batch_max_age: float
+    host: str
+    first_batch_id: int = 1
+    encodings: list[str]
+    compression: str | None
+    compression_level: int
+    # None: auto.
+    coalesce: float | None
+    outputs: int
+
+
+def tailer_options(
+    inp: InputConfig,
+    cfg: Config,
+    *,
+    encodings: list[str],
+    compression: tuple[str, int] | None,
+    outputs: int,
+    host: str,
+) -> TailerOptions:
+    """The options of `inp`'s tailer: what its outputs need (wire forms, the codec batches are
+    compressed with as they close, how many acknowledge each batch) and the configuration."""
+    assert inp.rescan_interval is not None  # set by InputConfig.__post_init__
+    return TailerOptions(
+        name=inp.name,
+        paths=list(inp.paths),
+        exclude=list(inp.exclude),
+        watch=inp.watch,
+        poll_interval=float(inp.poll_interval),
+        rescan_interval=float(inp.rescan_interval),
+        read_from=inp.read_from,
+        max_line_bytes=int(inp.max_line_bytes),
+        read_budget=int(inp.read_budget),
+        partial_flush=float(inp.partial_flush),
+        rotate_wait=float(inp.rotate_wait),
+        close_inactive=float(inp.close_inactive),
+        batch_max_bytes=int(cfg.batch.max_bytes),
+        batch_max_records=cfg.batch.max_records,
+        batch_max_age=float(cfg.batch.max_age),
+        host=host,
+        encodings=sorted(encodings),
+        compression=compression[0] if compression else None,
+        compression_level=compression[1] if compression else 0,
+        coalesce=None if math.isinf(inp.coalesce) else float(inp.coalesce),
+        outputs=outputs,
+    )
 
 
 def _expand(node: Any, where: str) -> Any:
@@ -331,7 +419,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: expected a mapping at the top level")
     raw = _expand(raw, "$")
     try:
-        return msgspec.convert(raw, Config)
+        return msgspec.convert(raw, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {e}") from None
 

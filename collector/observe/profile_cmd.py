@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from collector.profiler import Profile, record
+from collector.observe.profiler import Profile, record
 
 
 def main(args: argparse.Namespace) -> int:

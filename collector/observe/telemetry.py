@@ -29,11 +29,11 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from collector import __version__, log
-from collector.config import TlsConfig
+from collector.flow.config import TlsConfig
 
 if TYPE_CHECKING:
-    from collector.pipeline import Pipeline
-    from collector.profiler import Profiler
+    from collector.flow.pipeline import Pipeline
+    from collector.observe.profiler import Profiler
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -154,7 +154,7 @@ class Telemetry:
         """Every `interval`, the same collection as /metrics as an OTLP/HTTP ExportMetricsServiceRequest."""
         from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
-        from collector.outputs.http import Client, HttpError, signal_url
+        from collector.http import Client, HttpError, signal_url
 
         url = signal_url(endpoint, "/v1/metrics")
         client = Client(url, tls, f"tailrace/{__version__}", timeout=min(10.0, interval))

@@ -19,12 +19,12 @@ import orjson
 import trio
 
 from collector import __version__, log
-from collector.telemetry import process_cpu_seconds, process_rss_bytes
+from collector.observe.telemetry import process_cpu_seconds, process_rss_bytes
 
 if TYPE_CHECKING:
-    from collector.pipeline import Pipeline
-    from collector.profiler import Profiler
-    from collector.telemetry import Telemetry
+    from collector.flow.pipeline import Pipeline
+    from collector.observe.profiler import Profiler
+    from collector.observe.telemetry import Telemetry
 
 MAX_REQUEST = 8192
 
