@@ -21,7 +21,7 @@ tools:
 		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$t >/dev/null; } \
 		|| { echo "make: $$t is needed (apt-get install $$t)"; exit 1; }; done
 	@command -v go >/dev/null || { echo "make: Go is needed to build the OpenTelemetry Collector (tests/otelcol)"; exit 1; }
-	tests/otelcol/build.sh
+	tests/otelcol/build.sh tailrace
 
 build: $(STAMP)
 	$(BIN)/maturin develop --release --quiet

@@ -17,7 +17,7 @@ of tailrace); `--output file` writes OTLP JSON. Either way every line is account
     python -m bench.watchmodes --workload idle --files 10000 --seconds 10
 
 `--modes ...,otelcol` adds the peer row: the OpenTelemetry Collector's filelog receiver
-(bench/otelcol-filelog, built on first use) on the same files, shipping OTLP/HTTP with zstd
+(tests/otelcol/filelog, built on first use) on the same files, shipping OTLP/HTTP with zstd
 into the same kind of receiver (its CPU from /proc; it has no syscall counters).
 
 Writes bench/results/watchmodes-<workload>-<time>.json and prints a Markdown table."""
@@ -130,7 +130,7 @@ class PeerRun(Run):
     "lines" are what the receiver got."""
 
     def __init__(self, work: Path, paths: str) -> None:
-        subprocess.run([str(ROOT / "bench" / "otelcol-filelog" / "build.sh")], check=True)
+        subprocess.run([str(ROOT / "tests" / "otelcol" / "build.sh"), "filelog"], check=True)
         self.work = work
         self.err = work / "otelcol.stderr"
         self.out = work / "unused"
@@ -264,7 +264,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
             "syscalls_per_line": {
                 k[len("syscalls_") :]: round(v / lines, 4) for k, v in d.items() if k.startswith("syscalls_")
             },
-            "stat_family_per_line": None if peer else round((d["syscalls_fstat"] + d["syscalls_stat"]) / lines, 4),
+            "stat_family_per_line": None if peer else round(d["stat_family"] / lines, 4),
             "latency": "delivery" if args.output == "otlp_http" else "read",
             "latency_ms_p50": q(0.5),
             "latency_ms_p99": q(0.99),

@@ -2,13 +2,29 @@
 
 from typing import Self, final
 
-__all__ = ["CORE_VERSION", "Batch", "Checkpointer", "Tailer", "raise_nofile_limit"]
+__all__ = [
+    "CODECS",
+    "CORE_VERSION",
+    "Batch",
+    "Checkpointer",
+    "ConfigError",
+    "CorruptState",
+    "Tailer",
+    "compressions",
+    "default_level",
+    "raise_nofile_limit",
+    "transcode",
+]
 
 CORE_VERSION: str
+CODECS: list[str]
+
+class ConfigError(ValueError): ...
+class CorruptState(Exception): ...
 
 @final
 class Checkpointer:
-    def __new__(cls, state_dir: str, forget_after: float = ...) -> Self: ...
+    def __new__(cls, state_dir: str, forget_after: float) -> Self: ...
     def write(self) -> int: ...
     @property
     def existed(self) -> bool: ...
@@ -29,7 +45,7 @@ class Batch:
     def proto_bytes(self) -> int: ...
     @property
     def json(self) -> bytes: ...
-    def encode(self, compression: str = "zstd", level: int = 1, start: int = 0, end: int | None = None) -> bytes: ...
+    def encode(self, compression: str, level: int, start: int = 0, end: int | None = None) -> bytes: ...
     def is_precompressed(self, compression: str, level: int) -> bool: ...
 
 @final
@@ -40,30 +56,33 @@ class Tailer:
         *,
         name: str,
         paths: list[str],
-        exclude: list[str] = ...,
-        watch: str = ...,
-        poll_interval: float = ...,
-        rescan_interval: float = ...,
-        read_from: str = ...,
-        max_line_bytes: int = ...,
-        read_budget: int = ...,
-        partial_flush: float = ...,
-        rotate_wait: float = ...,
-        close_inactive: float = ...,
-        batch_max_bytes: int = ...,
-        batch_max_records: int = ...,
-        batch_max_age: float = ...,
-        host: str = ...,
-        first_batch_id: int = ...,
-        encodings: list[str] = ...,
-        compression: str | None = ...,
-        compression_level: int = ...,
-        coalesce: float | None = ...,
+        exclude: list[str],
+        watch: str,
+        poll_interval: float,
+        rescan_interval: float,
+        read_from: str,
+        max_line_bytes: int,
+        read_budget: int,
+        buffer_size: int,
+        partial_flush: float,
+        rotate_wait: float,
+        close_inactive: float,
+        batch_max_bytes: int,
+        batch_max_records: int,
+        batch_max_age: float,
+        host: str,
+        first_batch_id: int,
+        encodings: list[str],
+        compression: str | None,
+        compression_level: int,
+        coalesce: float | None,
+        max_ready_batches: int,
+        outputs: int,
     ) -> Self: ...
     def step(self) -> list[Batch]: ...
     def flush(self) -> list[Batch]: ...
-    def commit(self, id: int) -> None: ...
-    def sync(self) -> None: ...
+    def commit(self, id: int) -> bool | None: ...
+    def set_compression(self, compression: str | None, level: int) -> None: ...
     def readiness_fd(self) -> int | None: ...
     def bytes_read(self) -> int: ...
     def has_waiting(self) -> bool: ...
@@ -71,5 +90,10 @@ class Tailer:
     def next_wakeup(self) -> float: ...
     def take_reports(self) -> list[str]: ...
     def stats(self) -> dict[str, int]: ...
+    def _hold_steps(self, on: bool) -> None: ...
+    def _step_held(self) -> bool: ...
 
+def transcode(payload: bytes, src: str, dst: str, level: int) -> bytes: ...
+def default_level(compression: str) -> int: ...
+def compressions() -> int: ...
 def raise_nofile_limit() -> int: ...

@@ -1,5 +1,6 @@
 """The `tailrace` command: run, demo, check-config, profile, top, --version. Exit codes: 0 done
-(also after SIGINT/SIGTERM), 2 configuration error, 1 anything else."""
+(also after SIGINT/SIGTERM), 2 configuration error, 1 anything else (a state_dir in use, a
+corrupt checkpoint file: named)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import trio
 
 from collector import __version__, log
+from collector._native import CorruptState
 from collector.flow import config
 from collector.flow.pipeline import Pipeline, StateDirInUse, progress
 
@@ -40,8 +42,7 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
 
     telemetry = Telemetry(pipeline, profiler)
     for out in pipeline.outputs:
-        if hasattr(out, "observe"):
-            out.observe = telemetry.observe_export
+        out.observe = telemetry.observe_export
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
 
@@ -164,13 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(cfg.log.level, cfg.log.format == "json")
     try:
         trio.run(_serve, cfg, args.command == "demo")
-    except ValueError as e:  # the core refuses a setting (bad glob, unreadable state_dir)
-        print(f"tailrace: configuration error: {e}", file=sys.stderr)
-        return 2
-    except StateDirInUse as e:
-        print(f"tailrace: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (sorted by kind below; anything else is re-raised)
+        leaf = _leaf(e)
+        if isinstance(leaf, ValueError):  # the core refuses a setting (ConfigError: a bad glob, ...)
+            print(f"tailrace: configuration error: {leaf}", file=sys.stderr)
+            return 2
+        if isinstance(leaf, CorruptState):
+            print(f"tailrace: corrupt state, not guessing (move the file aside to start over): {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, StateDirInUse):
+            print(f"tailrace: {leaf}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def _leaf(e: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (trio's nurseries wrap them)."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
 
 
 if __name__ == "__main__":

@@ -9,26 +9,28 @@ from pathlib import Path
 import trio
 
 from collector.flow import config
-from collector._native import Batch, Checkpointer, Tailer
-from collector.flow.pipeline import Pipeline
+from collector._native import Batch
+from collector.flow.outputs import Output
+from collector.flow.pipeline import Pipeline, standalone_tailer
 from tests.conftest import records
 
 
 def test_checkpoint_advances_only_on_commit_and_exactly(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_bytes(b"one\ntwo\nthree\npartial")
-    cp = Checkpointer(str(tmp_path / "state"))
-    t = Tailer(cp, name="in", paths=[str(tmp_path / "*.log")], batch_max_records=2, batch_max_age=0)
+    cfg = config.parse(
+        f"state_dir: {tmp_path}/state\ninputs: [{{name: in, paths: ['{tmp_path}/*.log']}}]\n"
+        "outputs: [{type: blackhole}]\nbatch: {max_records: 2, max_age: 0s}"
+    )
+    cp, t = standalone_tailer(cfg)
     batches = t.step() + t.flush()
     assert [b.records for b in batches] == [2, 1]
     assert [b.input_bytes for b in batches] == [8, 6]
     cp.write()
     assert cp.offset_of("in", str(log)) == 0
     t.commit(batches[1].id)  # out of order: nothing contiguous yet
-    t.sync()
     assert cp.offset_of("in", str(log)) == 0
     t.commit(batches[0].id)
-    t.sync()
     assert cp.offset_of("in", str(log)) == 14  # "one\ntwo\nthree\n": the partial is not committed
     assert cp.write() == 1
     saved = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
@@ -38,14 +40,14 @@ def test_checkpoint_advances_only_on_commit_and_exactly(tmp_path: Path) -> None:
     assert stats["syscalls_fstat"] == 1  # one at open; none on the read path
 
 
-class GatedOutput:
+class GatedOutput(Output):
     """An output that holds every batch until its gate opens."""
 
     encoding = "proto"
     max_in_flight = 1
 
     def __init__(self) -> None:
-        self.name = "gated"
+        super().__init__("gated")
         self.gate = trio.Event()
         self.got: list[Batch] = []
 

@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from collector._native import Checkpointer, Tailer
+from collector.flow import config
+from collector.flow.pipeline import standalone_tailer
 
 LINES = 100_000
 counter = itertools.count()
 
 
 def _drain(directory: Path, tmp: Path) -> int:
-    cp = Checkpointer(str(tmp / f"state{next(counter)}"))
-    t = Tailer(cp, name="bench", paths=[f"{directory}/*.log"], batch_max_age=3600, read_budget=1 << 30)
+    cfg = config.parse(
+        f"state_dir: {tmp}/state{next(counter)}\ninputs: [{{name: bench, paths: ['{directory}/*.log'], read_budget: 1GiB}}]\n"
+        "outputs: [{type: blackhole}]\nbatch: {max_age: 1h}"
+    )
+    _, t = standalone_tailer(cfg)
     records = 0
     while True:
         batches = t.step()

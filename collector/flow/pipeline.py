@@ -1,22 +1,25 @@
 """The pipeline: tailer tasks (one per input, driving the Rust core on a worker thread) →
-bounded channel → dispatcher → one bounded channel and task per output. A batch is committed
-(its checkpoints may advance) when every output has acknowledged it. Stopping: tailers stop
+bounded channel → dispatcher → one bounded channel and task per output. Each output's
+acknowledgement goes to the core's ledger, which commits a batch (its checkpoints may advance)
+when every output has acknowledged it. Stopping: tailers stop
 reading and flush their open batch, channels close downstream, outputs drain within
 `shutdown_grace`, and the checkpoints are written one last time."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
 import time
-from typing import Literal
+from collections.abc import Awaitable, Callable
 
+import msgspec
 import trio
 
 from collector import log
 from collector._native import Batch, Checkpointer, Tailer, raise_nofile_limit
-from collector.flow.config import Config, InputConfig
+from collector.flow.config import CHECKPOINT_FORGET_AFTER, Config, TailerOptions, tailer_options
 from collector.flow.outputs import Output, build
 
 CHANNEL_SIZE = 4
@@ -24,36 +27,29 @@ CHANNEL_SIZE = 4
 INLINE_STEP_SECONDS = 0.02
 
 
-def make_tailer(
-    cp: Checkpointer,
-    inp: InputConfig,
-    cfg: Config,
-    encodings: list[Literal["proto", "json"]],
-    compression: tuple[str, int] | None = None,
-) -> Tailer:
-    return Tailer(
-        cp,
-        name=inp.name,
-        paths=inp.paths,
-        exclude=inp.exclude,
-        watch=inp.watch,
-        poll_interval=float(inp.poll_interval),
-        rescan_interval=float(inp.rescan_interval or 0.0),  # set by InputConfig.__post_init__
-        read_from=inp.read_from,
-        max_line_bytes=int(inp.max_line_bytes),
-        read_budget=int(inp.read_budget),
-        partial_flush=float(inp.partial_flush),
-        rotate_wait=float(inp.rotate_wait),
-        close_inactive=float(inp.close_inactive),
-        batch_max_bytes=int(cfg.batch.max_bytes),
-        batch_max_records=cfg.batch.max_records,
-        batch_max_age=float(cfg.batch.max_age),
-        host=socket.gethostname(),
-        encodings=list(encodings),
-        compression=compression[0] if compression else None,
-        compression_level=compression[1] if compression else 1,
-        coalesce=None if inp.coalesce == "auto" else float(inp.coalesce),
-    )
+def tailer_options_for(cfg: Config, outputs: list[Output]) -> list[TailerOptions]:
+    """Each input's tailer options, given the outputs it feeds: the wire forms they need, the
+    codec batches are compressed with as they close (the first output that compresses: on the
+    thread that reads, no extra thread hop per batch), and how many acknowledge each batch."""
+    encodings = sorted({o.encoding for o in outputs})
+    compression = next((c for o in outputs if (c := o.precompress()) is not None), None)
+    host = socket.gethostname()
+    return [
+        tailer_options(inp, cfg, encodings=list(encodings), compression=compression, outputs=len(outputs), host=host)
+        for inp in cfg.inputs
+    ]
+
+
+def make_tailer(cp: Checkpointer, options: TailerOptions) -> Tailer:
+    return Tailer(cp, **msgspec.structs.asdict(options))
+
+
+def standalone_tailer(cfg: Config, index: int = 0) -> tuple[Checkpointer, Tailer]:
+    """Input `index`'s tailer built exactly as `Pipeline.run` builds it, without a pipeline
+    (tests and micro-benchmarks drive it by hand)."""
+    outputs = [build(o, cfg.state_dir) for o in cfg.outputs]
+    cp = Checkpointer(cfg.state_dir, float(CHECKPOINT_FORGET_AFTER))
+    return cp, make_tailer(cp, tailer_options_for(cfg, outputs)[index])
 
 
 class StateDirInUse(Exception):
@@ -78,24 +74,25 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 class Pipeline:
+    """Outputs are built here (plain objects); every resource is acquired in `run`, in order
+    (the state_dir lock, the checkpoints, the tailers with their inotify instances, each
+    output opened), and released in reverse inside its scope, whatever fails or is cancelled:
+    outputs closed, last checkpoints written, lock released."""
+
+    checkpointer: Checkpointer
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._lock = lock_state_dir(cfg.state_dir)
-        self.checkpointer = Checkpointer(cfg.state_dir)
         self.outputs: list[Output] = [build(o, cfg.state_dir) for o in cfg.outputs]
-        encodings = sorted({o.encoding for o in self.outputs})
-        # The first output that compresses gets its batches compressed by the core as they
-        # close, on the thread that reads: no extra thread hop per batch.
-        compression = next((c for o in self.outputs if (c := o.precompress()) is not None), None)
-        self.tailers = [make_tailer(self.checkpointer, inp, cfg, encodings, compression) for inp in cfg.inputs]
+        self.tailers: list[Tailer] = []
+        self.tailer_options: list[TailerOptions] = []
         self._stopping = trio.Event()
         self._finished = trio.Event()
         self._readers: list[trio.CancelScope] = []
-        self._pending: dict[tuple[int, int], int] = {}
         self._commits = 0
         self.records_delivered = 0
         self.batches_delivered = 0
-        self.bytes_acked = [0] * len(self.tailers)
+        self.bytes_acked = [0] * len(cfg.inputs)
         self.checkpoint_writes = 0
 
     def request_stop(self) -> None:
@@ -120,45 +117,55 @@ class Pipeline:
         total["records_delivered"] = self.records_delivered
         total["batches_delivered"] = self.batches_delivered
         for out in self.outputs:
-            for k, v in getattr(out, "stats", {}).items():
+            for k, v in out.stats.items():
                 total[f"{out.name}.{k}"] = v
         return total
 
     def stats_by_input(self) -> dict[str, dict[str, int]]:
         """Each input's core counters, plus `lag_bytes`: read but not yet acknowledged."""
         out = {}
-        for i, (inp, t) in enumerate(zip(self.cfg.inputs, self.tailers, strict=True)):
+        for i, (inp, t) in enumerate(zip(self.cfg.inputs, self.tailers, strict=False)):
             s = t.stats()
             s["lag_bytes"] = max(0, s["bytes"] - self.bytes_acked[i])
             out[inp.name] = s
         return out
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as resources:
+                await self._acquire(resources)
+                await self._serve(task_status)
+        finally:
+            self._finished.set()
+
+    async def _acquire(self, resources: contextlib.AsyncExitStack) -> None:
+        cfg = self.cfg
+        lock = lock_state_dir(cfg.state_dir)
+        resources.callback(os.close, lock)  # released last: the final checkpoints are written
+        self.checkpointer = Checkpointer(cfg.state_dir, float(CHECKPOINT_FORGET_AFTER))
+        resources.push_async_callback(_shielded, self._write_checkpoints)
         raise_nofile_limit()
+        self.tailer_options = tailer_options_for(cfg, self.outputs)
+        self.tailers = [make_tailer(self.checkpointer, o) for o in self.tailer_options]
         for out in self.outputs:
             await out.open()
-        try:
-            async with trio.open_nursery() as services:
-                services.start_soon(self._checkpoint_loop)
-                for out in self.outputs:
-                    services.start_soon(out.serve)
-                with trio.CancelScope() as flow:
-                    services.start_soon(self._grace_watchdog, flow)
-                    task_status.started()
-                    await self._flow()
-                if flow.cancelled_caught:
-                    log.warning(
-                        "shutdown grace period over: undelivered batches stay behind their checkpoints",
-                        unacknowledged=len(self._pending),
-                    )
-                services.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                for out in self.outputs:
-                    await out.close()
-                await self._write_checkpoints()
-            os.close(self._lock)  # the last checkpoints are written: another tailrace may start
-            self._finished.set()
+            resources.push_async_callback(_shielded, out.close)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as services:
+            services.start_soon(self._checkpoint_loop)
+            for out in self.outputs:
+                services.start_soon(out.serve)
+            with trio.CancelScope() as flow:
+                services.start_soon(self._grace_watchdog, flow)
+                task_status.started()
+                await self._flow()
+            if flow.cancelled_caught:
+                log.warning(
+                    "shutdown grace period over: undelivered batches stay behind their checkpoints",
+                    unacknowledged=sum(t.stats()["pending_batches"] for t in self.tailers),
+                )
+            services.cancel_scope.cancel()
 
     async def _flow(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -178,21 +185,33 @@ class Pipeline:
                 for i, t in enumerate(self.tailers):
                     nursery.start_soon(self._tail_loop, i, t, to_dispatch.clone())
 
+    def _codec_output(self) -> Output | None:
+        """The output whose codec the core compresses with as batches close (see
+        `tailer_options_for`)."""
+        return next((o for o in self.outputs if o.precompress() is not None), None)
+
     async def _tail_loop(self, index: int, tailer: Tailer, out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
         """Step the core, then wait: on the inotify descriptor when nothing is known to be
         written, else until the core's next timer (written files wait `coalesce` to be read, an
         open batch its age limit). One wakeup carries many lines: on a VM each trio wakeup costs
         ~150-400 µs of CPU, more than reading a line. Stopping cancels the wait; batches already
-        read are sent (shielded) and the open batch is flushed."""
+        read are sent (shielded) and the open batch is flushed. Before each step the core is
+        told the compressing output's current codec, so batches close compressed once, with
+        the codec that output sends (it changes after a 415)."""
         limiter = trio.CapacityLimiter(1)
         fd = tailer.readiness_fd()
         heavy = True  # the first step discovers every file: on a worker thread
+        codec_out = self._codec_output()
+        codec = self.tailer_options[index].compression, self.tailer_options[index].compression_level
         async with out:
             with trio.CancelScope() as reading:
                 self._readers.append(reading)
                 if self._stopping.is_set():
                     reading.cancel()
                 while True:
+                    if codec_out is not None and (now := codec_out.precompress() or (None, 0)) != codec:
+                        codec = now
+                        tailer.set_compression(*codec)
                     # A step that reads little runs inline: a thread hop costs more than the work.
                     # After a step that read a lot the next runs on a worker thread, so the event
                     # loop stays free while a backlog is read.
@@ -206,7 +225,7 @@ class Pipeline:
                         heavy = time.perf_counter() - t0 > INLINE_STEP_SECONDS
                     if batches:
                         with trio.CancelScope(shield=True):
-                            await self._emit(index, batches, out)
+                            await self._emit(batches, index, out)
                     for msg in tailer.take_reports():
                         log.warning(msg, input=self.cfg.inputs[index].name)
                     wait = tailer.next_wakeup()
@@ -217,11 +236,11 @@ class Pipeline:
                     else:
                         with trio.move_on_after(wait):
                             await trio.lowlevel.wait_readable(fd)
-            await self._emit(index, await trio.to_thread.run_sync(tailer.flush, limiter=limiter), out)
+            await self._emit(await trio.to_thread.run_sync(tailer.flush, limiter=limiter), index, out)
 
-    async def _emit(self, index: int, batches: list[Batch], out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
+    @staticmethod
+    async def _emit(batches: list[Batch], index: int, out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
         for b in batches:
-            self._pending[(index, b.id)] = len(self.outputs)
             await out.send((index, b))
 
     async def _dispatch(
@@ -266,13 +285,9 @@ class Pipeline:
         self._ack(index, batch)
 
     def _ack(self, index: int, batch: Batch) -> None:
-        key = (index, batch.id)
-        left = self._pending[key] - 1
-        if left:
-            self._pending[key] = left
-            return
-        del self._pending[key]
-        self.tailers[index].commit(batch.id)
+        """One output acknowledged: the core's ledger decides what that commits."""
+        if not self.tailers[index].commit(batch.id):
+            return  # other outputs have yet to acknowledge it
         self.bytes_acked[index] += batch.input_bytes
         self._commits += 1
         self.records_delivered += batch.records
@@ -292,16 +307,17 @@ class Pipeline:
                 await self._write_checkpoints()
 
     async def _write_checkpoints(self) -> None:
-        def _write() -> None:
-            for t in self.tailers:
-                t.sync()
-            self.checkpointer.write()
-
         try:
-            await trio.to_thread.run_sync(_write)
+            await trio.to_thread.run_sync(self.checkpointer.write)
             self.checkpoint_writes += 1
         except OSError as e:
             log.log("error", f"cannot write checkpoints: {e}", every=10.0)
+
+
+async def _shielded(f: Callable[[], Awaitable[None]]) -> None:
+    """Release a resource even while the scope is being cancelled."""
+    with trio.CancelScope(shield=True):
+        await f()
 
 
 async def progress(pipeline: Pipeline, interval: float) -> None:

@@ -4,9 +4,9 @@ the directory); once `append` returns it counts as acknowledged, so checkpoints 
 output replays segments oldest first (also after a restart) and deletes each one its receiver
 acknowledged. Bounded by `max_bytes`: a full spool makes `append` wait, which stops reading.
 
-Segment layout: magic `TRS1`, codec (1 byte: 0 none, 1 gzip, 2 zstd), records (u32 LE),
-payload length (u32 LE), CRC-32 of the payload (u32 LE), then the payload: the encoded,
-compressed ExportLogsServiceRequest exactly as it would be sent."""
+Segment layout: magic `TRS1`, codec (1 byte: its index in the core's `CODECS`, 0 none, 1 gzip,
+2 zstd), records (u32 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), then the
+payload: the encoded, compressed ExportLogsServiceRequest exactly as it would be sent."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import trio
 
 from collector import log
+from collector._native import CODECS
 
 MAGIC = b"TRS1"
 _HEAD = struct.Struct("<4sBIII")
-CODECS = ("none", "gzip", "zstd")
 
 
 @dataclass(frozen=True)

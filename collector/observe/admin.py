@@ -47,7 +47,7 @@ class Admin:
             "cpu_s": process_cpu_seconds(),
             "rss_bytes": process_rss_bytes(),
             "inputs": p.stats_by_input(),
-            "outputs": {o.name: {**getattr(o, "stats", {}), **o.state()} for o in p.outputs},
+            "outputs": {o.name: {**o.stats, **o.state()} for o in p.outputs},
             "totals": p.stats(),
             "profiler": None if prof is None else {
                 "profiles": prof.profiles, "last_share": prof.last_share, "last_samples": prof.last_samples,

@@ -112,7 +112,7 @@ class Telemetry:
             return [
                 Observation(st[key], {"output": out.name})
                 for out in self.pipeline.outputs
-                if key in (st := getattr(out, "stats", {}))
+                if key in (st := out.stats)
             ]
 
         return f
@@ -130,9 +130,9 @@ class Telemetry:
 
     def _spool_bytes(self) -> Iterable[Observation]:
         return [
-            Observation(spool.bytes, {"output": out.name})
+            Observation(spool_bytes, {"output": out.name})
             for out in self.pipeline.outputs
-            if (spool := getattr(out, "spool", None)) is not None
+            if isinstance(spool_bytes := out.state().get("spool_bytes"), int)
         ]
 
     def _stat_share(self) -> Iterable[Observation]:

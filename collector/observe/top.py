@@ -17,9 +17,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-STAT_KINDS = ("syscalls_fstat", "syscalls_stat")
-
-
 def fetch(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=5) as r:
         return dict(orjson.loads(r.read()))
@@ -43,7 +40,8 @@ def view(prev: dict[str, Any], now: dict[str, Any]) -> Group:
         p = prev["inputs"].get(name, s)
         lines = s["lines"] - p["lines"]
         calls = sum(s[k] - p[k] for k in s if k.startswith("syscalls_"))
-        stat = sum(s[k] - p[k] for k in STAT_KINDS)
+        stat = s["stat_family"] - p["stat_family"]
+
         def per(n: int, lines: int = lines) -> str:
             return f"{n / lines:.3f}" if lines else "-"
 

@@ -1,14 +1,23 @@
 #!/bin/sh
-# Builds the OpenTelemetry Collector used by the tests and benchmarks into
-# target/otelcol/otelcol-tailrace (skipped when it is newer than its sources).
-# Go's module and build caches keep a rebuild cheap.
+# The one builder of the OpenTelemetry Collectors tailrace runs:
+#   tests/otelcol/build.sh tailrace   the tests' receiving end  → target/otelcol/otelcol-tailrace
+#   tests/otelcol/build.sh filelog    the benchmarks' filelog peer → target/otelcol/otelcol-filelog
+# A build is a directory here holding its go.mod (one release of every collector module) and
+# its component list (components.go); the program around them is main.go, shared. Skipped
+# when the binary is newer than its sources; Go's module and build caches keep a rebuild cheap.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-out="$here/../../target/otelcol/otelcol-tailrace"
-if [ -x "$out" ] && [ -z "$(find "$here" -newer "$out" -name '*.go' -o -newer "$out" -name 'go.*')" ]; then
+build=${1:?usage: build.sh tailrace|filelog}
+src="$here/$build"
+[ -f "$src/components.go" ] || { echo "build.sh: no build named $build in $here" >&2; exit 2; }
+out="$here/../../target/otelcol/otelcol-$build"
+if [ -x "$out" ] && [ -z "$(find "$src" "$here/main.go" -newer "$out" \( -name '*.go' -o -name 'go.*' \))" ]; then
     exit 0
 fi
+release=$(sed -n 's|^[[:space:]]*go.opentelemetry.io/collector/otelcol v||p' "$src/go.mod")
 mkdir -p "$(dirname "$out")"
-echo "building the OpenTelemetry Collector (v0.161.0) into $out" >&2
-cd "$here"
-CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$out" .
+echo "building the OpenTelemetry Collector $build (v$release) into $out" >&2
+cp "$here/main.go" "$src/main.go"
+trap 'rm -f "$src/main.go"' EXIT
+cd "$src"
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.command=otelcol-$build -X main.release=$release" -o "$out" .

@@ -1,47 +1,30 @@
-// otelcol-tailrace: the OpenTelemetry Collector that tailrace's tests and benchmarks
-// talk to. Built from Go modules (every collector module at one release, see go.mod):
-// the OTLP receiver in front of the contrib file exporter, which the tests read back
-// (and the core OTLP/HTTP exporter, to relay). Build: tests/otelcol/build.sh.
+// The OpenTelemetry Collector tailrace's tests and benchmarks run, one program for every build:
+// the components come from components.go of the build (tests/otelcol/<build>/), the name and
+// release from the builder's -ldflags. Build: tests/otelcol/build.sh <build>.
 package main
 
 import (
 	"log"
 
-	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/provider/envprovider"
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/confmap/provider/yamlprovider"
-	"go.opentelemetry.io/collector/exporter"
-	"go.opentelemetry.io/collector/exporter/otlphttpexporter"
 	"go.opentelemetry.io/collector/otelcol"
-	"go.opentelemetry.io/collector/receiver"
-	"go.opentelemetry.io/collector/receiver/otlpreceiver"
-	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 )
 
-func components() (otelcol.Factories, error) {
-	var err error
-	f := otelcol.Factories{Telemetry: otelconftelemetry.NewFactory()}
-	f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](
-		otlpreceiver.NewFactory(),
-	)
-	if err != nil {
-		return f, err
-	}
-	f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](
-		fileexporter.NewFactory(),
-		otlphttpexporter.NewFactory(),
-	)
-	return f, err
-}
+// Set by the builder (-ldflags -X).
+var (
+	command = "otelcol"
+	release = "dev"
+)
 
 func main() {
 	info := component.BuildInfo{
-		Command:     "otelcol-tailrace",
+		Command:     command,
 		Description: "OpenTelemetry Collector for tailrace tests and benchmarks",
-		Version:     "0.161.0",
+		Version:     release,
 	}
 	settings := otelcol.CollectorSettings{
 		BuildInfo: info,

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 from collector._native import Batch
 from collector.flow.config import BlackholeOutput
+from collector.flow.outputs import Output
 
 
-class Blackhole:
-    encoding: Final = "proto"
-    max_in_flight = 1
+class Blackhole(Output):
+    encoding = "proto"
 
     def __init__(self, cfg: BlackholeOutput) -> None:
-        self.name = cfg.name
-        self.batches = 0
-        self.records = 0
+        super().__init__(cfg.name)
 
-    def precompress(self) -> None:
-        return None
+    @property
+    def batches(self) -> int:
+        return self.stats["delivered_batches"]
 
-    def state(self) -> dict[str, object]:
-        return {}
-
-    async def serve(self) -> None:
-        pass
-
-    async def open(self) -> None:
-        pass
+    @property
+    def records(self) -> int:
+        return self.stats["delivered_records"]
 
     async def send(self, batch: Batch) -> None:
-        self.batches += 1
-        self.records += batch.records
-
-    async def close(self) -> None:
-        pass
+        self.delivered(batch)

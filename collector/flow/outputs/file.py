@@ -5,32 +5,23 @@ flushed to the kernel; writes run on a worker thread so the event loop never blo
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Final
+from typing import BinaryIO
 
 import trio
 
 from collector._native import Batch
 from collector.flow.config import FileOutput
+from collector.flow.outputs import Output
 
 
-class File:
-    encoding: Final = "json"
-    max_in_flight = 1
+class File(Output):
+    encoding = "json"
 
     def __init__(self, cfg: FileOutput) -> None:
-        self.name = cfg.name
+        super().__init__(cfg.name)
         self.path = cfg.path
         self._f: BinaryIO | None = None
         self._limiter = trio.CapacityLimiter(1)
-
-    def precompress(self) -> None:
-        return None
-
-    def state(self) -> dict[str, object]:
-        return {}
-
-    async def serve(self) -> None:
-        pass
 
     async def open(self) -> None:
         def _open() -> BinaryIO:
@@ -49,6 +40,7 @@ class File:
             f.flush()
 
         await trio.to_thread.run_sync(_write, limiter=self._limiter)
+        self.delivered(batch)
 
     async def close(self) -> None:
         if self._f is not None:

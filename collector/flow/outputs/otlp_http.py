@@ -17,7 +17,6 @@ stops behind the window (`max_in_flight` batches)."""
 from __future__ import annotations
 
 import email.utils
-import gzip
 import math
 import os
 import random
@@ -25,21 +24,20 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from pathlib import Path
-from typing import Final
 
 import trio
 
 from collector import __version__, log
-from collector._native import Batch
+from collector._native import Batch, default_level, transcode
 from collector.flow.config import OtlpHttpOutput
-from collector.http import Client, HttpError, Response, signal_url
+from collector.flow.outputs import Output
 from collector.flow.spool import Entry, Spool
+from collector.http import Client, HttpError, Response, signal_url
 
 RETRYABLE = {429, 502, 503, 504}
 MISCONFIGURED = {401, 403, 404}
 # Encodings of this many uncompressed bytes or more run on a worker thread.
 INLINE_ENCODE_BYTES = 64 * 1024
-DEFAULT_LEVEL = {"zstd": 1, "gzip": 6, "none": 0}
 
 
 class Outcome(Enum):
@@ -129,24 +127,6 @@ def server_message(resp: Response) -> str:
     return resp.body[:300].decode("utf-8", "replace").strip()
 
 
-def transcode(payload: bytes, src: str, dst: str, level: int) -> bytes:
-    """Recompress a spooled payload for a codec the endpoint accepts now."""
-    import zstandard
-
-    if src == dst:
-        return payload
-    raw = payload
-    if src == "zstd":
-        raw = zstandard.ZstdDecompressor().decompress(payload)
-    elif src == "gzip":
-        raw = gzip.decompress(payload)
-    if dst == "zstd":
-        return zstandard.ZstdCompressor(level=level).compress(raw)
-    if dst == "gzip":
-        return gzip.compress(raw, compresslevel=level)
-    return raw
-
-
 class HeaderFiles:
     """Header values kept in files (rotating tokens): re-read when the file changes."""
 
@@ -173,11 +153,11 @@ class HeaderFiles:
         return out
 
 
-class OtlpHttp:
-    encoding: Final = "proto"
+class OtlpHttp(Output):
+    encoding = "proto"
 
     def __init__(self, cfg: OtlpHttpOutput, state_dir: str) -> None:
-        self.name = cfg.name
+        super().__init__(cfg.name)
         self.cfg = cfg
         self.url = logs_url(cfg.endpoint)
         self.max_in_flight = cfg.max_in_flight
@@ -193,9 +173,7 @@ class OtlpHttp:
             )
         self._spooling = False
         self.last_error: str | None = None
-        # Export latency hook (telemetry): (output, seconds, HTTP status or 0 without an answer).
-        self.observe: Callable[[str, float, int], None] | None = None
-        self.stats: dict[str, int] = dict.fromkeys(
+        self.stats = dict.fromkeys(
             ("requests", "delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records",
              "rejected_records", "spooled_batches", "spooled_records", "replayed_batches", "split_batches"),
             0,
@@ -203,7 +181,7 @@ class OtlpHttp:
 
     def level(self, codec: str) -> int:
         lvl = self.cfg.compression_level
-        return DEFAULT_LEVEL[codec] if lvl is None or codec != self.cfg.compression else lvl
+        return default_level(codec) if lvl is None or codec != self.cfg.compression else lvl
 
     def state(self) -> dict[str, object]:
         spool = self.spool

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Final
 
 import trio
 
 from collector._native import Batch
 from collector.flow.config import StdoutOutput
+from collector.flow.outputs import Output
 
 
-class Stdout:
-    encoding: Final = "json"
-    max_in_flight = 1
+class Stdout(Output):
+    encoding = "json"
 
     def __init__(self, cfg: StdoutOutput) -> None:
-        self.name = cfg.name
+        super().__init__(cfg.name)
         self._limiter = trio.CapacityLimiter(1)
-
-    def precompress(self) -> None:
-        return None
-
-    def state(self) -> dict[str, object]:
-        return {}
-
-    async def serve(self) -> None:
-        pass
-
-    async def open(self) -> None:
-        pass
 
     async def send(self, batch: Batch) -> None:
         def _write() -> None:
@@ -37,6 +24,4 @@ class Stdout:
             sys.stdout.buffer.flush()
 
         await trio.to_thread.run_sync(_write, limiter=self._limiter)
-
-    async def close(self) -> None:
-        pass
+        self.delivered(batch)

@@ -1,4 +1,4 @@
-module github.com/tailrace/tailrace/tests/otelcol
+module github.com/tailrace/tailrace/tests/otelcol/tailrace
 
 go 1.26.0
 

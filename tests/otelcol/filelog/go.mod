@@ -1,4 +1,4 @@
-module github.com/tailrace/tailrace/bench/otelcol-filelog
+module github.com/tailrace/tailrace/tests/otelcol/filelog
 
 go 1.26.0
 
