@@ -27,13 +27,14 @@ from tests.conftest import ROOT
 from tests.receiver import Receiver
 
 
-async def until(cond: Callable[[], Any], timeout: float, what: str) -> None:
+async def until(cond: Callable[[], Any], deadline_s: float, what: str) -> None:
     """Wait for `cond` with a deadline (trio's clock; the condition is checked every 20 ms)."""
-    with trio.move_on_after(timeout) as scope:
-        while not cond():  # noqa: ASYNC110 (a condition other threads make true)
-            await trio.sleep(0.02)
-    if scope.cancelled_caught:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    try:
+        with trio.fail_after(deadline_s):
+            while not cond():  # noqa: ASYNC110 (a condition other threads make true)
+                await trio.sleep(0.02)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out after {deadline_s}s waiting for {what}") from None
 
 
 def _cfg(tmp_path: Path, extra: str = "", outputs: str = "[{type: blackhole}]", inp: str = "") -> config.Config:
@@ -56,7 +57,8 @@ async def test_tailers_built_by_tests_and_benchmarks_are_the_ones_run_builds(tmp
     assert p.tailer_options == standalone
     o = standalone[0]
     # The configuration's defaults reach the core as numbers, decoded once.
-    assert (o.watch, o.coalesce, o.batch_max_bytes, o.batch_max_age, o.rescan_interval) == ("auto", None, 2 << 20, 0.2, 60.0)
+    defaults = (o.watch, o.coalesce, o.batch_max_bytes, o.batch_max_age, o.rescan_interval)
+    assert defaults == ("auto", None, 2 << 20, 0.2, 60.0)
     assert (o.encodings, o.compression, o.outputs) == (["proto"], None, 1)
     cp, t = standalone_tailer(cfg)
     assert t.read_delay() == 0.2, "coalesce auto waits the batch's max_age"
@@ -108,7 +110,8 @@ def test_a_corrupt_checkpoint_file_is_corrupt_state_naming_the_file(tmp_path: Pa
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )
     assert r.returncode == 1, r.stderr
-    assert f"tailrace: corrupt state, not guessing (move the file aside to start over): {state}/checkpoints.json" in r.stderr
+    why = "tailrace: corrupt state, not guessing (move the file aside to start over)"
+    assert f"{why}: {state}/checkpoints.json: not a checkpoint file" in r.stderr
     assert "Traceback" not in r.stderr and "configuration error" not in r.stderr
 
 

@@ -16,9 +16,9 @@ import trio
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from collector.flow import config
-from collector.http import Target, proxy_for
 from collector.flow.outputs.otlp_http import logs_url, partial_success, retry_after, transcode
 from collector.flow.spool import Spool
+from collector.http import Target, proxy_for
 from tests.conftest import require_tool, stopped_stats, wait_for
 from tests.receiver import Receiver
 from tests.test_otlp import account, otlp_config, write_files

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import trio
 
-from collector.flow import config
 from collector._native import Batch
+from collector.flow import config
 from collector.flow.outputs import Output
 from collector.flow.pipeline import Pipeline, standalone_tailer
 from tests.conftest import records

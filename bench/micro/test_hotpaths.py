@@ -23,7 +23,8 @@ counter = itertools.count()
 
 def _drain(directory: Path, tmp: Path) -> int:
     cfg = config.parse(
-        f"state_dir: {tmp}/state{next(counter)}\ninputs: [{{name: bench, paths: ['{directory}/*.log'], read_budget: 1GiB}}]\n"
+        f"state_dir: {tmp}/state{next(counter)}\n"
+        f"inputs: [{{name: bench, paths: ['{directory}/*.log'], read_budget: 1GiB}}]\n"
         "outputs: [{type: blackhole}]\nbatch: {max_age: 1h}"
     )
     _, t = standalone_tailer(cfg)

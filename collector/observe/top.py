@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+
 def fetch(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url.rstrip("/") + "/stats", timeout=5) as r:
         return dict(orjson.loads(r.read()))

@@ -21,8 +21,11 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoints::Checkpointer;
 use crate::identity::{FileKey, Fingerprint, KeyMap};
 
+/// Where a batch ends in one file: `(key, epoch, offset just past its last record there)`.
+pub type FileEnd = (FileKey, u32, u64);
+
 /// A file's offset that became committed: `(key, epoch, offset)`.
-pub type Commit = (FileKey, u32, u64);
+pub type Commit = FileEnd;
 
 struct BatchState {
     acks_left: u32,
@@ -44,7 +47,7 @@ impl Runs {
     }
 
     /// A batch closed holding, per file, the offset just past its last record (in read order).
-    pub fn open(&mut self, id: u64, offsets: &[(FileKey, u32, u64)]) {
+    pub fn open(&mut self, id: u64, offsets: &[FileEnd]) {
         for &(key, epoch, end) in offsets {
             self.files.entry(key).or_default().push_back((id, epoch, end));
         }
@@ -54,7 +57,7 @@ impl Runs {
     /// One output acknowledged batch `id`. `None`: not a pending batch (unknown, or already
     /// acknowledged by every output). `Some(commits)`: the offsets that became committed
     /// (empty until the last output acknowledged it, or while earlier batches are pending).
-    pub fn ack(&mut self, id: u64, offsets: &[(FileKey, u32, u64)]) -> Option<Vec<Commit>> {
+    pub fn ack(&mut self, id: u64, offsets: &[FileEnd]) -> Option<Vec<Commit>> {
         let b = self.batches.get_mut(&id).filter(|b| b.acks_left > 0)?;
         b.acks_left -= 1;
         if b.acks_left > 0 {
@@ -96,7 +99,7 @@ impl Runs {
 struct Inner {
     runs: Runs,
     /// Each pending batch's offsets (what its acknowledgement may commit).
-    offsets: KeyMap<u64, Vec<(FileKey, u32, u64)>>,
+    offsets: KeyMap<u64, Vec<FileEnd>>,
     /// Heads of files not yet fingerprinted in full: a commit stores the longer head.
     heads: KeyMap<FileKey, Fingerprint>,
 }
@@ -118,7 +121,7 @@ impl Ledger {
     }
 
     /// Batches closed by the tailer, with the heads of the files whose fingerprint grew.
-    pub fn open(&self, batches: &[(u64, &[(FileKey, u32, u64)])], heads: Vec<(FileKey, Fingerprint)>) {
+    pub fn open(&self, batches: &[(u64, &[FileEnd])], heads: Vec<(FileKey, Fingerprint)>) {
         let mut g = self.inner.lock().expect("ledger lock");
         for &(id, offsets) in batches {
             g.runs.open(id, offsets);
@@ -133,7 +136,7 @@ impl Ledger {
         let mut g = self.inner.lock().expect("ledger lock");
         let Inner { runs, offsets, heads } = &mut *g;
         let commits = runs.ack(id, offsets.get(&id).map(Vec::as_slice).unwrap_or(&[]))?;
-        let complete = !runs.batches.get(&id).is_some_and(|b| b.acks_left > 0);
+        let complete = runs.batches.get(&id).is_none_or(|b| b.acks_left == 0);
         if complete {
             offsets.remove(&id);
         }
@@ -188,10 +191,10 @@ mod tests {
             let mut next_off = [0u64; 4];
             let mut epoch = [1u32; 4];
             let mut per_file: Vec<Vec<(u64, u32, u64)>> = vec![vec![]; 4];
-            let mut all: Vec<(u64, Vec<(FileKey, u32, u64)>)> = vec![];
+            let mut all: Vec<(u64, Vec<FileEnd>)> = vec![];
             for (i, recs) in batches.iter().enumerate() {
                 let id = i as u64 + 1;
-                let mut offsets: Vec<(FileKey, u32, u64)> = vec![];
+                let mut offsets: Vec<FileEnd> = vec![];
                 for &(f, len, bump) in recs {
                     if bump == 0 {
                         epoch[f as usize] += 1; // truncated: a new reading from 0

@@ -26,7 +26,7 @@ use crate::counters::Counters;
 use crate::discovery::{self, Discoverer};
 use crate::error::{Error, Result};
 use crate::identity::{FileKey, Fingerprint};
-use crate::ledger::Ledger;
+use crate::ledger::{FileEnd, Ledger};
 use crate::naive::NaiveWatcher;
 use crate::otlp::CodecChoice;
 use crate::reader::{FileReader, FileState, ReadResult};
@@ -570,7 +570,7 @@ impl Tailer {
                     }
                 }
             }
-            let ids: Vec<(u64, &[(FileKey, u32, u64)])> = out.iter().map(|b| (b.id, b.offsets.as_slice())).collect();
+            let ids: Vec<(u64, &[FileEnd])> = out.iter().map(|b| (b.id, b.offsets.as_slice())).collect();
             self.ledger.open(&ids, heads);
         }
         out
