@@ -36,7 +36,7 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
         from collector.observe.profiler import Profiler
 
         pc = cfg.profiler
-        profiler = Profiler(Path(cfg.state_dir) / "profiles", every=float(pc.every), duration=float(pc.duration),
+        profiler = Profiler(Path(cfg.state_dir) / "profiles", every=pc.every, duration=pc.duration,
                             rate=pc.rate, threshold=pc.threshold, min_samples=pc.min_samples, keep=pc.keep)
     from collector.observe.telemetry import Telemetry
 
@@ -64,7 +64,7 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             nursery.start_soon(telemetry.watch_loop_lag)
             tc = cfg.telemetry
             if tc.otlp_endpoint:
-                nursery.start_soon(telemetry.push, tc.otlp_endpoint, float(tc.interval), tc.headers, tc.tls)
+                nursery.start_soon(telemetry.push, tc.otlp_endpoint, tc.interval, tc.headers, tc.tls)
             if cfg.admin.enabled:
                 from collector.observe.admin import Admin
 
@@ -72,7 +72,7 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
             if profiler is not None:
                 nursery.start_soon(profiler.run)
             if cfg.progress_interval:
-                nursery.start_soon(progress, pipeline, float(cfg.progress_interval))
+                nursery.start_soon(progress, pipeline, cfg.progress_interval)
             if demo:
                 from collector.demo import write_traffic
 

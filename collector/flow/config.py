@@ -182,7 +182,7 @@ class RetryConfig(_Strict):
     misconfigured: Duration = duration("60s")
 
     def __post_init__(self) -> None:
-        if float(self.initial) <= 0:
+        if self.initial <= 0:
             raise ValueError("initial: must be positive")
 
 
@@ -224,7 +224,7 @@ class OtlpHttpOutput(_Output, tag="otlp_http", kw_only=True):
             raise ValueError(f"endpoint: bad port in {self.endpoint!r}") from None
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight: must be at least 1")
-        if float(self.timeout) <= 0:
+        if self.timeout <= 0:
             raise ValueError("timeout: must be positive")
         for k in (*self.headers, *self.header_files):
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k):
@@ -247,7 +247,7 @@ class ProfilerConfig(_Strict):
     keep: int = 12
 
     def __post_init__(self) -> None:
-        if float(self.duration) < 1:
+        if self.duration < 1:
             raise ValueError("duration: at least 1s")
         if not 1 <= self.rate <= 1000:
             raise ValueError("rate: between 1 and 1000 (Hz)")
@@ -279,7 +279,7 @@ class TelemetryConfig(_Strict):
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
 
     def __post_init__(self) -> None:
-        if float(self.interval) <= 0:
+        if self.interval <= 0:
             raise ValueError("interval: must be positive")
         if self.otlp_endpoint is not None and not re.match(r"^https?://[^/]+", self.otlp_endpoint):
             raise ValueError(f"otlp_endpoint: expected http(s)://host:port, got {self.otlp_endpoint!r}")

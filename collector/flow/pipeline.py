@@ -48,7 +48,7 @@ def standalone_tailer(cfg: Config, index: int = 0) -> tuple[Checkpointer, Tailer
     """Input `index`'s tailer built exactly as `Pipeline.run` builds it, without a pipeline
     (tests and micro-benchmarks drive it by hand)."""
     outputs = [build(o, cfg.state_dir) for o in cfg.outputs]
-    cp = Checkpointer(cfg.state_dir, float(CHECKPOINT_FORGET_AFTER))
+    cp = Checkpointer(cfg.state_dir, CHECKPOINT_FORGET_AFTER)
     return cp, make_tailer(cp, tailer_options_for(cfg, outputs)[index])
 
 
@@ -142,7 +142,7 @@ class Pipeline:
         cfg = self.cfg
         lock = lock_state_dir(cfg.state_dir)
         resources.callback(os.close, lock)  # released last: the final checkpoints are written
-        self.checkpointer = Checkpointer(cfg.state_dir, float(CHECKPOINT_FORGET_AFTER))
+        self.checkpointer = Checkpointer(cfg.state_dir, CHECKPOINT_FORGET_AFTER)
         resources.push_async_callback(_shielded, self._write_checkpoints)
         raise_nofile_limit()
         self.tailer_options = tailer_options_for(cfg, self.outputs)
@@ -295,13 +295,13 @@ class Pipeline:
 
     async def _grace_watchdog(self, flow: trio.CancelScope) -> None:
         await self._stopping.wait()
-        await trio.sleep(float(self.cfg.shutdown_grace))
+        await trio.sleep(self.cfg.shutdown_grace)
         flow.cancel()
 
     async def _checkpoint_loop(self) -> None:
         written = -1
         while True:
-            await trio.sleep(float(self.cfg.checkpoint_interval))
+            await trio.sleep(self.cfg.checkpoint_interval)
             if self._commits != written:
                 written = self._commits
                 await self._write_checkpoints()

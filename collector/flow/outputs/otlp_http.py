@@ -162,14 +162,14 @@ class OtlpHttp(Output):
         self.url = logs_url(cfg.endpoint)
         self.max_in_flight = cfg.max_in_flight
         self.codec = cfg.compression
-        self.timeout = float(cfg.timeout)
+        self.timeout = cfg.timeout
         self._headers = [(k, v) for k, v in cfg.headers.items()]
         self._header_files = HeaderFiles(cfg.header_files)
         self.client = Client(self.url, cfg.tls, f"tailrace/{__version__}", self.timeout)
         self.spool: Spool | None = None
         if cfg.spool.enabled:
             self.spool = Spool(
-                Path(state_dir) / "spool" / cfg.name, int(cfg.spool.max_bytes), cfg.name, float(cfg.spool.warn_every)
+                Path(state_dir) / "spool" / cfg.name, cfg.spool.max_bytes, cfg.name, cfg.spool.warn_every
             )
         self._spooling = False
         self.last_error: str | None = None
@@ -240,7 +240,7 @@ class OtlpHttp(Output):
         if self.spool is not None and (self._spooling or len(self.spool)):
             await self._spool(batch, [(0, batch.records)])
             return
-        deadline = trio.current_time() + float(self.cfg.spool.after) if self.spool is not None else math.inf
+        deadline = trio.current_time() + self.cfg.spool.after if self.spool is not None else math.inf
         ranges = [(0, batch.records)]
         while ranges:
             start, end = ranges[0]
@@ -283,7 +283,7 @@ class OtlpHttp(Output):
         return h + self._headers + self._header_files.values()
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(float(self.cfg.retry.max), float(self.cfg.retry.initial) * 2**attempt)
+        cap = min(self.cfg.retry.max, self.cfg.retry.initial * 2**attempt)
         return random.uniform(cap / 2, cap)
 
     async def _post(self, make: Callable[[str], Awaitable[bytes]], records: int, deadline: float) -> Outcome:
@@ -328,7 +328,7 @@ class OtlpHttp(Output):
                     log.log("warning", f"output {self.name}: {self.url} answered {s}; retrying",
                             every=10.0, key=f"retry:{self.name}")
                 elif s in MISCONFIGURED:
-                    wait = after if after is not None else float(self.cfg.retry.misconfigured)
+                    wait = after if after is not None else self.cfg.retry.misconfigured
                     log.log("error", f"output {self.name}: {self.url} answered {s} ({server_message(resp)}): "
                             "check the endpoint and credentials; retrying", every=60.0, key=f"conf:{self.name}")
                 else:
