@@ -334,6 +334,7 @@ class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
     poll_interval: float
     rescan_interval: float
     read_from: str
+    format: str
     max_line_bytes: int
     read_budget: int
     # The read buffer (one per tailer) and the batches ready before reading stops in a step
@@ -347,6 +348,8 @@ class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
     batch_max_records: int
     batch_max_age: float
     host: str
+    # `k8s.node.name` of every resource (the downward API's K8S_NODE_NAME), when set.
+    node_name: str | None = None
     first_batch_id: int = 1
     encodings: list[str]
     compression: str | None
@@ -364,6 +367,7 @@ def tailer_options(
     compression: tuple[str, int] | None,
     outputs: int,
     host: str,
+    node_name: str | None = None,
 ) -> TailerOptions:
     """The options of `inp`'s tailer: what its outputs need (wire forms, the codec batches are
     compressed with as they close, how many acknowledge each batch) and the configuration."""
@@ -376,6 +380,7 @@ def tailer_options(
         poll_interval=float(inp.poll_interval),
         rescan_interval=float(inp.rescan_interval),
         read_from=inp.read_from,
+        format=inp.format,
         max_line_bytes=int(inp.max_line_bytes),
         read_budget=int(inp.read_budget),
         partial_flush=float(inp.partial_flush),
@@ -385,6 +390,7 @@ def tailer_options(
         batch_max_records=cfg.batch.max_records,
         batch_max_age=float(cfg.batch.max_age),
         host=host,
+        node_name=node_name,
         encodings=sorted(encodings),
         compression=compression[0] if compression else None,
         compression_level=compression[1] if compression else 0,
@@ -436,9 +442,6 @@ def load(path: str | Path) -> Config:
 def check(cfg: Config) -> list[str]:
     """What this build cannot run yet, as errors naming the key (empty when runnable)."""
     problems = []
-    for i, inp in enumerate(cfg.inputs):
-        if inp.format != "plain":
-            problems.append(f"$.inputs[{i}].format: {inp.format!r} is not available in this build yet (plain)")
     names = [o.name for o in cfg.outputs]
     for i, out in enumerate(cfg.outputs):
         if names.count(out.name) > 1:

@@ -34,8 +34,11 @@ def tailer_options_for(cfg: Config, outputs: list[Output]) -> list[TailerOptions
     encodings = sorted({o.encoding for o in outputs})
     compression = next((c for o in outputs if (c := o.precompress()) is not None), None)
     host = socket.gethostname()
+    node = os.environ.get("K8S_NODE_NAME") or None  # set by the DaemonSet (downward API)
     return [
-        tailer_options(inp, cfg, encodings=list(encodings), compression=compression, outputs=len(outputs), host=host)
+        tailer_options(
+            inp, cfg, encodings=list(encodings), compression=compression, outputs=len(outputs), host=host, node_name=node
+        )
         for inp in cfg.inputs
     ]
 

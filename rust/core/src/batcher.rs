@@ -1,18 +1,21 @@
 //! Batcher: records → batches. A batch holds its records once per wire form its outputs need,
-//! each written straight into one buffer (no object per record): OTLP protobuf
+//! each written straight into its resource's buffer (no object per record): OTLP protobuf
 //! (`ExportLogsServiceRequest`, for `otlp_http` and `blackhole`) and OTLP JSON (for `file` and
-//! `stdout`). It carries the offsets that acknowledging it commits. A batch closes at
+//! `stdout`), with one `ResourceLogs` per resource (`resource.rs`: host, pod, container),
+//! whose attributes are encoded once. It carries the offsets that acknowledging it commits. A batch closes at
 //! `max_bytes` (uncompressed), `max_records`, or `max_age` (checked by the tailer's clock).
 //! Compression happens when an output asks for the payload (`Batch::encode`), on the caller's
 //! thread with the GIL released.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::identity::FileKey;
 use crate::otlp::{self, escape_json, CodecChoice, Compression};
-use crate::reader::{Flags, LineSink, Source};
+use crate::resource::{self, Resource};
+use crate::reader::{Flags, LineSink, Source, Stream};
 
 /// Which wire forms the batcher writes (at least one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,15 +34,6 @@ pub struct BatchLimits {
     pub max_age: Duration,
 }
 
-/// The parts of every request that do not depend on the records.
-#[derive(Debug)]
-pub struct RequestParts {
-    /// `Resource.attributes` fields (host.name).
-    resource_attrs: Vec<u8>,
-    /// `InstrumentationScope` (name tailrace, its version).
-    scope: Vec<u8>,
-}
-
 /// One batch and what acknowledging it commits.
 #[derive(Debug)]
 pub struct Batch {
@@ -51,18 +45,25 @@ pub struct Batch {
     pub offsets: Vec<(FileKey, u32, u64)>,
     /// The whole OTLP/JSON document (with its newline), if JSON was asked for.
     pub json: Vec<u8>,
-    /// The protobuf request, if protobuf was asked for: a gap for the head, then the encoded
-    /// `log_records` fields from `gap` on. At close the head is written at the end of the gap
-    /// (from `head_at`), so the whole request is one contiguous slice (compressed without a
-    /// copy). `ends[i]` is where record `i` ends, relative to `gap`.
+    /// The whole protobuf request, if protobuf was asked for: one `ResourceLogs` per resource,
+    /// each holding its records in file order. `ends[i]` is where record `i` ends in it;
+    /// `groups` say where each resource's records start.
     proto: Vec<u8>,
-    gap: usize,
-    head_at: usize,
     ends: Vec<u32>,
-    parts: Arc<RequestParts>,
+    groups: Vec<Span>,
+    scope: Arc<Vec<u8>>,
     /// The whole request compressed when the batch closed, if the tailer was asked to.
     compressed: Option<(Compression, i32, Vec<u8>)>,
     pool: Arc<BufferPool>,
+}
+
+/// Where one resource's records lie in a closed batch.
+#[derive(Debug)]
+struct Span {
+    resource: Arc<Resource>,
+    /// Index of its first record, and the byte where that record starts in `proto`.
+    first: usize,
+    start: usize,
 }
 
 impl Drop for Batch {
@@ -113,13 +114,28 @@ impl Batch {
             if let Some(done) = self.precompressed(codec, level) {
                 return Ok(done.into());
             }
-            return compress(&[&self.proto[self.head_at..]]).map(Into::into);
+            return compress(&[&self.proto]).map(Into::into);
         }
-        let a = self.gap + if from == 0 { 0 } else { self.ends[from - 1] as usize };
-        let b = self.gap + self.ends[to - 1] as usize;
-        let records = &self.proto[a..b];
-        let head = otlp::proto_request_head(&self.parts.resource_attrs, &self.parts.scope, records.len());
-        compress(&[&head, records]).map(Into::into)
+        // A request of its own: each resource's records within the range, under its head.
+        let mut heads: Vec<Vec<u8>> = Vec::new();
+        let mut slices: Vec<(usize, usize)> = Vec::new();
+        for (g, span) in self.groups.iter().enumerate() {
+            let last = self.groups.get(g + 1).map_or(self.ends.len(), |n| n.first);
+            let (a, b) = (from.max(span.first), to.min(last));
+            if a >= b {
+                continue;
+            }
+            let start = if a == span.first { span.start } else { self.ends[a - 1] as usize };
+            let end = self.ends[b - 1] as usize;
+            heads.push(otlp::proto_resource_logs_head(&span.resource.proto, &self.scope, end - start));
+            slices.push((start, end));
+        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * heads.len());
+        for (h, (a, b)) in heads.iter().zip(&slices) {
+            parts.push(h);
+            parts.push(&self.proto[*a..*b]);
+        }
+        compress(&parts).map(Into::into)
     }
 
     /// The whole request as compressed when the batch closed, if it was, with this codec.
@@ -130,14 +146,34 @@ impl Batch {
         }
     }
 
-    /// Uncompressed protobuf size of the records of the batch.
+    /// Size of the protobuf request, uncompressed.
     pub fn proto_len(&self) -> usize {
-        self.proto.len() - self.gap
+        self.proto.len()
+    }
+
+    /// The resources of the batch, one `ResourceLogs` each, in the order they appear.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.groups.iter().map(|g| &*g.resource)
     }
 }
 
+/// One resource's records in the open batch.
+struct Group {
+    resource: Arc<Resource>,
+    proto: Vec<u8>,
+    /// Where each record ends in `proto`.
+    ends: Vec<u32>,
+    json: Vec<u8>,
+}
+
 struct Open {
-    batch: Batch,
+    id: u64,
+    records: u64,
+    input_bytes: u64,
+    offsets: Vec<(FileKey, u32, u64)>,
+    groups: Vec<Group>,
+    /// Bytes written so far (the larger wire form), against `max_bytes`.
+    bytes: usize,
     opened: Instant,
 }
 
@@ -147,11 +183,15 @@ pub struct Batcher {
     /// Compress each batch as it closes (on the thread that reads), with the main output's
     /// current codec.
     precompress: Arc<CodecChoice>,
-    /// Room for the request head before the records (its largest possible size).
-    gap: usize,
     pool: Arc<BufferPool>,
-    header: Vec<u8>,
-    parts: Arc<RequestParts>,
+    /// `InstrumentationScope` (name tailrace, its version), encoded once.
+    scope: Arc<Vec<u8>>,
+    /// `host.name` and `k8s.node.name`, the attributes every resource has.
+    base: Vec<(&'static str, String)>,
+    /// Resources by their attributes (files of one container share one).
+    resources: std::collections::HashMap<Vec<(&'static str, String)>, Arc<Resource>>,
+    /// Group buffers of closed batches, reused.
+    spare: Vec<Vec<u8>>,
     open: Option<Open>,
     ready: VecDeque<Batch>,
     next_id: u64,
@@ -162,32 +202,25 @@ pub struct Batcher {
     pub invalid_utf8: u64,
 }
 
-const FOOTER: &[u8] = b"]}]}]}\n";
-
 impl Batcher {
     pub fn new(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64) -> Self {
-        Self::with_compression(limits, encodings, host, first_id, Arc::new(CodecChoice::default()))
+        Self::with_compression(limits, encodings, host, None, first_id, Arc::new(CodecChoice::default()))
     }
 
-    pub fn with_compression(limits: BatchLimits, encodings: Encodings, host: &str, first_id: u64, precompress: Arc<CodecChoice>) -> Self {
-        let mut header = Vec::new();
-        header.extend_from_slice(b"{\"resourceLogs\":[{\"resource\":{\"attributes\":[");
-        string_attr(&mut header, "host.name", host.as_bytes());
-        header.extend_from_slice(b"]},\"scopeLogs\":[{\"scope\":{\"name\":\"tailrace\",\"version\":\"");
-        header.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-        header.extend_from_slice(b"\"},\"logRecords\":[");
-        let mut resource_attrs = Vec::new();
-        otlp::proto_string_attr(&mut resource_attrs, 1, "host.name", host);
-        let parts = Arc::new(RequestParts { resource_attrs, scope: otlp::proto_scope("tailrace", env!("CARGO_PKG_VERSION")) });
-        let gap = otlp::proto_request_head(&parts.resource_attrs, &parts.scope, u32::MAX as usize).len();
+    pub fn with_compression(limits: BatchLimits, encodings: Encodings, host: &str, node: Option<&str>, first_id: u64, precompress: Arc<CodecChoice>) -> Self {
+        let mut base = vec![("host.name", host.to_string())];
+        if let Some(node) = node {
+            base.push(("k8s.node.name", node.to_string()));
+        }
         Batcher {
             limits,
             encodings,
             precompress,
-            gap,
             pool: Arc::new(BufferPool::default()),
-            header,
-            parts,
+            scope: Arc::new(otlp::proto_scope("tailrace", env!("CARGO_PKG_VERSION"))),
+            base,
+            resources: Default::default(),
+            spare: Vec::new(),
             open: None,
             ready: VecDeque::new(),
             next_id: first_id,
@@ -236,47 +269,109 @@ impl Batcher {
         }
     }
 
+    /// The resource of a source: from its path, interned (files of one container share it).
+    fn resource_of(&mut self, source: &Source) -> Arc<Resource> {
+        let mut attrs = self.base.clone();
+        attrs.extend(resource::path_attrs(&source.path));
+        self.resources
+            .entry(attrs)
+            .or_insert_with_key(|a| Arc::new(Resource::new(&a.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())))
+            .clone()
+    }
+
+    /// Lay the open batch out as one request (a `ResourceLogs` per group) and one JSON
+    /// document, compress it if asked, and queue it.
     fn finish(&mut self) {
-        if let Some(mut o) = self.open.take() {
-            let b = &mut o.batch;
-            if self.encodings.json {
-                b.json.extend_from_slice(FOOTER);
+        let Some(o) = self.open.take() else { return };
+        let (enc, scope) = (self.encodings, self.scope.clone());
+        let records_bytes: usize = o.groups.iter().map(|g| g.proto.len()).sum();
+        let mut proto = if enc.proto { self.pool.take(records_bytes + o.groups.len() * 256) } else { Vec::new() };
+        let mut ends = Vec::with_capacity(if enc.proto { o.records as usize } else { 0 });
+        let mut spans = Vec::with_capacity(o.groups.len());
+        let mut json = Vec::new();
+        if enc.json {
+            json.reserve(o.groups.iter().map(|g| g.json.len() + g.resource.json.len() + 128).sum::<usize>() + 32);
+            json.extend_from_slice(b"{\"resourceLogs\":[");
+        }
+        let mut first = 0usize;
+        for (i, mut g) in o.groups.into_iter().enumerate() {
+            let n = g.ends.len();
+            if enc.proto {
+                proto.extend_from_slice(&otlp::proto_resource_logs_head(&g.resource.proto, &scope, g.proto.len()));
+                let start = proto.len();
+                ends.extend(g.ends.iter().map(|e| (start + *e as usize) as u32));
+                proto.extend_from_slice(&g.proto);
+                spans.push(Span { resource: g.resource.clone(), first, start });
             }
-            if self.encodings.proto {
-                let head = otlp::proto_request_head(&b.parts.resource_attrs, &b.parts.scope, b.proto.len() - b.gap);
-                b.head_at = b.gap - head.len();
-                b.proto[b.head_at..b.gap].copy_from_slice(&head);
-                if let Some((codec, level)) = self.precompress.get() {
-                    // A failure here is retried (and reported) by the output's own encode.
-                    if let Ok(out) = otlp::compress(codec, level, &[&b.proto[b.head_at..]]) {
-                        b.compressed = Some((codec, level, out));
-                    }
+            if enc.json {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.extend_from_slice(b"{\"resource\":{\"attributes\":[");
+                json.extend_from_slice(&g.resource.json);
+                json.extend_from_slice(b"]},\"scopeLogs\":[{\"scope\":{\"name\":\"tailrace\",\"version\":\"");
+                json.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+                json.extend_from_slice(b"\"},\"logRecords\":[");
+                json.extend_from_slice(&g.json);
+                json.extend_from_slice(b"]}]}");
+            }
+            first += n;
+            for mut v in [std::mem::take(&mut g.proto), std::mem::take(&mut g.json)] {
+                if v.capacity() > 0 && self.spare.len() < 4096 {
+                    v.clear();
+                    self.spare.push(v);
                 }
             }
-            self.ready.push_back(o.batch);
         }
+        if enc.json {
+            json.extend_from_slice(b"]}\n");
+        }
+        let mut b = Batch {
+            id: o.id,
+            records: o.records,
+            input_bytes: o.input_bytes,
+            offsets: o.offsets,
+            json,
+            proto,
+            ends,
+            groups: spans,
+            scope,
+            compressed: None,
+            pool: self.pool.clone(),
+        };
+        if enc.proto {
+            if let Some((codec, level)) = self.precompress.get() {
+                // A failure here is retried (and reported) by the output's own encode.
+                if let Ok(out) = otlp::compress(codec, level, &[&b.proto]) {
+                    b.compressed = Some((codec, level, out));
+                }
+            }
+        }
+        self.ready.push_back(b);
     }
 }
 
-/// A source's attributes (`log.file.path`, `log.file.name`) in each wire form, encoded once.
-#[derive(Debug, Default)]
+/// A source's attributes (`log.file.path`, `log.file.name`) in each wire form, and its
+/// resource, found once per source.
+#[derive(Debug)]
 pub struct SourceAttrs {
     json: Vec<u8>,
     proto: Vec<u8>,
+    resource: Arc<Resource>,
 }
 
-fn source_attrs(source: &Source) -> &SourceAttrs {
+fn source_attrs(source: &Source, resource: impl FnOnce() -> Arc<Resource>) -> &SourceAttrs {
     source.encoded_attrs.get_or_init(|| {
         let path = String::from_utf8_lossy(source.path.as_bytes());
         let name = path.rsplit('/').next().unwrap_or(&path);
         let mut json = Vec::with_capacity(128 + 2 * path.len());
-        string_attr(&mut json, "log.file.path", path.as_bytes());
+        otlp::json_string_attr(&mut json, "log.file.path", path.as_bytes());
         json.push(b',');
-        string_attr(&mut json, "log.file.name", name.as_bytes());
+        otlp::json_string_attr(&mut json, "log.file.name", name.as_bytes());
         let mut proto = Vec::with_capacity(64 + 2 * path.len());
         otlp::proto_string_attr(&mut proto, 6, "log.file.path", &path);
         otlp::proto_string_attr(&mut proto, 6, "log.file.name", name);
-        SourceAttrs { json, proto }
+        SourceAttrs { json, proto, resource: resource() }
     })
 }
 
@@ -288,47 +383,42 @@ fn proto_flag(key: &'static str) -> Vec<u8> {
 }
 
 thread_local! {
-    static FLAGS: [Vec<u8>; 3] = [proto_flag("tailrace.invalid_utf8"), proto_flag("tailrace.split"), proto_flag("tailrace.partial")];
+    static FLAGS: [Vec<u8>; 4] = [proto_flag("tailrace.invalid_utf8"), proto_flag("tailrace.split"), proto_flag("tailrace.partial"), proto_flag("tailrace.parse_error")];
+    /// `log.iostream` = stdout, stderr.
+    static STREAMS: [Vec<u8>; 2] = [proto_stream(Stream::Stdout), proto_stream(Stream::Stderr)];
+}
+
+fn proto_stream(s: Stream) -> Vec<u8> {
+    let mut v = Vec::new();
+    otlp::proto_string_attr(&mut v, 6, "log.iostream", s.name());
+    v
 }
 
 impl LineSink for Batcher {
     fn record(&mut self, source: &Arc<Source>, body: &[u8], end_offset: u64, consumed: u64, flags: Flags) {
-        let attrs = source_attrs(source);
-        let now = self.now;
-        let (enc, header, parts, gap, pool) = (self.encodings, &self.header, &self.parts, self.gap, &self.pool);
-        let max_bytes = self.limits.max_bytes;
-        let open = self.open.get_or_insert_with(|| {
-            let mut json = Vec::new();
-            if enc.json {
-                json.reserve(64 * 1024);
-                json.extend_from_slice(header);
-            }
+        if source.encoded_attrs.get().is_none() {
+            let r = self.resource_of(source);
+            source_attrs(source, || r);
+        }
+        let attrs = source_attrs(source, || unreachable!("set above"));
+        let enc = self.encodings;
+        if self.open.is_none() {
             let id = self.next_id;
             self.next_id += 1;
-            let batch = Batch {
-                id,
-                records: 0,
-                input_bytes: 0,
-                offsets: Vec::new(),
-                json,
-                // A buffer a delivered batch gave back: already grown and paged in.
-                proto: if enc.proto {
-                    let mut v = pool.take(gap + max_bytes / 16);
-                    v.resize(gap, 0);
-                    v
-                } else {
-                    Vec::new()
-                },
-                gap: if enc.proto { gap } else { 0 },
-                head_at: 0,
-                ends: Vec::new(),
-                parts: parts.clone(),
-                compressed: None,
-                pool: pool.clone(),
-            };
-            Open { batch, opened: now }
-        });
-        let b = &mut open.batch;
+            self.open = Some(Open { id, records: 0, input_bytes: 0, offsets: Vec::new(), groups: Vec::new(), bytes: 0, opened: self.now });
+        }
+        let o = self.open.as_mut().expect("opened above");
+        // The group of this record's resource: usually the last one used (a file's records
+        // come in runs).
+        let gi = match o.groups.iter().rposition(|g| Arc::ptr_eq(&g.resource, &attrs.resource)) {
+            Some(i) => i,
+            None => {
+                let mut take = || self.spare.pop().unwrap_or_default();
+                o.groups.push(Group { resource: attrs.resource.clone(), proto: take(), ends: Vec::new(), json: take() });
+                o.groups.len() - 1
+            }
+        };
+        let g = &mut o.groups[gi];
         let lossy;
         let (text, valid) = match std::str::from_utf8(body) {
             Ok(t) => (t, true),
@@ -337,68 +427,74 @@ impl LineSink for Batcher {
                 (&*lossy, false)
             }
         };
+        let before = g.proto.len().max(g.json.len());
         if enc.proto {
             FLAGS.with(|f| {
-                let mut extra: [&[u8]; 4] = [&attrs.proto, &[], &[], &[]];
-                if !valid {
-                    extra[1] = &f[0];
-                }
-                if flags.split {
-                    extra[2] = &f[1];
-                }
-                if flags.partial {
-                    extra[3] = &f[2];
-                }
-                otlp::proto_record(&mut b.proto, self.observed_ns, text, &extra);
+                STREAMS.with(|st| {
+                    let mut extra: [&[u8]; 6] = [&attrs.proto, &[], &[], &[], &[], &[]];
+                    if let Some(s) = flags.stream {
+                        extra[1] = &st[s as usize];
+                    }
+                    if !valid {
+                        extra[2] = &f[0];
+                    }
+                    if flags.split {
+                        extra[3] = &f[1];
+                    }
+                    if flags.partial {
+                        extra[4] = &f[2];
+                    }
+                    if flags.parse_error {
+                        extra[5] = &f[3];
+                    }
+                    otlp::proto_record(&mut g.proto, flags.time_ns, self.observed_ns, text, &extra);
+                })
             });
-            b.ends.push((b.proto.len() - b.gap) as u32);
+            g.ends.push(g.proto.len() as u32);
         }
         if enc.json {
-            let p = &mut b.json;
-            if b.records > 0 {
+            let p = &mut g.json;
+            if !p.is_empty() {
                 p.push(b',');
             }
-            p.extend_from_slice(b"{\"observedTimeUnixNano\":\"");
+            p.push(b'{');
+            if flags.time_ns != 0 {
+                p.extend_from_slice(b"\"timeUnixNano\":\"");
+                let _ = write!(p, "{}", flags.time_ns); // into a Vec: cannot fail
+                p.extend_from_slice(b"\",");
+            }
+            p.extend_from_slice(b"\"observedTimeUnixNano\":\"");
             p.extend_from_slice(&self.observed);
             p.extend_from_slice(b"\",\"body\":{\"stringValue\":\"");
             escape_json(p, text.as_bytes());
             p.extend_from_slice(b"\"},\"attributes\":[");
             p.extend_from_slice(&attrs.json);
-            if !valid {
+            if let Some(s) = flags.stream {
                 p.push(b',');
-                bool_attr(p, "tailrace.invalid_utf8");
+                otlp::json_string_attr(p, "log.iostream", s.name().as_bytes());
             }
-            if flags.split {
-                p.push(b',');
-                bool_attr(p, "tailrace.split");
-            }
-            if flags.partial {
-                p.push(b',');
-                bool_attr(p, "tailrace.partial");
+            for (on, key) in [(!valid, "tailrace.invalid_utf8"), (flags.split, "tailrace.split"), (flags.partial, "tailrace.partial"), (flags.parse_error, "tailrace.parse_error")] {
+                if on {
+                    p.push(b',');
+                    bool_attr(p, key);
+                }
             }
             p.extend_from_slice(b"]}");
         }
-        b.records += 1;
-        b.input_bytes += consumed;
-        match b.offsets.last_mut() {
+        o.bytes += g.proto.len().max(g.json.len()) - before;
+        o.records += 1;
+        o.input_bytes += consumed;
+        match o.offsets.last_mut() {
             Some((k, e, prev)) if *k == source.key && *e == source.epoch => *prev = end_offset,
-            _ => b.offsets.push((source.key, source.epoch, end_offset)),
+            _ => o.offsets.push((source.key, source.epoch, end_offset)),
         }
         if !valid {
             self.invalid_utf8 += 1;
         }
-        if b.json.len().max(b.proto.len() - b.gap) >= self.limits.max_bytes || b.records as usize >= self.limits.max_records {
+        if o.bytes >= self.limits.max_bytes || o.records as usize >= self.limits.max_records {
             self.finish();
         }
     }
-}
-
-fn string_attr(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    out.extend_from_slice(b"{\"key\":\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\",\"value\":{\"stringValue\":\"");
-    escape_json(out, String::from_utf8_lossy(value).as_bytes());
-    out.extend_from_slice(b"\"}}");
 }
 
 fn bool_attr(out: &mut Vec<u8>, key: &str) {
@@ -467,7 +563,7 @@ mod tests {
         b.set_clock(Instant::now(), 42);
         let src = Arc::new(Source { key: FileKey { dev: 1, ino: 2 }, path: "/var/log/a.log".into(), epoch: 3, encoded_attrs: Default::default() });
         b.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
-        b.record(&src, b"\xffbad", 21, 5, Flags { split: false, partial: true });
+        b.record(&src, b"\xffbad", 21, 5, Flags { partial: true, ..Flags::default() });
         let batch = b.pop_ready().expect("closed at max_records");
         assert_eq!(batch.id, 7);
         assert_eq!((batch.records, batch.input_bytes), (2, 21));
@@ -507,10 +603,10 @@ mod tests {
         // Compressed as it closes when asked: the same request, no work left for the output.
         let limits = BatchLimits { max_bytes: 1 << 20, max_records: 2, max_age: Duration::from_secs(1) };
         let choice = Arc::new(CodecChoice::new(Some((Compression::Zstd, 1))));
-        let mut pre = Batcher::with_compression(limits, Encodings { proto: true, json: false }, "h\"1", 7, choice.clone());
+        let mut pre = Batcher::with_compression(limits, Encodings { proto: true, json: false }, "h\"1", None, 7, choice.clone());
         pre.set_clock(Instant::now(), 42);
         pre.record(&src, b"he said \"hi\"\t\x01", 16, 16, Flags::default());
-        pre.record(&src, b"\xffbad", 21, 5, Flags { split: false, partial: true });
+        pre.record(&src, b"\xffbad", 21, 5, Flags { partial: true, ..Flags::default() });
         let p = pre.pop_ready().unwrap();
         assert!(p.json.is_empty());
         let done = p.precompressed(Compression::Zstd, 1).expect("compressed at close");
@@ -531,5 +627,56 @@ mod tests {
         assert!(text.contains(r#"{"key":"tailrace.invalid_utf8","value":{"boolValue":true}},{"key":"tailrace.partial","value":{"boolValue":true}}"#));
         assert!(text.contains(r#"{"key":"log.file.name","value":{"stringValue":"a.log"}}"#));
         assert_eq!(b.invalid_utf8, 1);
+    }
+
+    #[test]
+    fn one_resource_logs_per_resource_encoded_once_records_in_file_order() {
+        let limits = BatchLimits { max_bytes: 1 << 20, max_records: 100, max_age: Duration::from_secs(1) };
+        let mut b = Batcher::with_compression(limits, Encodings { proto: true, json: true }, "n1", Some("node-a"), 1, Arc::new(CodecChoice::default()));
+        b.set_clock(Instant::now(), 42);
+        let uid = "49cc7c1fd3702c40b2686ea7486091d3";
+        let src = |ino: u64, path: String| Arc::new(Source { key: FileKey { dev: 1, ino }, path, epoch: 1, encoded_attrs: Default::default() });
+        let app = src(1, format!("/var/log/pods/shop_cart_{uid}/app/0.log"));
+        let app_rotated = src(2, format!("/var/log/pods/shop_cart_{uid}/app/0.log.20261201-101500"));
+        let side = src(3, format!("/var/log/pods/shop_cart_{uid}/sidecar/1.log"));
+        let plain = src(4, "/var/log/syslog".into());
+        let meta = Flags { stream: Some(Stream::Stderr), time_ns: 7, ..Flags::default() };
+        for (s, body) in [(&app_rotated, "a0"), (&side, "s0"), (&app, "a1"), (&plain, "p0"), (&side, "s1"), (&app, "a2")] {
+            b.record(s, body.as_bytes(), 10, 3, meta);
+        }
+        b.close_if_due(Instant::now(), true);
+        let batch = b.pop_ready().unwrap();
+        let req = batch.encode(Compression::None, 0, 0, 6).unwrap().into_owned();
+        let rls: Vec<Vec<(u64, Vec<u8>)>> = fields(&req).into_iter().map(|(f, v)| { assert_eq!(f, 1); fields(&v) }).collect();
+        let resource = |rl: &Vec<(u64, Vec<u8>)>| fields(&rl[0].1).iter().map(|a| kv(&a.1)).collect::<Vec<_>>();
+        let bodies = |rl: &Vec<(u64, Vec<u8>)>| fields(&rl[1].1)[1..].iter().map(|r| text(&fields(&fields(&r.1)[2].1)[0].1)).collect::<Vec<_>>();
+        // Three resources (the rotated file shares its container's), in order of appearance;
+        // each holds its records in the order they were read.
+        assert_eq!(rls.len(), 3);
+        let base = [("host.name".to_string(), "n1".to_string()), ("k8s.node.name".into(), "node-a".into())];
+        let pod = |c: &str, n: &str| {
+            let mut v = base.to_vec();
+            v.extend([("k8s.namespace.name", "shop"), ("k8s.pod.name", "cart"), ("k8s.pod.uid", uid), ("k8s.container.name", c), ("k8s.container.restart_count", n)].map(|(k, v)| (k.to_string(), v.to_string())));
+            v
+        };
+        assert_eq!((resource(&rls[0]), bodies(&rls[0])), (pod("app", "0"), vec!["a0".to_string(), "a1".into(), "a2".into()]));
+        assert_eq!((resource(&rls[1]), bodies(&rls[1])), (pod("sidecar", "1"), vec!["s0".to_string(), "s1".into()]));
+        assert_eq!((resource(&rls[2]), bodies(&rls[2])), (base.to_vec(), vec!["p0".to_string()]));
+        // A record: time (field 1), observed time, body, its file's attributes, the stream.
+        let r0 = fields(&fields(&rls[0][1].1)[1].1);
+        assert_eq!((r0[0].0, r0[0].1.clone()), (1, 7u64.to_le_bytes().to_vec()));
+        assert_eq!(kv(&r0.last().unwrap().1), ("log.iostream".into(), "stderr".into()));
+        // A range is a request of its own across resources: records 2..5 in grouped order
+        // (a2, s0, s1) are two ResourceLogs.
+        let part = batch.encode(Compression::None, 0, 2, 5).unwrap().into_owned();
+        let prls: Vec<Vec<(u64, Vec<u8>)>> = fields(&part).into_iter().map(|(_, v)| fields(&v)).collect();
+        assert_eq!(prls.iter().map(bodies).collect::<Vec<_>>(), vec![vec!["a2".to_string()], vec!["s0".to_string(), "s1".into()]]);
+        let json: serde_json::Value = serde_json::from_slice(&batch.json).unwrap();
+        let rl = json["resourceLogs"].as_array().unwrap();
+        assert_eq!(rl.len(), 3);
+        assert_eq!(rl[1]["scopeLogs"][0]["logRecords"][1]["body"]["stringValue"], "s1");
+        assert_eq!(rl[1]["scopeLogs"][0]["logRecords"][1]["timeUnixNano"], "7");
+        assert_eq!(rl[2]["resource"]["attributes"][1]["value"]["stringValue"], "node-a");
+        assert_eq!(batch.resources().count(), 3);
     }
 }

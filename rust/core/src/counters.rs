@@ -50,6 +50,8 @@ pub struct Counters {
     /// Trailing partial lines flushed after `partial_flush` of idleness or at rotation.
     pub partial_flushes: u64,
     pub invalid_utf8: u64,
+    /// Lines the parser could not read (shipped whole, flagged `tailrace.parse_error`).
+    pub parse_errors: u64,
     /// Files that matched but could not be opened or read (permissions, races).
     pub open_errors: u64,
     pub read_errors: u64,

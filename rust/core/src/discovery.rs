@@ -141,8 +141,15 @@ impl DirCache {
     }
 }
 
+/// Names of compressed or temporary files: never read as text (the kubelet compresses rotated
+/// container logs to `.gz`, written as `.gz.tmp` first).
+pub fn is_archive_name(name: &[u8]) -> bool {
+    [&b".gz"[..], b".tmp", b".zst", b".bz2", b".xz", b".zip", b".lz4"].iter().any(|s| name.ends_with(s))
+}
+
 /// Regular files in `path`'s directory whose names start with its file name (rotated siblings:
-/// `app.log.1`, `app.log-20260101`, ...), excluding `path` itself.
+/// `app.log.1`, `app.log-20260101`, `0.log.20260101-101500`, ...), excluding `path` itself and
+/// compressed or temporary files.
 pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<Found> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
@@ -152,7 +159,7 @@ pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -
         .iter()
         .filter(|f| {
             let b = f.as_encoded_bytes();
-            b.len() > name.len() && b.starts_with(name)
+            b.len() > name.len() && b.starts_with(name) && !is_archive_name(b)
         })
         .map(|f| dir.join(f))
         .collect();

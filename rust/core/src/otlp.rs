@@ -72,12 +72,17 @@ pub fn proto_true_attr(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(&[tag(2, 0), 1]);
 }
 
-/// One LogRecord as a `log_records` field: observed time, string body, attributes already
-/// encoded as repeated field 6.
-pub fn proto_record(out: &mut Vec<u8>, observed_ns: u64, body: &str, attrs: &[&[u8]]) {
+/// One LogRecord as a `log_records` field: time (the runtime's, when known: 0 is none),
+/// observed time, string body, attributes already encoded as repeated field 6.
+pub fn proto_record(out: &mut Vec<u8>, time_ns: u64, observed_ns: u64, body: &str, attrs: &[&[u8]]) {
     let any = field_len(body.len());
-    let rec = 9 + field_len(any) + attrs.iter().map(|a| a.len()).sum::<usize>();
+    let time = if time_ns != 0 { 9 } else { 0 };
+    let rec = time + 9 + field_len(any) + attrs.iter().map(|a| a.len()).sum::<usize>();
     put_len_field(out, 2, rec);
+    if time_ns != 0 {
+        out.push(tag(1, I64));
+        out.extend_from_slice(&time_ns.to_le_bytes());
+    }
     out.push(tag(11, I64));
     out.extend_from_slice(&observed_ns.to_le_bytes());
     put_len_field(out, 5, any);
@@ -88,9 +93,19 @@ pub fn proto_record(out: &mut Vec<u8>, observed_ns: u64, body: &str, attrs: &[&[
     }
 }
 
-/// The request around `records` (encoded `log_records` fields): resource (encoded
-/// `attributes` fields) and scope. Returns the bytes that go before the records.
-pub fn proto_request_head(resource_attrs: &[u8], scope: &[u8], records_len: usize) -> Vec<u8> {
+/// `KeyValue { key, value: { stringValue } }` in OTLP/JSON.
+pub fn json_string_attr(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    out.extend_from_slice(b"{\"key\":\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\",\"value\":{\"stringValue\":\"");
+    escape_json(out, String::from_utf8_lossy(value).as_bytes());
+    out.extend_from_slice(b"\"}}");
+}
+
+/// One `resource_logs` field of a request around `records` (encoded `log_records` fields):
+/// resource (encoded `attributes` fields) and scope. Returns the bytes that go before the
+/// records; a request is any number of these, each followed by its records.
+pub fn proto_resource_logs_head(resource_attrs: &[u8], scope: &[u8], records_len: usize) -> Vec<u8> {
     let scope_logs = field_len(scope.len()) + records_len;
     let resource_logs = field_len(resource_attrs.len()) + field_len(scope_logs);
     let mut h = Vec::with_capacity(32 + resource_attrs.len() + scope.len());

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::counters::Counters;
 use crate::identity::{FileKey, Fingerprint, FINGERPRINT_MAX};
+use crate::parser::{Format, Parser};
 
 /// Open for reading without updating the access time: a log file is written between our
 /// reads, so relatime would journal an atime update on almost every read. O_NOATIME needs the
@@ -34,13 +35,37 @@ pub struct Source {
     pub encoded_attrs: std::sync::OnceLock<crate::batcher::SourceAttrs>,
 }
 
-/// Flags carried by a record, exported as `tailrace.*` attributes.
+/// A container's output stream (`log.iostream`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// What a record carries besides its body: flags exported as `tailrace.*` attributes, and what
+/// the parser found in a container runtime's envelope.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flags {
-    /// A piece of a line longer than `max_line_bytes`.
+    /// A piece of a line (or merged message) longer than `max_line_bytes`.
     pub split: bool,
-    /// A trailing partial line flushed without its newline (idle, rotation, truncation).
+    /// A trailing partial line (or unfinished pieces) flushed without its end (idle, rotation,
+    /// truncation).
     pub partial: bool,
+    /// A line the parser could not read (shipped whole, as it is).
+    pub parse_error: bool,
+    /// The runtime's stream (`log.iostream`).
+    pub stream: Option<Stream>,
+    /// The runtime's timestamp (Unix ns; 0: none).
+    pub time_ns: u64,
 }
 
 /// Receives records in file order. `end_offset` is the file position just past the record:
@@ -80,6 +105,11 @@ pub struct FileReader {
     /// In the tailer's set of files with a timer of their own (mirrored, so that checking
     /// costs no set lookup).
     pub timed: bool,
+    /// Lines → records (container runtime envelopes; pieces held until their end).
+    pub parser: Parser,
+    /// The parser's cap on a (merged) message; the reader's own cap on a line is larger for
+    /// container formats (their envelope).
+    pub max_message: usize,
     /// Reads in a row, one per read pass, that found new bytes (a file that is written at
     /// every read turns steady: read on the cadence, without write events).
     pub streak: u8,
@@ -132,6 +162,8 @@ impl FileReader {
             look_mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             look_wall: SystemTime::now(),
             timed: false,
+            parser: Parser::new(Format::Plain),
+            max_message: usize::MAX,
             streak: 0,
         };
         Ok((reader, truncated))
@@ -234,6 +266,7 @@ impl FileReader {
     /// The file was truncated (or replaced in place): forget the carried bytes and start at 0.
     /// The caller decides whether the carry was recovered elsewhere (a copytruncate copy).
     pub fn restart_at_zero(&mut self) {
+        self.parser.reset();
         self.carry.clear();
         self.carry_split = false;
         self.carry_since = None;
@@ -243,13 +276,18 @@ impl FileReader {
         self.eof = false;
     }
 
-    /// Since when a partial line has been carried, if one is.
-    pub fn carry_since(&self) -> Option<Instant> {
-        if self.carry.is_empty() {
-            None
-        } else {
-            self.carry_since
+    /// Since when a partial line has been carried, or pieces held by the parser, if any.
+    pub fn pending_since(&self) -> Option<Instant> {
+        let carry = if self.carry.is_empty() { None } else { self.carry_since };
+        match (carry, self.parser.held_since()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// A partial line is carried or pieces are held (the file has a flush timer).
+    pub fn holds(&self) -> bool {
+        !self.carry.is_empty() || self.parser.held_since().is_some()
     }
 
     pub fn carried(&self) -> usize {
@@ -325,13 +363,13 @@ impl FileReader {
         let mut from = 0usize;
         for nl in memchr::memchr_iter(b'\n', data) {
             if self.carry.is_empty() && !self.carry_split {
-                self.emit_line(&data[from..nl], start + nl as u64 + 1, max_line, false, sink, c);
+                self.emit_line(&data[from..nl], start + nl as u64 + 1, max_line, false, now, sink, c);
             } else {
                 let mut line = std::mem::take(&mut self.carry);
                 line.extend_from_slice(&data[from..nl]);
                 let was_split = self.carry_split;
                 self.carry_split = false;
-                self.emit_line(&line, start + nl as u64 + 1, max_line, was_split, sink, c);
+                self.emit_line(&line, start + nl as u64 + 1, max_line, was_split, now, sink, c);
                 line.clear();
                 self.carry = line; // keep the allocation
             }
@@ -350,16 +388,17 @@ impl FileReader {
                 if !self.carry_split {
                     c.split_lines += 1;
                 }
-                self.emit(&piece, end, Flags { split: true, partial: false }, sink, c);
+                self.emit(&piece, end, Flags { split: true, ..Flags::default() }, now, sink, c);
                 self.carry_split = true;
             }
         }
     }
 
     /// Emit one complete line (without its newline) ending at `end_offset`.
-    fn emit_line(&mut self, line: &[u8], end_offset: u64, max_line: usize, split: bool, sink: &mut dyn LineSink, c: &mut Counters) {
+    #[allow(clippy::too_many_arguments)]
+    fn emit_line(&mut self, line: &[u8], end_offset: u64, max_line: usize, split: bool, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {
         if line.len() <= max_line {
-            self.emit(line, end_offset, Flags { split, partial: false }, sink, c);
+            self.emit(line, end_offset, Flags { split, ..Flags::default() }, now, sink, c);
             return;
         }
         if !split {
@@ -368,29 +407,32 @@ impl FileReader {
         let mut rest = line;
         while rest.len() > max_line {
             let end = self.emitted + max_line as u64;
-            self.emit(&rest[..max_line], end, Flags { split: true, partial: false }, sink, c);
+            self.emit(&rest[..max_line], end, Flags { split: true, ..Flags::default() }, now, sink, c);
             rest = &rest[max_line..];
         }
-        self.emit(rest, end_offset, Flags { split: true, partial: false }, sink, c);
+        self.emit(rest, end_offset, Flags { split: true, ..Flags::default() }, now, sink, c);
     }
 
-    fn emit(&mut self, body: &[u8], end_offset: u64, flags: Flags, sink: &mut dyn LineSink, c: &mut Counters) {
+    /// One framed line (or piece of one) to the parser, which hands records to the sink.
+    fn emit(&mut self, body: &[u8], end_offset: u64, flags: Flags, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {
         let consumed = end_offset - self.emitted;
         c.lines += 1;
         c.bytes += consumed;
         self.emitted = end_offset;
-        sink.record(&self.source, body, end_offset, consumed, flags);
+        self.parser.line(&self.source, body, end_offset, consumed, flags, self.max_message, now, sink, c);
     }
 
     /// Flush the carried partial line if it has waited `idle` (or unconditionally when `idle`
     /// is `None`: the file is being closed).
     pub fn flush_partial(&mut self, now: Instant, idle: Option<std::time::Duration>, sink: &mut dyn LineSink, c: &mut Counters) -> bool {
+        // Held pieces came before the carried line in the file: they go first.
+        let held = self.parser.flush(&self.source, now, idle, sink, c);
         if self.carry.is_empty() {
-            return false;
+            return held;
         }
         if let (Some(idle), Some(since)) = (idle, self.carry_since) {
             if now.saturating_duration_since(since) < idle {
-                return false;
+                return held;
             }
         }
         let body = std::mem::take(&mut self.carry);
@@ -399,7 +441,7 @@ impl FileReader {
         self.carry_since = None;
         c.partial_flushes += 1;
         let end = self.pos;
-        self.emit(&body, end, Flags { split, partial: true }, sink, c);
+        self.emit(&body, end, Flags { split, partial: true, ..Flags::default() }, now, sink, c);
         true
     }
 }
@@ -439,7 +481,7 @@ mod tests {
         assert_eq!((r.pos, r.emitted, r.carried()), (6, 4, 2));
         f.write_all(b"o\n0123456789ab\nxyz").unwrap();
         r.read(&mut buf, 1 << 20, 5, now, &mut sink, &mut c).unwrap();
-        let split = Flags { split: true, partial: false };
+        let split = Flags { split: true, ..Flags::default() };
         assert_eq!(
             sink.0[1..],
             [(b"two".to_vec(), 8, Flags::default()), (b"01234".to_vec(), 13, split), (b"56789".to_vec(), 18, split), (b"ab".to_vec(), 21, split)]
@@ -447,7 +489,7 @@ mod tests {
         assert_eq!(c.split_lines, 1);
         assert!(!r.flush_partial(now, Some(std::time::Duration::from_secs(1)), &mut sink, &mut c));
         assert!(r.flush_partial(now + std::time::Duration::from_secs(2), Some(std::time::Duration::from_secs(1)), &mut sink, &mut c));
-        assert_eq!(sink.0.last().unwrap(), &(b"xyz".to_vec(), 24, Flags { split: false, partial: true }));
+        assert_eq!(sink.0.last().unwrap(), &(b"xyz".to_vec(), 24, Flags { partial: true, ..Flags::default() }));
         assert_eq!(r.emitted, 24);
         assert_eq!(c.bytes, 24);
     }

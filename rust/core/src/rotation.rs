@@ -307,8 +307,13 @@ impl Tailer {
         };
         let recovered = self.recover_copy(cp, &path, &fp, emitted, carried, now);
         let r = self.readers.get_mut(&key).expect("truncated file is held");
-        if !recovered && carried > 0 {
+        if !recovered {
             r.flush_partial(now, None, &mut self.batcher, &mut self.counters);
+        } else {
+            // The copy resumes at what the reader emitted; pieces the parser still held were
+            // emitted by the reader already: they go out now, flagged partial.
+            let source = r.source.clone();
+            r.parser.flush(&source, now, None, &mut self.batcher, &mut self.counters);
         }
         r.restart_at_zero();
         register(&self.cfg.name, cp, r, path.display().to_string(), 0);

@@ -29,6 +29,7 @@ use crate::identity::{FileKey, Fingerprint};
 use crate::ledger::{FileEnd, Ledger};
 use crate::naive::NaiveWatcher;
 use crate::otlp::CodecChoice;
+use crate::parser::{Format, Parser};
 use crate::reader::{FileReader, FileState, ReadResult};
 use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
@@ -87,6 +88,10 @@ pub struct TailerConfig {
     /// Glob rescan and path check (new files, rotation, truncation), on its own timer.
     pub rescan_interval: Duration,
     pub read_from: ReadFrom,
+    /// How lines become records (`parser.rs`).
+    pub format: Format,
+    /// The longest record body (a line, or a container's merged message); longer ones go out
+    /// in flagged pieces.
     pub max_line_bytes: usize,
     /// Bytes read from one file per pass, so one hot file cannot starve the others.
     pub read_budget: usize,
@@ -100,6 +105,8 @@ pub struct TailerConfig {
     pub batch: BatchLimits,
     pub encodings: Encodings,
     pub host: String,
+    /// `k8s.node.name` of every resource, when known (the downward API's `K8S_NODE_NAME`).
+    pub node_name: Option<String>,
     /// Stop reading in a step once this many batches are ready (backpressure).
     pub max_ready_batches: usize,
     /// How long files said to be written wait before they are read, so that many writes become
@@ -154,12 +161,15 @@ pub struct Tailer {
     /// Events drained since `waiting_since` (their rate bounds the next delay).
     waiting_events: u64,
     read_delay: Duration,
+    /// The reader's cap on a framed line: `max_line_bytes`, plus room for a container
+    /// runtime's envelope (the parser caps the message itself).
+    line_cap: usize,
 }
 
 /// Whether a reader needs a timer of its own (a carried partial line, or draining), kept in
 /// `timed` so that only those files are visited by `timers`. The one place this is decided.
 fn retime(timed: &mut BTreeSet<FileKey>, key: FileKey, r: &mut FileReader) {
-    let want = r.carried() > 0 || matches!(r.state, FileState::Draining { .. });
+    let want = r.holds() || matches!(r.state, FileState::Draining { .. });
     if want != r.timed {
         r.timed = want;
         if want {
@@ -194,7 +204,7 @@ impl Tailer {
             WatchMode::Naive => Box::new(NaiveWatcher::new(cfg.poll_interval).map_err(no_inotify)?),
             WatchMode::Auto => Box::new(InotifyWatcher::new(cfg.poll_interval, false, true).map_err(no_inotify)?),
         };
-        let batcher = Batcher::with_compression(cfg.batch.clone(), cfg.encodings, &cfg.host, first_batch_id, codec.clone());
+        let batcher = Batcher::with_compression(cfg.batch.clone(), cfg.encodings, &cfg.host, cfg.node_name.as_deref(), first_batch_id, codec.clone());
         let ledger = Arc::new(Ledger::new(&cfg.name, cfg.outputs, checkpoints.clone()));
         let buf = vec![0u8; cfg.buffer_size.max(4096)];
         let mut t = Tailer {
@@ -219,6 +229,11 @@ impl Tailer {
             waiting_since: None,
             waiting_events: 0,
             read_delay: Duration::ZERO,
+            line_cap: 0,
+        };
+        t.line_cap = match t.cfg.format {
+            Format::Plain => t.cfg.max_line_bytes,
+            _ => t.cfg.max_line_bytes.saturating_add(64 * 1024),
         };
         t.read_delay = t.max_read_delay();
         Ok(t)
@@ -448,7 +463,7 @@ impl Tailer {
     fn read_file(&mut self, key: FileKey, now: Instant, steady: bool) -> Outcome {
         let Some(r) = self.readers.get_mut(&key) else { return Outcome::Skipped };
         self.watcher.before_read(r, &mut self.counters);
-        let res = r.read(&mut self.buf, self.cfg.read_budget, self.cfg.max_line_bytes, now, &mut self.batcher, &mut self.counters);
+        let res = r.read(&mut self.buf, self.cfg.read_budget, self.line_cap, now, &mut self.batcher, &mut self.counters);
         self.watcher.after_read(r, &mut self.counters);
         if let (true, Ok(res)) = (steady, &res) {
             update_steady(self.watcher.as_mut(), &mut self.counters, key, r, res);
@@ -481,7 +496,9 @@ impl Tailer {
 
     /// Hold a new reading of a file (replacing any reader of it, and its timer) and queue it to
     /// be read.
-    pub(crate) fn hold(&mut self, key: FileKey, r: FileReader) {
+    pub(crate) fn hold(&mut self, key: FileKey, mut r: FileReader) {
+        r.parser = Parser::new(self.cfg.format);
+        r.max_message = self.cfg.max_line_bytes;
         self.readers.insert(key, r);
         self.timed.remove(&key);
         self.retime(key);
@@ -530,7 +547,7 @@ impl Tailer {
     pub(crate) fn close_inactive(&mut self, now: Instant) {
         for r in self.readers.values_mut() {
             let idle = now.saturating_duration_since(r.last_data);
-            if r.state == FileState::Active && r.is_open() && r.eof && r.carried() == 0 && idle >= self.cfg.close_inactive {
+            if r.state == FileState::Active && r.is_open() && r.eof && !r.holds() && idle >= self.cfg.close_inactive {
                 r.close(&mut self.counters);
             }
         }
@@ -588,7 +605,7 @@ impl Tailer {
             t = t.min(c);
         }
         for r in self.timed.iter().filter_map(|k| self.readers.get(k)) {
-            if let Some(since) = r.carry_since() {
+            if let Some(since) = r.pending_since() {
                 t = t.min(since + self.cfg.partial_flush);
             }
             if let FileState::Draining { since } = r.state {
@@ -636,6 +653,7 @@ mod tests {
             poll_interval: Duration::ZERO,
             rescan_interval: Duration::ZERO,
             read_from: ReadFrom::Beginning,
+            format: Format::Plain,
             max_line_bytes: 1 << 20,
             read_budget: 256 * 1024,
             buffer_size: 64 * 1024,
@@ -645,6 +663,7 @@ mod tests {
             batch: BatchLimits { max_bytes: 1 << 30, max_records: 1 << 30, max_age: Duration::ZERO },
             encodings: Encodings { proto: false, json: true },
             host: "localhost".into(),
+            node_name: None,
             max_ready_batches: 4,
             coalesce: Some(Duration::ZERO),
             outputs: 1,

@@ -114,8 +114,10 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerC
         coalesce: Some(if deferred { Duration::from_millis(10) } else { Duration::ZERO }),
         exclude: vec![],
         read_from: ReadFrom::Beginning,
+        format: tailrace_core::parser::Format::Plain,
         encodings: Encodings { proto: false, json: true },
         host: "localhost".into(),
+        node_name: None,
         max_ready_batches: 4,
         outputs: 1,
     }

@@ -12,6 +12,7 @@ use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tailrace_core::batcher::BatchLimits;
+use tailrace_core::parser::Format;
 use tailrace_core::{CodecChoice, Compression, Encodings, Error, Ledger, ReadFrom, Status, TailerConfig, WatchMode};
 
 create_exception!(_native, ConfigError, PyValueError, "A value the core cannot use; the message names the key.");
@@ -209,8 +210,8 @@ impl Tailer {
     /// (`collector.flow.config.tailer_options`), the one place defaults are written.
     #[new]
     #[pyo3(signature = (checkpointer, *, name, paths, exclude, watch, poll_interval, rescan_interval, read_from,
-        max_line_bytes, read_budget, buffer_size, partial_flush, rotate_wait, close_inactive, batch_max_bytes,
-        batch_max_records, batch_max_age, host, first_batch_id, encodings, compression, compression_level,
+        format, max_line_bytes, read_budget, buffer_size, partial_flush, rotate_wait, close_inactive, batch_max_bytes,
+        batch_max_records, batch_max_age, host, node_name, first_batch_id, encodings, compression, compression_level,
         coalesce, max_ready_batches, outputs))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -223,6 +224,7 @@ impl Tailer {
         poll_interval: f64,
         rescan_interval: f64,
         read_from: &str,
+        format: &str,
         max_line_bytes: usize,
         read_budget: usize,
         buffer_size: usize,
@@ -233,6 +235,7 @@ impl Tailer {
         batch_max_records: usize,
         batch_max_age: f64,
         host: String,
+        node_name: Option<String>,
         first_batch_id: u64,
         encodings: Vec<String>,
         compression: Option<&str>,
@@ -264,6 +267,7 @@ impl Tailer {
             poll_interval: secs(poll_interval),
             rescan_interval: secs(rescan_interval),
             read_from: ReadFrom::parse(read_from).map_err(to_py_err)?,
+            format: Format::parse(format).map_err(to_py_err)?,
             max_line_bytes,
             read_budget,
             buffer_size,
@@ -273,6 +277,7 @@ impl Tailer {
             batch: BatchLimits { max_bytes: batch_max_bytes.max(1), max_records: batch_max_records.max(1), max_age: secs(batch_max_age) },
             encodings: enc,
             host,
+            node_name,
             max_ready_batches: max_ready_batches.max(1),
             coalesce: coalesce.map(secs),
             outputs,
@@ -386,6 +391,7 @@ impl Tailer {
             ("files_tracked", s.files_tracked as u64),
             ("pending_batches", pending as u64),
             ("invalid_utf8", s.invalid_utf8),
+            ("parse_errors", c.parse_errors),
             ("stat_family", c.syscalls.stat_family()),
             ("syscalls_open", c.syscalls.open),
             ("syscalls_close", c.syscalls.close),
