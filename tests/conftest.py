@@ -57,13 +57,16 @@ def attrs(rec: dict[str, Any]) -> dict[str, Any]:
 class Tailrace:
     """A tailrace process on a config written into a temporary directory."""
 
-    def __init__(self, workdir: Path, cfg: dict[str, Any], extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, cfg: dict[str, Any], extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.config = workdir / "tailrace.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.stderr = workdir / "tailrace.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args = extra_args or []
+        self.env = env or {}
 
     def start(self, preexec: list[str] | None = None) -> Tailrace:
         cmd = [*(preexec or []), sys.executable, "-m", "collector.cli", "run", "--config", str(self.config)]
@@ -73,7 +76,7 @@ class Tailrace:
                 cwd=self.workdir,
                 stderr=err,
                 stdout=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
             )
         return self
 

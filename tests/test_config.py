@@ -29,7 +29,7 @@ def check_config(tmp_path: Path, text: str, command: str = "check-config") -> su
 GOOD = "inputs: [{paths: ['/tmp/*.log']}]\noutputs: [{type: blackhole}]\n"
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "otlp.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "otlp.yaml", "kubernetes.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "collector.cli", "check-config", str(ROOT / "configs" / name)],

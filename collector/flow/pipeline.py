@@ -37,7 +37,8 @@ def tailer_options_for(cfg: Config, outputs: list[Output]) -> list[TailerOptions
     node = os.environ.get("K8S_NODE_NAME") or None  # set by the DaemonSet (downward API)
     return [
         tailer_options(
-            inp, cfg, encodings=list(encodings), compression=compression, outputs=len(outputs), host=host, node_name=node
+            inp, cfg, encodings=list(encodings), compression=compression, outputs=len(outputs), host=host,
+            node_name=node,
         )
         for inp in cfg.inputs
     ]
