@@ -14,14 +14,16 @@ $(STAMP): requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 # Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check), openssl
-# (a throwaway CA for the TLS tests), and the OpenTelemetry Collector, built from Go modules
-# (tests/otelcol; Go's caches make a rebuild cheap).
+# (a throwaway CA for the TLS tests), the OpenTelemetry Collector and Helm, built from Go
+# modules (tests/otelcol; helm.sh/helm/v3 into target/helm; Go's caches make a rebuild cheap).
 tools:
 	@for t in strace openssl; do command -v $$t >/dev/null \
 		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$t >/dev/null; } \
 		|| { echo "make: $$t is needed (apt-get install $$t)"; exit 1; }; done
 	@command -v go >/dev/null || { echo "make: Go is needed to build the OpenTelemetry Collector (tests/otelcol)"; exit 1; }
 	tests/otelcol/build.sh tailrace
+	@test -x target/helm/helm || { echo "building helm (helm.sh/helm/v3 v3.22.0) into target/helm" >&2; \
+		GOBIN=$(CURDIR)/target/helm CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' helm.sh/helm/v3/cmd/helm@v3.22.0; }
 
 build: $(STAMP)
 	$(BIN)/maturin develop --release --quiet
