@@ -15,6 +15,7 @@ of tailrace); `--output file` writes OTLP JSON. Either way every line is account
     python -m bench.watchmodes --workload bulk --files 1,100 --rate 200000 --seconds 5
     python -m bench.watchmodes --workload rotate --files 1 --rate 20000 --rotate-kib 1024
     python -m bench.watchmodes --workload idle --files 10000 --seconds 10
+    python -m bench.watchmodes --workload kubernetes --files 120 --rate 20000 --rotate-kib 1024
 
 `--modes ...,otelcol` adds the peer row: the OpenTelemetry Collector's filelog receiver
 (tests/otelcol/filelog, built on first use) on the same files, shipping OTLP/HTTP with zstd
@@ -39,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from tests.appender import kube_paths
 from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +60,9 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Run:
-    def __init__(self, work: Path, mode: str, paths: str, coalesce: str, output: str, profiler: bool = False) -> None:
+    def __init__(
+        self, work: Path, mode: str, paths: str, coalesce: str, output: str, profiler: bool = False, fmt: str = "plain"
+    ) -> None:
         self.work = work
         self.err = work / "tailrace.stderr"
         self.out = work / "out.jsonl"
@@ -70,7 +74,7 @@ class Run:
             out = f"{{type: file, path: {self.out}}}"
         (work / "c.yaml").write_text(
             f"state_dir: {work}/state\n"
-            f"inputs: [{{name: bench, paths: ['{paths}'], watch: {mode}, coalesce: {coalesce}}}]\n"
+            f"inputs: [{{name: bench, paths: ['{paths}'], watch: {mode}, coalesce: {coalesce}, format: {fmt}}}]\n"
             f"outputs: [{out}]\n"
             "progress_interval: 0s\n"
             "admin: {address: '127.0.0.1:0'}\n"
@@ -169,11 +173,16 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
         work = Path(w)
         logs = work / "logs"
         logs.mkdir()
-        for i in range(files):
-            (logs / f"w{i:04d}.log").write_bytes(b"")
-        paths = f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*.log"
+        kube = args.workload == "kubernetes"
+        names = kube_paths(str(logs), files) if kube else [str(logs / f"w{i:04d}.log") for i in range(files)]
+        for name in names:
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
+            Path(name).write_bytes(b"")
+        paths = f"{logs}/*.log*" if args.workload == "rotate" else f"{logs}/*/*/*.log" if kube else f"{logs}/*.log"
         peer = mode == "otelcol"
-        run = PeerRun(work, f"{logs}/*.log") if peer else Run(work, mode, paths, args.coalesce, args.output, profiler)
+        fmt = "cri" if kube else "plain"
+        run = (PeerRun(work, f"{logs}/*.log") if peer
+               else Run(work, mode, paths, args.coalesce, args.output, profiler, fmt))
         try:
             # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
             deadline = time.monotonic() + 60
@@ -202,8 +211,10 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
             else:
                 per_file = args.rate / files
                 cmd = [sys.executable, str(APPENDER), str(logs), str(files), str(per_file), str(args.seconds)]
-                if args.workload == "rotate":
+                if args.workload in ("rotate", "kubernetes"):
                     cmd.append(str(args.rotate_kib))
+                if kube:
+                    cmd.append("kubernetes")
                 subprocess.run(cmd, check=True, capture_output=True)
                 expected = int(files * per_file * args.seconds)
             delivered = wait_delivered(run, base["records_delivered"] + expected, time.monotonic() + args.drain_timeout)
@@ -296,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="tailrace bench watchmodes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--workload", choices=["appends", "bulk", "rotate", "idle"], default="appends")
+    ap.add_argument("--workload", choices=["appends", "bulk", "rotate", "idle", "kubernetes"], default="appends")
     ap.add_argument("--modes", default="inotify,auto,poll,naive",
                     help="watch modes, and `otelcol` for the OpenTelemetry Collector's filelog receiver (the peer)")
     ap.add_argument("--files", default="20,200")

@@ -3,19 +3,66 @@ total rate; each line starts with its write time (ns) so latency can be measured
 ROTATE_KIB, each file is rotated by rename (`wNNNN.log` → `wNNNN.log.<k>`) every ROTATE_KIB.
 Prints `started` when its files exist and `done <lines>` at the end.
 
-    python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB]"""
+    python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB [kubernetes]]
+
+`kubernetes`: the files are containers of a node (`kube_paths`: 3 namespaces × pods × 2
+containers, the kubelet's layout), each line a CRI line (`<time> stdout F <message>`), every
+1000th message over 16 KiB written as 16 KiB `P` pieces and an `F`; rotation is the
+kubelet's: `0.log` → `0.log.<YYYYmmdd-HHMMSS>`, older rotated files gzip-compressed (`.gz.tmp`,
+then `.gz`, the original unlinked), at most 4 files per container."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 import time
+
+PIECE = 16 * 1024
+
+
+def kube_paths(directory: str, files: int) -> list[str]:
+    """`files` containers: 3 namespaces, pods of 2 containers each."""
+    pods = max(1, files // 6)
+    out = []
+    for i in range(files):
+        ns, pod, c = i // (2 * pods), (i // 2) % pods, i % 2
+        uid = f"{ns:08x}-{pod:04x}-4000-8000-{i:012x}"
+        out.append(os.path.join(directory, f"ns{ns}_pod-{pod}_{uid}", f"c{c}", "0.log"))
+    return out
+
+
+def kubelet_rotate(path: str, generation: int, rotated: list[str]) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(1_796_119_200 + generation))
+    os.rename(path, f"{path}.{stamp}")
+    for i, old in enumerate(rotated):
+        if not old.endswith(".gz"):
+            with open(old, "rb") as src, gzip.open(old + ".gz.tmp", "wb", compresslevel=1) as dst:
+                dst.write(src.read())
+            os.rename(old + ".gz.tmp", old + ".gz")
+            os.unlink(old)
+            rotated[i] = old + ".gz"
+    rotated.append(f"{path}.{stamp}")
+    while len(rotated) > 3:
+        os.unlink(rotated.pop(0))
+
+
+def cri(line: bytes, n: int) -> list[bytes]:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()).encode() + b".%09dZ" % (time.time_ns() % 1_000_000_000)
+    if n % 1000 == 999:
+        body = line[:-1] + b" " + b"L" * (2 * PIECE + 100)
+        pieces = [body[i:i + PIECE] for i in range(0, len(body), PIECE)]
+        tags = [b" stdout P "] * (len(pieces) - 1) + [b" stdout F "]
+        return [ts + tag + p + b"\n" for tag, p in zip(tags, pieces, strict=True)]
+    return [ts + b" stdout F " + line]
 
 
 def main() -> None:
     directory, files, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
     rotate = int(sys.argv[5]) * 1024 if len(sys.argv) > 5 else 0
-    paths = [os.path.join(directory, f"w{i:04d}.log") for i in range(files)]
+    kube = len(sys.argv) > 6 and sys.argv[6] == "kubernetes"
+    paths = kube_paths(directory, files) if kube else [os.path.join(directory, f"w{i:04d}.log") for i in range(files)]
+    rotated: list[list[str]] = [[] for _ in paths]
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     fds = [os.open(p, flags, 0o644) for p in paths]
     written = [0] * files
@@ -26,11 +73,16 @@ def main() -> None:
     t0 = time.monotonic()
     for n in range(total):
         f = n % files
-        written[f] += os.write(fds[f], b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, b"p" * 160))
+        line = b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, b"p" * 160)
+        for out in cri(line, n) if kube else [line]:
+            written[f] += os.write(fds[f], out)
         if rotate and written[f] >= rotate:
             generation[f] += 1
             os.close(fds[f])
-            os.rename(paths[f], f"{paths[f]}.{generation[f]}")
+            if kube:
+                kubelet_rotate(paths[f], generation[f], rotated[f])
+            else:
+                os.rename(paths[f], f"{paths[f]}.{generation[f]}")
             fds[f] = os.open(paths[f], flags, 0o644)
             written[f] = 0
         # Keep the rate: sleep when ahead of schedule (in slices, not per line).
