@@ -19,6 +19,7 @@ import trio
 
 from collector.flow import config
 from collector.flow.pipeline import Pipeline
+from tests.appender import kube_paths
 from tests.conftest import ROOT, base_config, count_records, require_tool, wait_for
 
 APPENDER = str(ROOT / "tests" / "appender.py")
@@ -28,21 +29,27 @@ def stat_family(s: dict[str, int]) -> int:
     return s["stat_family"]  # defined once, in the core
 
 
-def _cfg(tmp_path: Path, watch: str) -> config.Config:
-    c = base_config(tmp_path, [f"{tmp_path}/logs/*.log"], watch=watch, rescan_interval="60s")
+def _cfg(tmp_path: Path, watch: str, fmt: str = "plain") -> config.Config:
+    glob = f"{tmp_path}/logs/*/*/*.log" if fmt == "cri" else f"{tmp_path}/logs/*.log"
+    c = base_config(tmp_path, [glob], watch=watch, rescan_interval="60s", format=fmt)
     c["outputs"] = [{"type": "blackhole"}]
     import yaml
 
     return config.parse(yaml.safe_dump(c))
 
 
-async def _steady_state_counts(tmp_path: Path, watch: str, files: int, rate: float, seconds: float) -> dict[str, int]:
+async def _steady_state_counts(
+    tmp_path: Path, watch: str, files: int, rate: float, seconds: float, fmt: str = "plain"
+) -> dict[str, int]:
     logs = tmp_path / "logs"
     logs.mkdir()
     # The files exist (one line each) before start, so discovery is over before counting.
-    for i in range(files):
-        (logs / f"w{i:04d}.log").write_text("hello\n")
-    p = Pipeline(_cfg(tmp_path, watch))
+    names = kube_paths(str(logs), files) if fmt == "cri" else [str(logs / f"w{i:04d}.log") for i in range(files)]
+    for name in names:
+        os.makedirs(os.path.dirname(name), exist_ok=True)
+        with open(name, "w") as f:  # noqa: ASYNC230 (set-up before the pipeline starts)
+            f.write("2026-12-01T10:00:00Z stdout F hello\n" if fmt == "cri" else "hello\n")
+    p = Pipeline(_cfg(tmp_path, watch, fmt))
     async with trio.open_nursery() as n:
         await n.start(p.run)
         with trio.fail_after(30):
@@ -50,8 +57,9 @@ async def _steady_state_counts(tmp_path: Path, watch: str, files: int, rate: flo
                 await trio.sleep(0.05)
         before = p.stats()
         t0 = trio.current_time()
+        kube = ["0", "kubernetes"] if fmt == "cri" else []
         writer = await trio.lowlevel.open_process(
-            [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds)], stdout=subprocess.DEVNULL
+            [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds), *kube], stdout=subprocess.DEVNULL
         )
         assert await writer.wait() == 0
         expected = files + int(files * rate * seconds)
@@ -81,6 +89,17 @@ async def test_inotify_modes_make_no_stat_calls_per_line(tmp_path: Path, watch: 
     # Files written at every read turn steady: read on the cadence, without write events.
     assert d["steady_on"] >= 100 and d["syscalls_inotify_remask"] >= d["steady_on"], d
     assert d["inotify_events"] <= 0.1 * lines, d
+
+
+async def test_the_guard_holds_for_cri_container_logs(tmp_path: Path) -> None:
+    # A node's layout and CRI lines (every 1000th message in 16 KiB pieces: two more lines):
+    # parsing and one resource per container add no stat call and no read.
+    d = await _steady_state_counts(tmp_path, "auto", files=120, rate=50, seconds=5, fmt="cri")
+    messages = 120 * 50 * 5
+    assert d["lines"] == messages + 2 * (messages // 1000), d
+    assert stat_family(d) <= 0.01 * d["lines"], d
+    assert d["syscalls_read"] <= 1.1 * d["lines"], d
+    assert (d["inotify_overflows"], d["parse_errors"], d["split_lines"]) == (0, 0, 0), d
 
 
 async def test_naive_mode_trips_the_guard(tmp_path: Path) -> None:

@@ -69,6 +69,9 @@ impl Held {
 
 pub struct Parser {
     format: Format,
+    /// The last timestamp's first 19 bytes (to the second) and their Unix seconds: lines of a
+    /// second share them, so most lines parse only their fraction.
+    second: ([u8; 19], i64),
     /// The format decided for this file (`auto`), until the next truncation.
     decided: Option<Format>,
     held: [Held; 2],
@@ -87,7 +90,7 @@ struct Line<'a> {
 
 impl Parser {
     pub fn new(format: Format) -> Self {
-        Parser { format, decided: None, held: Default::default(), scratch: Vec::new() }
+        Parser { format, second: ([0; 19], i64::MIN), decided: None, held: Default::default(), scratch: Vec::new() }
     }
 
     /// The file restarts at 0 (truncation): `auto` decides again.
@@ -126,8 +129,8 @@ impl Parser {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         let parsed = match format {
-            Format::Cri => parse_cri(line),
-            _ => parse_docker(line, &mut scratch),
+            Format::Cri => parse_cri(line, &mut self.second),
+            _ => parse_docker(line, &mut scratch, &mut self.second),
         };
         match parsed {
             Some(l) => self.take(source, l, end_offset, consumed, max_line, now, sink, c),
@@ -217,7 +220,7 @@ impl Parser {
 fn detect(line: &[u8]) -> Format {
     if line.first() == Some(&b'{') {
         Format::Docker
-    } else if parse_cri(line).is_some() {
+    } else if parse_cri(line, &mut ([0; 19], i64::MIN)).is_some() {
         Format::Cri
     } else {
         Format::Plain
@@ -233,7 +236,7 @@ fn stream_of(s: &[u8]) -> Option<Stream> {
 }
 
 /// `<time> <stream> <tag> <message>`; the message may be empty (`… stdout F` or `… F `).
-fn parse_cri(line: &[u8]) -> Option<Line<'_>> {
+fn parse_cri<'a>(line: &'a [u8], second: &mut ([u8; 19], i64)) -> Option<Line<'a>> {
     let mut parts = line.splitn(4, |&b| b == b' ');
     let time = parts.next()?;
     let stream = stream_of(parts.next()?)?;
@@ -244,7 +247,29 @@ fn parse_cri(line: &[u8]) -> Option<Line<'_>> {
         b"F" => false,
         _ => return None,
     };
-    Some(Line { stream, time_ns: rfc3339_ns(time)?, piece, msg })
+    Some(Line { stream, time_ns: rfc3339_cached(time, second)?, piece, msg })
+}
+
+/// `rfc3339_ns`, reusing the seconds of the previous timestamp when its first 19 bytes
+/// (`YYYY-MM-DDTHH:MM:SS`) are the same and it is in UTC (`Z`).
+fn rfc3339_cached(t: &[u8], second: &mut ([u8; 19], i64)) -> Option<u64> {
+    if t.len() >= 21 && t[..19] == second.0 && second.1 != i64::MIN && matches!(t[t.len() - 1], b'Z' | b'z') {
+        let frac = &t[19..t.len() - 1];
+        let nanos = match frac {
+            [] => 0,
+            [b'.', digits @ ..] if !digits.is_empty() && digits.len() <= 9 && digits.iter().all(u8::is_ascii_digit) => {
+                digits.iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64) * 10u64.pow(9 - digits.len() as u32)
+            }
+            _ => return None,
+        };
+        return u64::try_from(second.1).ok()?.checked_mul(1_000_000_000)?.checked_add(nanos);
+    }
+    let ns = rfc3339_ns(t)?;
+    if t.len() >= 20 && matches!(t[t.len() - 1], b'Z' | b'z') {
+        second.0.copy_from_slice(&t[..19]);
+        second.1 = (ns / 1_000_000_000) as i64;
+    }
+    Some(ns)
 }
 
 /// Unix nanoseconds of an RFC 3339 timestamp: `YYYY-MM-DDTHH:MM:SS[.frac](Z|z|±hh:mm)`, the
@@ -298,7 +323,7 @@ pub fn rfc3339_ns(t: &[u8]) -> Option<u64> {
 }
 
 /// A docker json-file line. `scratch` receives the unescaped `log`.
-fn parse_docker<'a>(line: &[u8], scratch: &'a mut Vec<u8>) -> Option<Line<'a>> {
+fn parse_docker<'a>(line: &[u8], scratch: &'a mut Vec<u8>, second: &mut ([u8; 19], i64)) -> Option<Line<'a>> {
     let mut p = Json { b: line, i: 0 };
     p.ws();
     p.eat(b'{')?;
@@ -320,7 +345,7 @@ fn parse_docker<'a>(line: &[u8], scratch: &'a mut Vec<u8>) -> Option<Line<'a>> {
                 log = true;
             }
             b"stream" => stream = Some(stream_of(p.raw_string()?)?),
-            b"time" => time = Some(rfc3339_ns(p.raw_string()?)?),
+            b"time" => time = Some(rfc3339_cached(p.raw_string()?, second)?),
             _ => p.skip_value()?,
         }
         p.ws();
@@ -510,6 +535,14 @@ mod tests {
         assert_eq!(rfc3339_ns(b"2024-02-29T00:00:00Z"), Some(1_709_164_800_000_000_000));
         for bad in ["2026-13-01T00:00:00Z", "2026-12-01T10:00:00", "2026-12-01T10:00:00.Z", "2026-12-01T10:00:00.1234567890Z", "yesterday"] {
             assert_eq!(rfc3339_ns(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cached_seconds_give_the_same_instants() {
+        let mut second = ([0u8; 19], i64::MIN);
+        for t in ["2026-12-01T10:00:00.5Z", "2026-12-01T10:00:00.123456789Z", "2026-12-01T10:00:00Z", "2026-12-01T10:00:00.1z", "2026-12-01T10:00:01.000000001Z", "2026-12-01T10:00:01.7+01:00", "2026-12-01T10:00:01.x"] {
+            assert_eq!(rfc3339_cached(t.as_bytes(), &mut second), rfc3339_ns(t.as_bytes()), "{t}");
         }
     }
 
