@@ -31,21 +31,68 @@ pub struct Scan {
 
 pub struct Discoverer {
     include: Vec<String>,
+    patterns: Vec<glob::Pattern>,
     exclude: Vec<glob::Pattern>,
 }
+
+/// Matching one path against the include globs as `glob()` expands them: `*` stays within a
+/// path component.
+const MATCH: glob::MatchOptions = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
 impl Discoverer {
     pub fn new(include: &[String], exclude: &[String]) -> crate::error::Result<Self> {
         let bad = |key: &str, i: usize, p: &str, e: glob::PatternError| Error::Config(format!("{key}[{i}]: bad glob {p:?}: {e}"));
-        for (i, p) in include.iter().enumerate() {
-            glob::Pattern::new(p).map_err(|e| bad("paths", i, p, e))?;
-        }
+        let patterns = include.iter().enumerate().map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("paths", i, p, e))).collect::<Result<_, _>>()?;
         let exclude = exclude
             .iter()
             .enumerate()
             .map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("exclude", i, p, e)))
             .collect::<Result<_, _>>()?;
-        Ok(Discoverer { include: include.to_vec(), exclude })
+        Ok(Discoverer { include: include.to_vec(), patterns, exclude })
+    }
+
+    /// Every directory a matching file could appear in or below: each include glob's literal
+    /// base and every directory its directory part expands to (`/var/log/pods`,
+    /// `/var/log/pods/*`, `/var/log/pods/*/*` for `/var/log/pods/*/*/*.log`). All are watched,
+    /// so a new pod's or container's directory is seen when it appears, not at the next rescan.
+    pub fn watch_dirs(&self, sys: &mut Syscalls) -> Vec<PathBuf> {
+        let mut out = self.base_dirs();
+        for p in &self.include {
+            let Some(dir) = Path::new(p).parent() else { continue };
+            let parts: Vec<_> = dir.components().collect();
+            let literal = parts.iter().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).count();
+            for n in literal + 1..=parts.len() {
+                let prefix: PathBuf = parts[..n].iter().collect();
+                let Ok(paths) = glob::glob(&prefix.to_string_lossy()) else { continue };
+                sys.readdir += 1;
+                out.extend(paths.flatten().filter(|d| d.is_dir()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether `path` is one the include globs match (and no exclude glob does).
+    pub fn matches(&self, path: &Path) -> bool {
+        self.patterns.iter().any(|p| p.matches_path_with(path, MATCH)) && !self.is_excluded(path)
+    }
+
+    /// `scan` for the files directly in `dirs` only (a look their events asked for): one
+    /// listing per directory, one stat per matching name.
+    pub fn scan_dirs<'a>(&self, dirs: impl Iterator<Item = &'a PathBuf>, cache: &mut DirCache, sys: &mut Syscalls) -> Scan {
+        let mut scan = Scan::default();
+        for dir in dirs {
+            let names: Vec<PathBuf> = cache.names(dir, sys).iter().map(|n| dir.join(n)).collect();
+            for path in names {
+                if self.matches(&path) {
+                    if let Some(found) = stat_path(&path, sys, &mut scan.errors) {
+                        scan.files.push(found);
+                    }
+                }
+            }
+        }
+        scan
     }
 
     /// The directories the include globs start from (their literal prefix): watched so that a

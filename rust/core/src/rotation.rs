@@ -26,7 +26,7 @@
 //! Every reading of a file starts in `register` (checkpoint entry and reader source
 //! together). The checkpointer is locked once per look or truncation and passed down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,16 +45,26 @@ fn register(input: &str, cp: &mut Checkpointer, r: &mut FileReader, path: String
 }
 
 impl Tailer {
-    /// Look at every path: new files, rotation, truncation, deletion, inactive files that grew.
-    pub(crate) fn look(&mut self, now: Instant) {
+    /// Look at the paths (every one, or those directly in `dirs`): new files, rotation,
+    /// truncation, deletion, inactive files that grew. A look of directories that hold no file
+    /// we read (a new pod's, a new container's) is a look everywhere: what appeared there may be
+    /// deeper than they are.
+    pub(crate) fn look(&mut self, now: Instant, dirs: Option<&BTreeSet<PathBuf>>) {
         let checkpoints = self.checkpoints.clone();
         let mut cp = checkpoints.lock().expect("checkpointer lock");
         self.dir_cache.clear();
         let first = !self.looked;
         self.looked = true;
-        let scan = self.scan();
+        let dirs = dirs.filter(|d| !first && d.iter().all(|dir| self.readers.values().any(|r| Path::new(&r.source.path).parent() == Some(dir.as_path()))));
+        let scan = match dirs {
+            None => self.scan(),
+            Some(d) => {
+                self.counters.scoped_looks += 1;
+                self.discoverer.scan_dirs(d.iter(), &mut self.dir_cache, &mut self.counters.syscalls)
+            }
+        };
         let at_path: HashMap<&Path, FileKey> = scan.files.iter().map(|f| (f.path.as_path(), f.key)).collect();
-        self.look_moved(&mut cp, &at_path, now);
+        self.look_moved(&mut cp, &at_path, dirs, now);
         let wall = SystemTime::now();
         let history = first && !cp.existed();
         for f in &scan.files {
@@ -87,10 +97,11 @@ impl Tailer {
         }
     }
 
-    /// Expand the globs, watch their base directories, report what could not be read.
+    /// Expand the globs, watch every directory a file could appear in, report what could not
+    /// be read.
     fn scan(&mut self) -> discovery::Scan {
         let scan = self.discoverer.scan(&mut self.counters.syscalls);
-        for dir in self.discoverer.base_dirs() {
+        for dir in self.discoverer.watch_dirs(&mut self.counters.syscalls) {
             self.watcher.watch_dir(&dir, &mut self.counters);
         }
         for (path, err) in &scan.errors {
@@ -106,11 +117,12 @@ impl Tailer {
 
     /// Rules 3 and 5: files that left their path (renamed away or deleted) are drained; then
     /// siblings this tailer never saw are read (a file rotated twice between two looks).
-    fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, now: Instant) {
+    fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, dirs: Option<&BTreeSet<PathBuf>>, now: Instant) {
+        let looked_at = |p: &Path| dirs.is_none_or(|d| p.parent().is_some_and(|parent| d.contains(parent)));
         let moved: Vec<FileKey> = self
             .readers
             .values()
-            .filter(|r| r.state == FileState::Active && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .filter(|r| r.state == FileState::Active && looked_at(Path::new(&r.source.path)) && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
             .map(|r| r.key())
             .collect();
         for key in moved {
@@ -120,6 +132,7 @@ impl Tailer {
                 let _ = r.reopen(&mut self.counters);
             }
             let path = PathBuf::from(&r.source.path);
+            self.counters.syscalls.stat += 1;
             if path.exists() {
                 self.counters.rotations += 1;
             } else {

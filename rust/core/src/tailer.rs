@@ -17,6 +17,7 @@
 //! configuration (the one place defaults are written: `collector/flow/config.py`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -160,6 +161,8 @@ pub struct Tailer {
     waiting_since: Option<Instant>,
     /// Events drained since `waiting_since` (their rate bounds the next delay).
     waiting_events: u64,
+    /// A look the watcher's events asked for, not made yet.
+    look_scope: Option<Scope>,
     read_delay: Duration,
     /// The reader's cap on a framed line: `max_line_bytes`, plus room for a container
     /// runtime's envelope (the parser caps the message itself).
@@ -178,6 +181,15 @@ fn retime(timed: &mut BTreeSet<FileKey>, key: FileKey, r: &mut FileReader) {
             timed.remove(&key);
         }
     }
+}
+
+/// Where a look looks.
+pub(crate) enum Scope {
+    /// Every path the globs match.
+    Everywhere,
+    /// The files directly in these directories (their events asked for it): a rotation costs
+    /// a listing of its directory and a stat of the names there, not of every path.
+    Dirs(BTreeSet<PathBuf>),
 }
 
 /// What reading one file found.
@@ -228,6 +240,7 @@ impl Tailer {
             waiting: Vec::new(),
             waiting_since: None,
             waiting_events: 0,
+            look_scope: None,
             read_delay: Duration::ZERO,
             line_cap: 0,
         };
@@ -328,16 +341,24 @@ impl Tailer {
 
     // ---- phase 1: events and looks ----
 
+    /// Look everywhere when the rescan timer is due (or the events were lost), else where the
+    /// events asked.
     fn look_if_due(&mut self, now: Instant) {
-        if self.collect(now) || self.next_look.is_none_or(|t| now >= t) {
-            self.look(now);
-            self.next_look = Some(now + self.cfg.rescan_interval);
+        self.collect(now);
+        let due = self.next_look.is_none_or(|t| now >= t);
+        match self.look_scope.take() {
+            Some(Scope::Dirs(dirs)) if !due => self.look(now, Some(&dirs)),
+            None if !due => {}
+            _ => {
+                self.look(now, None);
+                self.next_look = Some(now + self.cfg.rescan_interval);
+            }
         }
     }
 
-    /// Drain the watcher's news: files said to be written join `waiting`. Returns whether the
-    /// paths need a look (files created, renamed or deleted).
-    fn collect(&mut self, now: Instant) -> bool {
+    /// Drain the watcher's news: files said to be written join `waiting`; files created,
+    /// renamed or deleted ask for a look (`look_scope`).
+    fn collect(&mut self, now: Instant) {
         let before = self.counters.inotify_events;
         let mut dirty = Vec::new();
         let news = {
@@ -352,7 +373,16 @@ impl Tailer {
         }
         self.waiting.append(&mut dirty);
         self.waiting_events += self.counters.inotify_events - before;
-        news.look
+        if news.look {
+            self.look_scope = match (self.look_scope.take(), news.everywhere) {
+                (Some(Scope::Everywhere), _) | (_, true) => Some(Scope::Everywhere),
+                (Some(Scope::Dirs(mut d)), false) => {
+                    d.extend(news.dirs);
+                    Some(Scope::Dirs(d))
+                }
+                (None, false) => Some(Scope::Dirs(news.dirs.into_iter().collect())),
+            };
+        }
     }
 
     // ---- phase 2: which files to read ----
@@ -562,9 +592,7 @@ impl Tailer {
         if self.read_delay.is_zero() || !self.watcher.event_driven() {
             return;
         }
-        if self.collect(now) {
-            self.next_look = Some(now);
-        }
+        self.collect(now); // a look asked for is made at the next step (`next_wakeup`: now)
         if self.watcher.has_steady() && self.waiting_since.is_none() {
             self.waiting_since = Some(now); // the steady files' next read
         }
@@ -596,7 +624,7 @@ impl Tailer {
     /// When `step` next has work without new input: the watcher's tick, the next look, the open
     /// batch's age limit, written files due, a partial line's flush, a drained file's close.
     pub fn next_wakeup(&self, now: Instant) -> Instant {
-        if !self.more.is_empty() || self.batcher.ready_len() > 0 {
+        if !self.more.is_empty() || self.batcher.ready_len() > 0 || self.look_scope.is_some() {
             return now;
         }
         let mut t = self.next_look.unwrap_or(now);
@@ -835,5 +863,39 @@ mod tests {
         assert_eq!(after.stat_family() - before.stat_family(), 0);
         assert_eq!(after.read - before.read, 100, "one short read per pass, none returning 0 after it");
         assert_eq!(t.counters.lines, 101);
+    }
+
+    #[test]
+    fn a_rotation_costs_a_look_of_its_directory_and_a_new_directory_a_look_everywhere() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::create_dir_all(d.path().join(format!("pod{i}/c"))).unwrap();
+            std::fs::write(d.path().join(format!("pod{i}/c/0.log")), "a\n").unwrap();
+        }
+        let mut t = tailer(d.path(), |c| {
+            c.paths = vec![format!("{}/*/c/*.log", d.path().display())];
+            c.watch = WatchMode::Inotify;
+            c.rescan_interval = Duration::from_secs(3600);
+        });
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 20);
+        let log = d.path().join("pod3/c/0.log");
+        std::fs::rename(&log, d.path().join("pod3/c/0.log.20261201-101500")).unwrap();
+        std::fs::write(&log, "b\n").unwrap();
+        let before = t.counters.syscalls;
+        assert_eq!(records(&t.step(t0 + Duration::from_millis(10))), 1);
+        // One listing of pod3/c; stats: the name matching the glob, whether the old path still
+        // exists (a rotation, not a deletion), the rotated sibling when the old file is drained
+        // and again when the new one is adopted. Not one of the other 19 paths.
+        let after = t.counters.syscalls;
+        assert_eq!((after.readdir - before.readdir, after.stat - before.stat, t.counters.scoped_looks), (1, 4, 1));
+        assert_eq!(t.counters.rotations, 1);
+        // A new pod's directory (no file of ours in it): a look everywhere finds its file as
+        // soon as it appears, without waiting for the rescan timer.
+        std::fs::create_dir_all(d.path().join("pod20/c")).unwrap();
+        assert_eq!(records(&t.step(t0 + Duration::from_millis(20))), 0);
+        std::fs::write(d.path().join("pod20/c/0.log"), "new\n").unwrap();
+        assert_eq!(records(&t.step(t0 + Duration::from_millis(30))), 1);
+        assert_eq!(t.counters.scoped_looks, 1, "the new directories were looks everywhere");
     }
 }

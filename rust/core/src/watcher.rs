@@ -15,6 +15,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
@@ -26,6 +27,10 @@ use crate::reader::FileReader;
 pub struct News {
     /// Paths changed (a file created, renamed, deleted, or its links changed): look at them.
     pub look: bool,
+    /// The directories the changes were in (a look of those is enough), unless `everywhere`.
+    pub dirs: Vec<PathBuf>,
+    /// A look of every path is needed (the event queue overflowed).
+    pub everywhere: bool,
     /// Problems to report once (a watch that could not be added).
     pub reports: Vec<String>,
 }
@@ -111,7 +116,8 @@ impl Watcher for PollWatcher {
 
 #[derive(Clone, Debug)]
 enum Target {
-    File(FileKey),
+    /// A file, and the directory it was found in.
+    File(FileKey, Arc<PathBuf>),
     Dir(PathBuf),
 }
 
@@ -236,12 +242,13 @@ impl InotifyWatcher {
             }
             let Some(target) = self.targets.get(&ev.wd) else { continue };
             match target.clone() {
-                Target::File(key) => {
+                Target::File(key, dir) => {
                     if ev.mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE) != 0 {
                         dirty.push(key);
                     }
                     if ev.mask & (libc::IN_ATTRIB | libc::IN_MOVE_SELF | libc::IN_DELETE_SELF) != 0 {
                         news.look = true;
+                        news.dirs.push((*dir).clone());
                         dirty.push(key);
                     }
                     if ev.mask & libc::IN_IGNORED != 0 {
@@ -254,6 +261,7 @@ impl InotifyWatcher {
                 Target::Dir(path) => {
                     if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
                         news.look = true;
+                        news.dirs.push(path.clone());
                     }
                     if ev.mask & libc::IN_IGNORED != 0 {
                         self.targets.remove(&ev.wd);
@@ -295,6 +303,7 @@ impl Watcher for InotifyWatcher {
         if overflow {
             c.inotify_overflows += 1;
             news.look = true;
+            news.everywhere = true;
             dirty.extend(open);
         } else if !self.polled.is_empty() && self.next_poll.is_none_or(|t| now >= t) {
             let open: BTreeSet<FileKey> = open.collect();
@@ -343,7 +352,7 @@ impl Watcher for InotifyWatcher {
                 // The watch of `key` is on another inode (its path was replaced as it was
                 // added): undo what this did to the descriptor's inode.
                 match self.targets.get(&wd) {
-                    Some(Target::File(other)) => {
+                    Some(Target::File(other, _)) => {
                         let mask = if self.steady.contains(other) { STEADY_MASK } else { FILE_MASK };
                         let _ = self.add_watch(&path, mask);
                     }
@@ -382,7 +391,8 @@ impl Watcher for InotifyWatcher {
         }
         match self.add_watch(path, FILE_MASK) {
             Ok(wd) => {
-                self.targets.insert(wd, Target::File(key));
+                let dir = Arc::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
+                self.targets.insert(wd, Target::File(key, dir));
                 self.by_key.insert(key, wd);
                 None
             }

@@ -385,6 +385,7 @@ impl Tailer {
             ("inotify_overflows", c.inotify_overflows),
             ("inotify_events", c.inotify_events),
             ("read_passes", c.read_passes),
+            ("scoped_looks", c.scoped_looks),
             ("steady_on", c.steady_on),
             ("steady_off", c.steady_off),
             ("files_open", s.files_open as u64),
