@@ -91,3 +91,35 @@ def test_a_node_every_message_once_with_its_pod_stream_and_time(tmp_path: Path, 
     if fmt == "cri":
         gz = list(root.glob("*/*/*.gz"))
         assert gz, "the kubelet compressed rotated files (never read as text: no parse error above)"
+
+
+def test_lines_compressed_while_tailrace_was_down_are_read_from_the_gz(tmp_path: Path, tailrace: Any) -> None:
+    # tailrace is stopped mid-file; meanwhile the container writes on and the kubelet rotates
+    # several times, compressing (and unlinking) the file tailrace had not finished and files
+    # it never saw. Restarted, it reads those lines from the .gz files: nothing lost, nothing
+    # twice. (Every peer loses them.)
+    root = tmp_path / "pods"
+    node = Node(root, namespaces=1, pods=1, containers=1, fmt="cri", rotate_bytes=16 * 1024, keep=8)
+    cfg = base_config(tmp_path, [f"{root}/*/*/*.log"], format="cri", watch="auto")
+    out = tmp_path / "out" / "logs.jsonl"
+    first = tailrace(cfg).start()
+    node.write(40, long_every=1000)
+    wait_for(lambda: len(delivered(out)) >= 40, 30, "the first 40 messages")
+    assert first.stop() == 0
+    node.write(400, long_every=1000)  # ~80 KiB: about five rotations while down
+    (c,) = node.containers
+    assert c.rotations >= 4 and len([p for p in c.rotated if p.suffix == ".gz"]) >= 3, c.rotated
+    # The file read at the stop was rotated first, then compressed and unlinked.
+    assert c.rotated[0].suffix == ".gz" and not c.rotated[0].with_suffix("").exists()
+    second = tailrace(cfg).start()
+    expected = len(node.messages)
+    wait_for(lambda: len(delivered(out)) >= expected, 30, f"{expected} messages")
+    stats = orjson.loads(second.get("/stats")[1])["totals"]
+    assert second.stop() == 0
+    node.close()
+    got = collections.Counter(rec["body"]["stringValue"] for _, rec in delivered(out))
+    assert (sum(got.values()), len(got)) == (expected, expected)
+    assert set(got) == {m.body for m in node.messages}
+    # The file being read at the stop, and each compressed file never seen.
+    gz = len([p for p in c.rotated if p.suffix == ".gz"])
+    assert stats["recovered_from_gzip"] == gz, (stats["recovered_from_gzip"], c.rotated)

@@ -97,6 +97,11 @@ impl Checkpointer {
         self.existed
     }
 
+    /// When the checkpoint file was last written (Unix ns; 0 when there was none).
+    pub fn written_ns(&self) -> u64 {
+        self.written_ns
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -64,6 +64,8 @@ pub struct Counters {
     pub inotify_events: u64,
     /// Passes that read files (the others only drained events or ran timers).
     pub read_passes: u64,
+    /// Files finished from their compressed copy after a restart (rotation rule 9).
+    pub recovered_from_gzip: u64,
     /// Looks of only the directories whose events asked for one (a rotation), not every path.
     pub scoped_looks: u64,
     /// Files turned steady (written at every read, so read on the cadence without write

@@ -216,6 +216,25 @@ pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -
     out
 }
 
+/// gzip-compressed siblings of `path` (the kubelet's `0.log.<YYYYmmdd-HHMMSS>.gz`), newest
+/// name first; never `.gz.tmp` (still being written).
+pub fn compressed_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let name = name.as_encoded_bytes();
+    let mut out: Vec<PathBuf> = cache
+        .names(dir, sys)
+        .iter()
+        .filter(|f| {
+            let b = f.as_encoded_bytes();
+            b.len() > name.len() && b.starts_with(name) && b.ends_with(b".gz")
+        })
+        .map(|f| dir.join(f))
+        .collect();
+    out.sort_by(|a, b| b.cmp(a));
+    out
+}
+
 /// Raise the open-files soft limit to the hard limit (a node can hold thousands of log files).
 /// Returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {

@@ -142,12 +142,19 @@ impl FileReader {
             c.syscalls.close += 1;
             return Err(std::io::Error::other("file replaced while opening"));
         }
+        Self::with_file(file, key, path.display().to_string(), meta.size(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), offset, now, c)
+    }
+
+    /// A reader of an open `file` standing for the file known as `key` (for a file recovered
+    /// from its compressed copy: a memory file holding its bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_file(file: File, key: FileKey, path: String, size: u64, mtime: SystemTime, offset: u64, now: Instant, c: &mut Counters) -> std::io::Result<(FileReader, bool)> {
         let fp = Fingerprint::read(&file, &mut c.syscalls)?;
-        let truncated = meta.size() < offset;
+        let truncated = size < offset;
         let offset = if truncated { 0 } else { offset };
         c.files_opened += 1;
         let reader = FileReader {
-            source: Arc::new(Source { key, path: path.display().to_string(), epoch: 0, encoded_attrs: Default::default() }),
+            source: Arc::new(Source { key, path, epoch: 0, encoded_attrs: Default::default() }),
             fp,
             file: Some(file),
             pos: offset,
@@ -158,8 +165,8 @@ impl FileReader {
             state: FileState::Active,
             last_data: now,
             eof: false,
-            look_size: meta.size(),
-            look_mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            look_size: size,
+            look_mtime: mtime,
             look_wall: SystemTime::now(),
             timed: false,
             parser: Parser::new(Format::Plain),

@@ -22,6 +22,9 @@
 //!    rule 6 at adoption.
 //! 8. After a restart, files checkpointed at paths no longer matched are looked for among the
 //!    siblings of those paths (rotated while we were down).
+//! 9. Compressed siblings (the kubelet's `0.log.<time>.gz`) are read after a restart when they
+//!    hold lines not read: a checkpointed file compressed while tailrace was down is finished
+//!    from its checkpoint, one never seen and compressed since the last checkpoint is read whole.
 //!
 //! Every reading of a file starts in `register` (checkpoint entry and reader source
 //! together). The checkpointer is locked once per look or truncation and passed down.
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::discovery::{self, Found};
 use crate::identity::{FileKey, Fingerprint};
-use crate::reader::{FileReader, FileState};
+use crate::reader::{self, FileReader, FileState};
 use crate::tailer::{ReadFrom, Tailer};
 
 /// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
@@ -67,6 +70,9 @@ impl Tailer {
         self.look_moved(&mut cp, &at_path, dirs, now);
         let wall = SystemTime::now();
         let history = first && !cp.existed();
+        // What was checkpointed before this start, as it was (adoption below may register a
+        // reused inode over an entry): the compressed files are matched against it.
+        let before = if first { cp.entries_for(&self.cfg.name) } else { Vec::new() };
         for f in &scan.files {
             if self.readers.contains_key(&f.key) {
                 self.look_held(&mut cp, f, wall, now);
@@ -82,7 +88,7 @@ impl Tailer {
             }
         }
         if first {
-            self.look_for_checkpointed(&mut cp, now);
+            self.look_for_checkpointed(&mut cp, &before, now);
         }
         let ns = unix_ns(wall);
         for k in self.readers.keys() {
@@ -177,9 +183,10 @@ impl Tailer {
         }
     }
 
-    /// Rule 8: files checkpointed before a restart that are no longer at a matched path are
-    /// looked for in their directories (rotated while we were down), with anything newer.
-    fn look_for_checkpointed(&mut self, cp: &mut Checkpointer, now: Instant) {
+    /// Rules 8 and 9: files checkpointed before a restart that are no longer at a matched path
+    /// are looked for in their directories (rotated while we were down), with anything newer;
+    /// then the compressed files there.
+    fn look_for_checkpointed(&mut self, cp: &mut Checkpointer, before: &[(FileKey, crate::checkpoints::Entry)], now: Instant) {
         let mut dirs_done = HashSet::new();
         for (key, e) in cp.entries_for(&self.cfg.name) {
             if self.readers.contains_key(&key) || !dirs_done.insert(e.path.clone()) {
@@ -187,7 +194,69 @@ impl Tailer {
             }
             self.adopt_siblings(cp, Path::new(&e.path), now);
         }
+        let mut paths: Vec<&String> = before.iter().map(|(_, e)| &e.path).collect();
+        paths.sort();
+        paths.dedup();
+        for path in paths {
+            self.recover_compressed(cp, before, Path::new(path), now);
+        }
     }
+
+    /// Rule 9: compressed siblings of `path` (the kubelet's `0.log.<time>.gz`) hold lines
+    /// tailrace may not have read: a file checkpointed but compressed (and unlinked) while
+    /// tailrace was down is finished from its checkpoint; one never seen, compressed after the
+    /// last checkpoint write, is read whole. A compressed file whose head is that of a file
+    /// still held is skipped (the kubelet unlinks the original after the rename). Each is
+    /// decompressed into a memory file and drained as a rotated file is; counted
+    /// (`recovered_from_gzip`).
+    fn recover_compressed(&mut self, cp: &mut Checkpointer, entries: &[(FileKey, crate::checkpoints::Entry)], path: &Path, now: Instant) {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        for gz in discovery::compressed_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
+            self.counters.syscalls.open += 1;
+            let Ok(f) = reader::open_noatime(&gz) else { continue };
+            self.counters.syscalls.fstat += 1;
+            let Ok(meta) = f.metadata() else { continue };
+            let mut head = Vec::new();
+            let mut dec = flate2::read::GzDecoder::new(f);
+            if (&mut dec).take(crate::identity::FINGERPRINT_MAX as u64).read_to_end(&mut head).is_err() {
+                continue;
+            }
+            let head_fp = Fingerprint { bytes: head };
+            if !head_fp.is_evidence() || self.readers.values().any(|r| r.fp.is_evidence() && r.fp.compatible(&head_fp)) {
+                continue;
+            }
+            // Known by its head (checkpointed before this start, or recovered from before), or
+            // compressed since the last checkpoint write: never seen. It is tracked under its
+            // own identity (the original's inode may have been reused by now).
+            let key = FileKey { dev: meta.dev(), ino: meta.ino() };
+            let matches = |e: &crate::checkpoints::Entry| e.fp.is_evidence() && e.fp.compatible(&head_fp);
+            let own = cp.get(&self.cfg.name, key).filter(|e| matches(e)).map(|e| (e.offset, e.path.clone()));
+            let known = own.or_else(|| entries.iter().find(|(_, e)| matches(e)).map(|(_, e)| (e.offset, e.path.clone())));
+            let compressed_ns = meta.mtime().max(0) as u64 * 1_000_000_000 + meta.mtime_nsec().max(0) as u64;
+            let (offset, src_path) = match known {
+                Some(k) => k,
+                None if compressed_ns > cp.written_ns() => (0, gz.with_extension("").display().to_string()),
+                None => continue,
+            };
+            if self.readers.contains_key(&key) {
+                continue;
+            }
+            // A rotated container log is bounded by the kubelet (containerLogMaxSize, 10 MiB by
+            // default); a compressed file past 1 GiB is not held in memory.
+            let mut data = head_fp.bytes;
+            if dec.take(1 << 30).read_to_end(&mut data).is_err() || (data.len() as u64) <= offset {
+                continue;
+            }
+            let Some(file) = memory_file(&data) else { continue };
+            let Ok((mut r, _)) = FileReader::with_file(file, key, src_path.clone(), data.len() as u64, SystemTime::now(), 0, now, &mut self.counters) else { continue };
+            register(&self.cfg.name, cp, &mut r, src_path, offset);
+            r.state = FileState::Draining { since: now };
+            self.hold(key, r);
+            self.counters.recovered_from_gzip += 1;
+        }
+    }
+
 
     /// Start reading a file (rule 2): at its checkpoint if known, else at `start` or 0. Returns
     /// whether it resumed from a checkpoint, or `None` when it could not be opened.
@@ -333,6 +402,21 @@ impl Tailer {
         self.retime(key);
         self.more.push(key); // read again from 0 in this step (or the next, from the read loop)
     }
+}
+
+/// An anonymous memory file holding `data` (a decompressed rotated file, read as files are).
+fn memory_file(data: &[u8]) -> Option<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the name is NUL-terminated; the descriptor is owned below.
+    let fd = unsafe { libc::memfd_create(c"tailrace-gz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just returned by memfd_create and is ours alone.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data).ok()?;
+    Some(f)
 }
 
 /// If `copy` (a file of `copy_size` bytes with head `copy_fp`) is a copy of a file whose head is

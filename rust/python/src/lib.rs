@@ -386,6 +386,7 @@ impl Tailer {
             ("inotify_events", c.inotify_events),
             ("read_passes", c.read_passes),
             ("scoped_looks", c.scoped_looks),
+            ("recovered_from_gzip", c.recovered_from_gzip),
             ("steady_on", c.steady_on),
             ("steady_off", c.steady_off),
             ("files_open", s.files_open as u64),
@@ -412,9 +413,11 @@ impl Tailer {
 
     /// Test-only: hold (True) or release (False) steps. A held step waits inside the tailer's
     /// lock, as a long step on a worker thread would.
-    fn _hold_steps(&self, on: bool) {
-        *self.hold.0.lock().expect("hold lock") = on;
-        self.hold.1.notify_all();
+    fn _hold_steps(&self, py: Python<'_>, on: bool) {
+        py.detach(|| {
+            *self.hold.0.lock().expect("hold lock") = on;
+            self.hold.1.notify_all();
+        })
     }
 
     /// Test-only: a step is waiting on `_hold_steps`.
