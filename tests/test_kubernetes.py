@@ -123,3 +123,32 @@ def test_lines_compressed_while_tailrace_was_down_are_read_from_the_gz(tmp_path:
     # The file being read at the stop, and each compressed file never seen.
     gz = len([p for p in c.rotated if p.suffix == ".gz"])
     assert stats["recovered_from_gzip"] == gz, (stats["recovered_from_gzip"], c.rotated)
+
+
+def test_sigterm_under_load_then_restart_every_message_once(tmp_path: Path, tailrace: Any) -> None:
+    # SIGTERM right after a burst (lines read, batches open and in flight): tailrace delivers
+    # what it read within shutdown_grace, writes its checkpoints and exits 0; the node writes
+    # and rotates on meanwhile; restarted, it delivers the rest: every message exactly once.
+    root = tmp_path / "pods"
+    node = Node(root, namespaces=2, pods=2, containers=2, fmt="cri", rotate_bytes=48 * 1024, keep=6)
+    cfg = base_config(tmp_path, [f"{root}/*/*/*.log"], format="cri", watch="auto")
+    cfg["shutdown_grace"] = "5s"
+    out = tmp_path / "out" / "logs.jsonl"
+    first = tailrace(cfg).start()
+    wait_for(lambda: first.get("/readyz")[0] == 200, 30, "tailrace ready")
+    for _ in range(5):
+        node.write(100, long_every=30)
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    assert first.stop() == 0
+    assert time.monotonic() - t0 < 5 + 2, "stopped within shutdown_grace"
+    before = len(delivered(out))
+    assert 0 < before <= len(node.messages)
+    node.write(300, long_every=30)
+    second = tailrace(cfg).start()
+    expected = len(node.messages)
+    wait_for(lambda: len(delivered(out)) >= expected, 30, f"{expected} messages")
+    assert second.stop() == 0
+    node.close()
+    got = collections.Counter(rec["body"]["stringValue"] for _, rec in delivered(out))
+    assert (sum(got.values()), set(got)) == (expected, {m.body for m in node.messages})

@@ -107,6 +107,9 @@ pub struct FileReader {
     pub timed: bool,
     /// Lines → records (container runtime envelopes; pieces held until their end).
     pub parser: Parser,
+    /// Length of the fingerprint last handed to the ledger (which stores longer heads in the
+    /// checkpoint as their batches are acknowledged).
+    pub fp_sent: usize,
     /// The parser's cap on a (merged) message; the reader's own cap on a line is larger for
     /// container formats (their envelope).
     pub max_message: usize,
@@ -170,6 +173,7 @@ impl FileReader {
             look_wall: SystemTime::now(),
             timed: false,
             parser: Parser::new(Format::Plain),
+            fp_sent: 0,
             max_message: usize::MAX,
             streak: 0,
         };

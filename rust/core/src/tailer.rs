@@ -607,10 +607,13 @@ impl Tailer {
             out.push(b);
         }
         if !out.is_empty() {
+            // A head grows as its file is read (to FINGERPRINT_MAX): each growth is handed over
+            // once, and stored with the first acknowledgement after it.
             let mut heads: Vec<(FileKey, Fingerprint)> = Vec::new();
             for b in &out {
                 for (key, _, _) in &b.offsets {
-                    if let Some(r) = self.readers.get(key).filter(|r| !r.fp.is_full()) {
+                    if let Some(r) = self.readers.get_mut(key).filter(|r| r.fp.bytes.len() > r.fp_sent) {
+                        r.fp_sent = r.fp.bytes.len();
                         heads.push((*key, r.fp.clone()));
                     }
                 }
@@ -897,5 +900,27 @@ mod tests {
         std::fs::write(d.path().join("pod20/c/0.log"), "new\n").unwrap();
         assert_eq!(records(&t.step(t0 + Duration::from_millis(30))), 1);
         assert_eq!(t.counters.scoped_looks, 1, "the new directories were looks everywhere");
+    }
+
+    #[test]
+    fn a_file_empty_when_found_is_checkpointed_with_its_full_head() {
+        // The head grows after the file is found: the checkpoint must store it as its batches are
+        // acknowledged, or a restart cannot tell the file from another and reads it again.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, "").unwrap();
+        let mut t = tailer(d.path(), |_| {});
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 0);
+        std::fs::write(&p, "x".repeat(100) + "\n").unwrap();
+        let b = t.step(t0);
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(("y".repeat(2000) + "\n").as_bytes()).unwrap();
+        let c = t.step(t0);
+        for batch in b.iter().chain(&c) {
+            assert!(t.commit(batch.id));
+        }
+        let cp = t.checkpoints.lock().unwrap();
+        let (_, e) = cp.entries_for("t").pop().unwrap();
+        assert_eq!((e.offset, e.fp.bytes.len()), (2102, crate::identity::FINGERPRINT_MAX));
     }
 }
