@@ -94,6 +94,9 @@ class Node:
         self.messages: list[Message] = []
         self.containers: list[Container] = []
         self.clock_ns = 1_796_119_200_000_000_000
+        # Message bodies are slices of this (quotes, backslashes, tabs, multi-byte characters:
+        # what JSON escaping and byte-exact merging must keep).
+        self.pool = "".join(self.rng.choice("abcdefghij \t\"\\é€") for _ in range(1 << 16))
         for n in range(namespaces):
             for p in range(pods):
                 uid = f"{n:08x}-{p:04x}-4000-8000-{self.rng.getrandbits(48):012x}"
@@ -122,7 +125,9 @@ class Node:
             ct.seq += 1
             size = self.rng.randrange(2 * PIECE, 3 * PIECE) if ct.seq % long_every == 0 else self.rng.randrange(10, 300)
             head = f"{ct.key} {ct.seq} {stream} "
-            body = head + "".join(self.rng.choice("abcdefghij \t\"\\é€") for _ in range(size - len(head)))
+            n = max(0, size - len(head))
+            at = self.rng.randrange(len(self.pool) - min(n, len(self.pool) - 1))
+            body = head + (self.pool * (1 + n // len(self.pool)))[at:at + n]
             t0 = self.tick_ns()
             self.messages.append(Message(body, stream, t0, ct))
             pieces = split(body.encode(), whole_chars=ct.fmt == "docker")

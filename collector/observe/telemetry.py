@@ -73,6 +73,8 @@ class Telemetry:
             ("tailrace_read_passes", "1", "Passes that read files (wakeups that read)", per_input("read_passes")),
             ("tailrace_parse_errors", "1", "Lines the parser could not read (shipped whole, flagged)",
              per_input("parse_errors")),
+            ("tailrace_recovered_from_gzip", "1", "Files finished from their compressed copy after a restart",
+             per_input("recovered_from_gzip")),
             ("tailrace_records_exported", "1", "Records an output acknowledged", self._per_output("delivered_records")),
             ("tailrace_batches_exported", "1", "Batches an output acknowledged", self._per_output("delivered_batches")),
             ("tailrace_export_retries", "1", "Export attempts retried", self._per_output("retries")),
