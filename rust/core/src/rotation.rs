@@ -58,7 +58,10 @@ impl Tailer {
         self.dir_cache.clear();
         let first = !self.looked;
         self.looked = true;
-        let dirs = dirs.filter(|d| !first && d.iter().all(|dir| self.readers.values().any(|r| Path::new(&r.source.path).parent() == Some(dir.as_path()))));
+        let dirs = dirs.filter(|d| {
+            let held: HashSet<&Path> = self.readers.values().filter_map(|r| Path::new(&r.source.path).parent()).collect();
+            !first && d.iter().all(|dir| held.contains(dir.as_path()))
+        });
         let scan = match dirs {
             None => self.scan(),
             Some(d) => {
