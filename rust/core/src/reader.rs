@@ -278,6 +278,7 @@ impl FileReader {
     /// The caller decides whether the carry was recovered elsewhere (a copytruncate copy).
     pub fn restart_at_zero(&mut self) {
         self.parser.reset();
+        self.fp_sent = 0; // a new head, handed over again as it grows
         self.carry.clear();
         self.carry_split = false;
         self.carry_since = None;

@@ -482,3 +482,9 @@ fn truncated_then_regrown_then_copytruncated_inotify() {
     use Action::*;
     run_in(vec![WriteLine(0), Step, Truncate, WriteLine(0), Step, CopyTruncate(0)], 1 << 20, WatchMode::Inotify);
 }
+
+#[test]
+fn copytruncate_then_restart_delivers_the_copy_once() {
+    use Action::*;
+    run(vec![WriteLine(0), WriteLine(0), Step, CopyTruncate(0), WriteLine(0), Step, Restart, WriteLine(0)], 1 << 20);
+}
