@@ -140,9 +140,9 @@ def test_sigterm_under_load_then_restart_every_message_once(tmp_path: Path, tail
     for _ in range(5):
         node.write(100, long_every=30)
         time.sleep(0.05)
-    t0 = time.monotonic()
     assert first.stop() == 0
-    assert time.monotonic() - t0 < 5 + 2, "stopped within shutdown_grace"
+    # Everything read was delivered before the grace period ran out (else tailrace says so).
+    assert "shutdown grace period over" not in first.log() and "stopped" in first.log()
     before = len(delivered(out))
     assert 0 < before <= len(node.messages)
     node.write(300, long_every=30)
