@@ -32,18 +32,23 @@ def kube_paths(directory: str, files: int) -> list[str]:
     return out
 
 
-def kubelet_rotate(path: str, generation: int, rotated: list[str]) -> None:
+def kubelet_rotate(path: str, generation: int, rotated: list[str], keep: int = 4) -> None:
+    """The kubelet's rotation of a container's `path`: renamed to `<path>.<YYYYmmdd-HHMMSS>`
+    (unique per `generation` here), every older rotated file gzip-compressed (`.gz.tmp`, then
+    renamed to `.gz`, the original unlinked), the oldest deleted beyond `keep` files in all.
+    `rotated` is the container's rotated files, oldest first (updated). The caller reopens
+    `path`, as the runtime does."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(1_796_119_200 + generation))
     os.rename(path, f"{path}.{stamp}")
     for i, old in enumerate(rotated):
-        if not old.endswith(".gz"):
+        if not old.endswith(".gz") and os.path.exists(old):
             with open(old, "rb") as src, gzip.open(old + ".gz.tmp", "wb", compresslevel=1) as dst:
                 dst.write(src.read())
             os.rename(old + ".gz.tmp", old + ".gz")
             os.unlink(old)
             rotated[i] = old + ".gz"
     rotated.append(f"{path}.{stamp}")
-    while len(rotated) > 3:
+    while len(rotated) > keep - 1:
         os.unlink(rotated.pop(0))
 
 

@@ -16,15 +16,13 @@ delivered once, lost, or duplicated."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PIECE = 16 * 1024
+from tests.appender import PIECE, kubelet_rotate
 
 
 def split(data: bytes, whole_chars: bool) -> list[bytes]:
@@ -68,7 +66,12 @@ class Container:
     rotations: int = 0
     written: int = 0
     f: object | None = None
-    rotated: list[Path] = field(default_factory=list)
+    # The kubelet's rotated files, oldest first.
+    rotated_names: list[str] = field(default_factory=list)
+
+    @property
+    def rotated(self) -> list[Path]:
+        return [Path(n) for n in self.rotated_names]
 
     @property
     def key(self) -> str:
@@ -173,23 +176,7 @@ class Node:
                     p.rename(f"{base}.{k + 1}")
             base.rename(f"{base}.1")
         else:
-            # The kubelet: a timestamped name (unique per rotation here), then compress all but
-            # the newest rotated file, then delete beyond `keep`.
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(1_796_119_200 + ct.rotations))
-            rotated = ct.path.with_name(f"{ct.path.name}.{stamp}")
-            ct.path.rename(rotated)
-            for old in ct.rotated:
-                if old.suffix != ".gz" and old.exists():
-                    tmp = old.with_name(old.name + ".gz.tmp")
-                    with open(old, "rb") as src, gzip.open(tmp, "wb") as dst:
-                        dst.write(src.read())
-                    final = old.with_name(old.name + ".gz")
-                    os.rename(tmp, final)
-                    old.unlink()
-                    ct.rotated[ct.rotated.index(old)] = final
-            ct.rotated.append(rotated)
-            while len(ct.rotated) > self.keep - 1:
-                ct.rotated.pop(0).unlink(missing_ok=True)
+            kubelet_rotate(str(ct.path), ct.rotations, ct.rotated_names, self.keep)
         ct.f = open(ct.path, "ab", buffering=0)  # noqa: SIM115
         ct.written = 0
 

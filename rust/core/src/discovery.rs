@@ -194,22 +194,28 @@ pub fn is_archive_name(name: &[u8]) -> bool {
     [&b".gz"[..], b".tmp", b".zst", b".bz2", b".xz", b".zip", b".lz4"].iter().any(|s| name.ends_with(s))
 }
 
-/// Regular files in `path`'s directory whose names start with its file name (rotated siblings:
-/// `app.log.1`, `app.log-20260101`, `0.log.20260101-101500`, ...), excluding `path` itself and
-/// compressed or temporary files.
-pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<Found> {
+/// Paths in `path`'s directory whose names start with its file name (and are longer), kept
+/// by `keep` (the rest of the name).
+fn siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls, keep: impl Fn(&[u8]) -> bool) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let name = name.as_encoded_bytes();
-    let matching: Vec<PathBuf> = cache
+    cache
         .names(dir, sys)
         .iter()
         .filter(|f| {
             let b = f.as_encoded_bytes();
-            b.len() > name.len() && b.starts_with(name) && !is_archive_name(b)
+            b.len() > name.len() && b.starts_with(name) && keep(b)
         })
         .map(|f| dir.join(f))
-        .collect();
+        .collect()
+}
+
+/// Regular files in `path`'s directory whose names start with its file name (rotated siblings:
+/// `app.log.1`, `app.log-20260101`, `0.log.20260101-101500`, ...), excluding `path` itself and
+/// compressed or temporary files.
+pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<Found> {
+    let matching = siblings(path, cache, sys, |b| !is_archive_name(b));
     let mut errors = Vec::new();
     let mut out: Vec<Found> = matching.iter().filter_map(|p| stat_path(p, sys, &mut errors)).collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -219,18 +225,7 @@ pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -
 /// gzip-compressed siblings of `path` (the kubelet's `0.log.<YYYYmmdd-HHMMSS>.gz`), newest
 /// name first; never `.gz.tmp` (still being written).
 pub fn compressed_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return vec![] };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let name = name.as_encoded_bytes();
-    let mut out: Vec<PathBuf> = cache
-        .names(dir, sys)
-        .iter()
-        .filter(|f| {
-            let b = f.as_encoded_bytes();
-            b.len() > name.len() && b.starts_with(name) && b.ends_with(b".gz")
-        })
-        .map(|f| dir.join(f))
-        .collect();
+    let mut out = siblings(path, cache, sys, |b| b.ends_with(b".gz"));
     out.sort_by(|a, b| b.cmp(a));
     out
 }

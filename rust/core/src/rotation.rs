@@ -29,7 +29,7 @@
 //! Every reading of a file starts in `register` (checkpoint entry and reader source
 //! together). The checkpointer is locked once per look or truncation and passed down.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -197,11 +197,25 @@ impl Tailer {
             }
             self.adopt_siblings(cp, Path::new(&e.path), now);
         }
-        let mut paths: Vec<&String> = before.iter().map(|(_, e)| &e.path).collect();
-        paths.sort();
-        paths.dedup();
-        for path in paths {
-            self.recover_compressed(cp, before, Path::new(path), now);
+        // Grouped by directory once: each compressed file is compared with the heads checkpointed
+        // and held in its own directory, not with every file of the input (10,000 on a node).
+        let mut by_path: BTreeMap<&str, Vec<&crate::checkpoints::Entry>> = BTreeMap::new();
+        for (_, e) in before {
+            by_path.entry(&e.path).or_default().push(e);
+        }
+        let mut entries_in: HashMap<&Path, Vec<&crate::checkpoints::Entry>> = HashMap::new();
+        for (_, e) in before {
+            entries_in.entry(Path::new(&e.path).parent().unwrap_or(Path::new(""))).or_default().push(e);
+        }
+        let mut held_in: HashMap<PathBuf, Vec<Fingerprint>> = HashMap::new();
+        for r in self.readers.values().filter(|r| r.fp.is_evidence()) {
+            held_in.entry(Path::new(&r.source.path).parent().unwrap_or(Path::new("")).to_path_buf()).or_default().push(r.fp.clone());
+        }
+        for path in by_path.keys() {
+            let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+            let entries = entries_in.get(dir).map(Vec::as_slice).unwrap_or(&[]);
+            let held = held_in.get(dir).map(Vec::as_slice).unwrap_or(&[]);
+            self.recover_compressed(cp, entries, held, Path::new(path), now);
         }
     }
 
@@ -209,13 +223,15 @@ impl Tailer {
     /// tailrace may not have read: a file checkpointed but compressed (and unlinked) while
     /// tailrace was down is finished from its checkpoint; one never seen, compressed after the
     /// last checkpoint write, is read whole. A compressed file whose head is that of a file
-    /// still held is skipped (the kubelet unlinks the original after the rename). Each is
+    /// still held is skipped (the kubelet unlinks the original after the rename; `held`: the
+    /// heads held in this directory, `entries`: those checkpointed there). Each is
     /// decompressed into a memory file and drained as a rotated file is; counted
     /// (`recovered_from_gzip`).
-    fn recover_compressed(&mut self, cp: &mut Checkpointer, entries: &[(FileKey, crate::checkpoints::Entry)], path: &Path, now: Instant) {
+    fn recover_compressed(&mut self, cp: &mut Checkpointer, entries: &[&crate::checkpoints::Entry], held: &[Fingerprint], path: &Path, now: Instant) {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
-        for gz in discovery::compressed_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls) {
+        let gzs = discovery::compressed_siblings(path, &mut self.dir_cache, &mut self.counters.syscalls);
+        for gz in gzs {
             self.counters.syscalls.open += 1;
             let Ok(f) = reader::open_noatime(&gz) else { continue };
             self.counters.syscalls.fstat += 1;
@@ -226,7 +242,7 @@ impl Tailer {
                 continue;
             }
             let head_fp = Fingerprint { bytes: head };
-            if !head_fp.is_evidence() || self.readers.values().any(|r| r.fp.is_evidence() && r.fp.compatible(&head_fp)) {
+            if !head_fp.is_evidence() || held.iter().any(|fp| fp.compatible(&head_fp)) {
                 continue;
             }
             // Known by its head (checkpointed before this start, or recovered from before), or
@@ -235,7 +251,7 @@ impl Tailer {
             let key = FileKey { dev: meta.dev(), ino: meta.ino() };
             let matches = |e: &crate::checkpoints::Entry| e.fp.is_evidence() && e.fp.compatible(&head_fp);
             let own = cp.get(&self.cfg.name, key).filter(|e| matches(e)).map(|e| (e.offset, e.path.clone()));
-            let known = own.or_else(|| entries.iter().find(|(_, e)| matches(e)).map(|(_, e)| (e.offset, e.path.clone())));
+            let known = own.or_else(|| entries.iter().find(|e| matches(e)).map(|e| (e.offset, e.path.clone())));
             let compressed_ns = meta.mtime().max(0) as u64 * 1_000_000_000 + meta.mtime_nsec().max(0) as u64;
             let (offset, src_path) = match known {
                 Some(k) => k,
