@@ -282,6 +282,8 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
             "peak_rss_mib": round(rss, 1),
             "rotations": d["rotations"],
             "steps_per_second": round(d["steps"] / wall, 1),
+            # Every counter tailrace keeps, as its change over the run (gauges: their end value).
+            "counters": d,
         }
 
 

@@ -168,16 +168,28 @@ pub fn stat_path(path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, Stri
     }
 }
 
-/// Directory listings shared by one look, so that tailing many files of one directory costs
-/// one listing per look, not one per file.
+/// Directory listings and sibling stats shared by one look, so that tailing many files of one
+/// directory costs one listing per look, not one per file, and a rotated sibling is stat'ed
+/// once per look however many rules ask about it.
 #[derive(Default)]
 pub struct DirCache {
     listings: std::collections::HashMap<PathBuf, Vec<std::ffi::OsString>>,
+    stats: std::collections::HashMap<PathBuf, Option<Found>>,
 }
 
 impl DirCache {
     pub fn clear(&mut self) {
         self.listings.clear();
+        self.stats.clear();
+    }
+
+    fn stat(&mut self, path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Option<Found> {
+        if let Some(found) = self.stats.get(path) {
+            return found.clone();
+        }
+        let found = stat_path(path, sys, errors);
+        self.stats.insert(path.to_path_buf(), found.clone());
+        found
     }
 
     fn names(&mut self, dir: &Path, sys: &mut Syscalls) -> &[std::ffi::OsString] {
@@ -217,7 +229,7 @@ fn siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls, keep: impl Fn
 pub fn rotated_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls) -> Vec<Found> {
     let matching = siblings(path, cache, sys, |b| !is_archive_name(b));
     let mut errors = Vec::new();
-    let mut out: Vec<Found> = matching.iter().filter_map(|p| stat_path(p, sys, &mut errors)).collect();
+    let mut out: Vec<Found> = matching.iter().filter_map(|p| cache.stat(p, sys, &mut errors)).collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }

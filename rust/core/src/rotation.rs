@@ -37,7 +37,7 @@ use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::discovery::{self, Found};
 use crate::identity::{FileKey, Fingerprint};
 use crate::reader::{self, FileReader, FileState};
-use crate::tailer::{ReadFrom, Tailer};
+use crate::tailer::{ReadFrom, Tailer, STEADY_AFTER};
 
 /// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
 /// records carry (`path`, that epoch). The one place both are set.
@@ -49,19 +49,17 @@ fn register(input: &str, cp: &mut Checkpointer, r: &mut FileReader, path: String
 
 impl Tailer {
     /// Look at the paths (every one, or those directly in `dirs`): new files, rotation,
-    /// truncation, deletion, inactive files that grew. A look of directories that hold no file
-    /// we read (a new pod's, a new container's) is a look everywhere: what appeared there may be
-    /// deeper than they are.
+    /// truncation, deletion, inactive files that grew. A look of directories costs what is in
+    /// them, not what the input tails: a rotation on a node of 10,000 files lists one
+    /// directory and touches the readers of that directory only. (A directory appearing or
+    /// leaving asks for a look everywhere: see `News::everywhere`.)
     pub(crate) fn look(&mut self, now: Instant, dirs: Option<&BTreeSet<PathBuf>>) {
         let checkpoints = self.checkpoints.clone();
         let mut cp = checkpoints.lock().expect("checkpointer lock");
         self.dir_cache.clear();
         let first = !self.looked;
         self.looked = true;
-        let dirs = dirs.filter(|d| {
-            let held: HashSet<&Path> = self.readers.values().filter_map(|r| Path::new(&r.source.path).parent()).collect();
-            !first && d.iter().all(|dir| held.contains(dir.as_path()))
-        });
+        let dirs = dirs.filter(|_| !first);
         let scan = match dirs {
             None => self.scan(),
             Some(d) => {
@@ -70,19 +68,21 @@ impl Tailer {
             }
         };
         let at_path: HashMap<&Path, FileKey> = scan.files.iter().map(|f| (f.path.as_path(), f.key)).collect();
-        self.look_moved(&mut cp, &at_path, dirs, now);
+        let mut looked_at = self.look_moved(&mut cp, &at_path, dirs, now);
         let wall = SystemTime::now();
         let history = first && !cp.existed();
         // What was checkpointed before this start, as it was (adoption below may register a
         // reused inode over an entry): the compressed files are matched against it.
         let before = if first { cp.entries_for(&self.cfg.name) } else { Vec::new() };
         for f in &scan.files {
+            looked_at.push(f.key);
             if self.readers.contains_key(&f.key) {
                 self.look_held(&mut cp, f, wall, now);
                 continue;
             }
             let from_end = history && self.cfg.read_from == ReadFrom::End;
-            if let Some(resumed) = self.adopt(&mut cp, f, from_end.then_some(f.size), FileState::Active, now) {
+            let inherit = self.steady_paths.remove(&f.path);
+            if let Some(resumed) = self.adopt(&mut cp, f, from_end.then_some(f.size), FileState::Active, inherit, now) {
                 if history {
                     self.note_archives(&mut cp, &f.path); // rule 4: history, not ours to ship
                 } else if !resumed {
@@ -90,18 +90,25 @@ impl Tailer {
                 }
             }
         }
+        self.steady_paths.clear();
         if first {
             self.look_for_checkpointed(&mut cp, &before, now);
         }
+        // Every reader at a look everywhere; at a look of directories, those it looked at
+        // (readers it created were timed as they were held).
+        if dirs.is_none() {
+            looked_at = self.readers.keys().copied().collect();
+        }
         let ns = unix_ns(wall);
-        for k in self.readers.keys() {
+        for k in &looked_at {
             cp.touch(&self.cfg.name, *k, ns);
         }
         drop(cp);
         self.dir_cache.clear();
-        self.close_inactive(now);
-        let keys: Vec<FileKey> = self.readers.keys().copied().collect();
-        for k in keys {
+        if dirs.is_none() {
+            self.close_inactive(now);
+        }
+        for k in looked_at {
             self.retime(k);
         }
     }
@@ -125,25 +132,30 @@ impl Tailer {
     }
 
     /// Rules 3 and 5: files that left their path (renamed away or deleted) are drained; then
-    /// siblings this tailer never saw are read (a file rotated twice between two looks).
-    fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, dirs: Option<&BTreeSet<PathBuf>>, now: Instant) {
+    /// siblings this tailer never saw are read (a file rotated twice between two looks). A
+    /// steady file's successor at its path starts steady (`steady_paths`): a busy container's
+    /// new log is as busy. Returns the files that left.
+    fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, dirs: Option<&BTreeSet<PathBuf>>, now: Instant) -> Vec<FileKey> {
         let looked_at = |p: &Path| dirs.is_none_or(|d| p.parent().is_some_and(|parent| d.contains(parent)));
         let moved: Vec<FileKey> = self
             .readers
             .values()
-            .filter(|r| r.state == FileState::Active && looked_at(Path::new(&r.source.path)) && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .filter(|r| r.state == FileState::Active && at_path.get(Path::new(&r.source.path)) != Some(&r.key()) && looked_at(Path::new(&r.source.path)))
             .map(|r| r.key())
             .collect();
-        for key in moved {
+        for &key in &moved {
             let r = self.readers.get_mut(&key).expect("listed above");
             r.state = FileState::Draining { since: now };
             if !r.is_open() {
                 let _ = r.reopen(&mut self.counters);
             }
             let path = PathBuf::from(&r.source.path);
-            self.counters.syscalls.stat += 1;
-            if path.exists() {
+            // What is at the path now was found by this look (a regular file the globs match).
+            if at_path.contains_key(path.as_path()) {
                 self.counters.rotations += 1;
+                if r.streak >= STEADY_AFTER {
+                    self.steady_paths.insert(path.clone());
+                }
             } else {
                 self.counters.deletions += 1;
             }
@@ -153,6 +165,7 @@ impl Tailer {
             }
             self.adopt_siblings(cp, &path, now);
         }
+        moved
     }
 
     /// A held file still at its path: truncated or rewritten since the last look (rule 6), or
@@ -279,7 +292,8 @@ impl Tailer {
 
     /// Start reading a file (rule 2): at its checkpoint if known, else at `start` or 0. Returns
     /// whether it resumed from a checkpoint, or `None` when it could not be opened.
-    fn adopt(&mut self, cp: &mut Checkpointer, f: &Found, start: Option<u64>, state: FileState, now: Instant) -> Option<bool> {
+    /// `steady`: its write events start off (see `look_moved`).
+    fn adopt(&mut self, cp: &mut Checkpointer, f: &Found, start: Option<u64>, state: FileState, steady: bool, now: Instant) -> Option<bool> {
         let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &mut self.counters) {
             Ok(x) => x,
             Err(e) => {
@@ -319,8 +333,10 @@ impl Tailer {
         r.state = state;
         r.look_size = f.size;
         r.look_mtime = f.mtime;
-        if let Some(msg) = self.watcher.watch(f.key, &f.path, &mut self.counters) {
-            self.report(format!("watch:{}", f.path.display()), msg);
+        match self.watcher.watch(f.key, &f.path, steady, &mut self.counters) {
+            Err(msg) => self.report(format!("watch:{}", f.path.display()), msg),
+            Ok(true) => r.streak = STEADY_AFTER,
+            Ok(false) => {}
         }
         self.hold(f.key, r);
         self.clear_report(&format!("open:{}", f.path.display()));
@@ -338,7 +354,7 @@ impl Tailer {
             cp.touch(&self.cfg.name, s.key, ns);
             // Even a sibling read to its end is opened: its head tells whether it is still the
             // file we read (rotations are rare; this is not the read path).
-            self.adopt(cp, &s, None, FileState::Draining { since: now }, now);
+            self.adopt(cp, &s, None, FileState::Draining { since: now }, false, now);
         }
     }
 
@@ -382,7 +398,7 @@ impl Tailer {
             }
             register(&self.cfg.name, cp, &mut copy, path.display().to_string(), emitted);
             copy.state = FileState::Draining { since: now };
-            if let Some(msg) = self.watcher.watch(s.key, &s.path, &mut self.counters) {
+            if let Err(msg) = self.watcher.watch(s.key, &s.path, false, &mut self.counters) {
                 self.report(format!("watch:{}", s.path.display()), msg);
             }
             self.hold(s.key, copy);

@@ -35,7 +35,7 @@ use crate::reader::{FileReader, FileState, ReadResult};
 use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
 /// Reads in a row that found new bytes before a file turns steady (see `Watcher::set_steady`).
-const STEADY_AFTER: u8 = 3;
+pub(crate) const STEADY_AFTER: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
@@ -154,6 +154,8 @@ pub struct Tailer {
     reported: HashSet<String>,
     /// Directory listings, valid for one look (cleared before and after each).
     pub(crate) dir_cache: discovery::DirCache,
+    /// Paths whose steady file left during this look: the file found there next starts steady.
+    pub(crate) steady_paths: HashSet<PathBuf>,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: BTreeSet<FileKey>,
     /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
@@ -236,6 +238,7 @@ impl Tailer {
             reports: Vec::new(),
             reported: HashSet::new(),
             dir_cache: discovery::DirCache::default(),
+            steady_paths: HashSet::new(),
             timed: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
@@ -382,6 +385,12 @@ impl Tailer {
                 }
                 (None, false) => Some(Scope::Dirs(news.dirs.into_iter().collect())),
             };
+            // A look of directories waits with the written files: it is made by the step that
+            // reads them, not by a step of its own (a rotated file is drained through its
+            // descriptor meanwhile; its successor's lines wait as written lines do).
+            if matches!(self.look_scope, Some(Scope::Dirs(_))) && !self.read_delay.is_zero() && self.waiting_since.is_none() {
+                self.waiting_since = Some(now);
+            }
         }
     }
 
@@ -627,7 +636,12 @@ impl Tailer {
     /// When `step` next has work without new input: the watcher's tick, the next look, the open
     /// batch's age limit, written files due, a partial line's flush, a drained file's close.
     pub fn next_wakeup(&self, now: Instant) -> Instant {
-        if !self.more.is_empty() || self.batcher.ready_len() > 0 || self.look_scope.is_some() {
+        let look_now = match self.look_scope {
+            Some(Scope::Everywhere) => true,
+            Some(Scope::Dirs(_)) => self.read_delay.is_zero(), // else due with the reads (`collect`)
+            None => false,
+        };
+        if !self.more.is_empty() || self.batcher.ready_len() > 0 || look_now {
             return now;
         }
         let mut t = self.next_look.unwrap_or(now);
@@ -656,9 +670,11 @@ fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &
         if r.streak == STEADY_AFTER && r.state == FileState::Active && watcher.set_steady(key, fd, true, c) {
             c.steady_on += 1;
         }
-    } else {
+    } else if r.pos > 0 {
         // Only a file that may be steady asks the watcher: one that reached the streak, or a
-        // fresh reader (0) of a file that was.
+        // fresh reader (0) of a file that was. (A file never written says nothing yet: a busy
+        // file's successor is read as it is found, often before its first line. One emptied
+        // and left so is read on the cadence until `close_inactive`.)
         let was = std::mem::take(&mut r.streak);
         if (was == 0 || was >= STEADY_AFTER) && watcher.set_steady(key, fd, false, c) {
             c.steady_off += 1;
@@ -786,6 +802,57 @@ mod tests {
     }
 
     #[test]
+    fn a_steady_files_successor_starts_steady_and_its_rotation_waits_for_the_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        std::fs::write(&p, "").unwrap();
+        let mut t = tailer(d.path(), |c| {
+            c.paths = vec![format!("{}/*.log", d.path().display())];
+            c.watch = WatchMode::Inotify;
+            c.rescan_interval = Duration::from_secs(3600);
+            c.coalesce = Some(Duration::from_millis(100));
+        });
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut now = Instant::now();
+        assert_eq!(records(&t.step(now)), 0); // discovery
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        for _ in 0..3 {
+            f.write_all(b"x\n").unwrap();
+            now += ms(10);
+            assert_eq!(records(&t.step(now)), 0); // written: the read waits `coalesce`
+            now += ms(100);
+            assert_eq!(records(&t.step(now)), 1);
+        }
+        assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (1, 1));
+        // The kubelet's rotation: renamed, the runtime reopens the path and goes on writing.
+        std::fs::rename(&p, d.path().join("0.log.20261201-101500")).unwrap();
+        let mut g = std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap();
+        // The rotation's events, drained between two reads, ask for a look: it is made by the
+        // step that reads (due `coalesce` after the last), not by a step of its own.
+        let last = now;
+        now += ms(10);
+        t.collect(now);
+        assert!(t.look_scope.is_some());
+        assert_eq!((t.counters.rotations, t.next_wakeup(now)), (0, last + ms(100)));
+        now = last + ms(100);
+        assert_eq!(records(&t.step(now)), 0);
+        assert_eq!(t.counters.rotations, 1);
+        // The new file started steady, and its first read (before its first line) did not turn
+        // it back: no mask change for it (the one change after the first is the drained file
+        // turning back, its first read finding nothing); its writes raise no event; it is read
+        // on the cadence.
+        assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (1, 2));
+        let events = t.counters.inotify_events;
+        for _ in 0..3 {
+            g.write_all(b"z\n").unwrap();
+            now += ms(100);
+            assert_eq!(records(&t.step(now)), 1);
+        }
+        assert_eq!(t.counters.inotify_events, events);
+        assert_eq!(t.counters.syscalls.inotify_remask, 2);
+    }
+
+    #[test]
     fn auto_read_delay_is_the_batch_age_bounded_by_the_event_queue() {
         let d = tempfile::tempdir().unwrap();
         let mut t = tailer(d.path(), |c| {
@@ -887,19 +954,23 @@ mod tests {
         std::fs::write(&log, "b\n").unwrap();
         let before = t.counters.syscalls;
         assert_eq!(records(&t.step(t0 + Duration::from_millis(10))), 1);
-        // One listing of pod3/c; stats: the name matching the glob, whether the old path still
-        // exists (a rotation, not a deletion), the rotated sibling when the old file is drained
-        // and again when the new one is adopted. Not one of the other 19 paths.
+        // One listing of pod3/c; stats: the name matching the glob, and the rotated sibling
+        // (once, though both the old file's drain and the new file's adoption ask for it). Not
+        // one of the other 19 paths.
         let after = t.counters.syscalls;
-        assert_eq!((after.readdir - before.readdir, after.stat - before.stat, t.counters.scoped_looks), (1, 4, 1));
+        assert_eq!((after.readdir - before.readdir, after.stat - before.stat, t.counters.scoped_looks), (1, 2, 1));
         assert_eq!(t.counters.rotations, 1);
-        // A new pod's directory (no file of ours in it): a look everywhere finds its file as
-        // soon as it appears, without waiting for the rescan timer.
+        // A new pod's directory: a look everywhere (the directory event) watches it and its
+        // container's directory, so its first file is found as soon as it appears (a look of
+        // that directory), without waiting for the rescan timer.
         std::fs::create_dir_all(d.path().join("pod20/c")).unwrap();
+        let before = t.counters.syscalls;
         assert_eq!(records(&t.step(t0 + Duration::from_millis(20))), 0);
+        assert_eq!(t.counters.scoped_looks, 1, "a new directory is a look everywhere");
+        assert_eq!(t.counters.syscalls.stat - before.stat, 20, "every path the globs match was looked at");
         std::fs::write(d.path().join("pod20/c/0.log"), "new\n").unwrap();
         assert_eq!(records(&t.step(t0 + Duration::from_millis(30))), 1);
-        assert_eq!(t.counters.scoped_looks, 1, "the new directories were looks everywhere");
+        assert_eq!(t.counters.scoped_looks, 2, "the new file: a look of its directory");
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub struct News {
     pub look: bool,
     /// The directories the changes were in (a look of those is enough), unless `everywhere`.
     pub dirs: Vec<PathBuf>,
-    /// A look of every path is needed (the event queue overflowed).
+    /// A look of every path is needed (the event queue overflowed, or a directory appeared or
+    /// left).
     pub everywhere: bool,
     /// Problems to report once (a watch that could not be added).
     pub reports: Vec<String>,
@@ -48,8 +49,11 @@ pub trait Watcher: Send {
     fn event_driven(&self) -> bool {
         false
     }
-    fn watch(&mut self, _key: FileKey, _path: &Path, _c: &mut Counters) -> Option<String> {
-        None
+    /// Watch a file's writes, with its write events off from the start when `steady` (a busy
+    /// file's successor). Returns whether it starts steady, or the problem to report (the file
+    /// is polled instead).
+    fn watch(&mut self, _key: FileKey, _path: &Path, _steady: bool, _c: &mut Counters) -> Result<bool, String> {
+        Ok(false)
     }
     fn unwatch(&mut self, _key: FileKey) {}
     /// Watch a directory for new and renamed files (idempotent).
@@ -262,6 +266,10 @@ impl InotifyWatcher {
                     if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
                         news.look = true;
                         news.dirs.push(path.clone());
+                        // A directory appeared or left (a new pod's, a new container's): what
+                        // matches may be deeper, and new directories need watches. Only a look
+                        // everywhere expands the globs and watches what they cross.
+                        news.everywhere |= ev.mask & libc::IN_ISDIR != 0;
                     }
                     if ev.mask & libc::IN_IGNORED != 0 {
                         self.targets.remove(&ev.wd);
@@ -376,30 +384,34 @@ impl Watcher for InotifyWatcher {
         !self.steady.is_empty()
     }
 
-    fn watch(&mut self, key: FileKey, path: &Path, c: &mut Counters) -> Option<String> {
+    fn watch(&mut self, key: FileKey, path: &Path, steady: bool, c: &mut Counters) -> Result<bool, String> {
         if self.by_key.contains_key(&key) || self.polled.contains(&key) {
-            return None;
+            return Ok(self.steady.contains(&key));
         }
         if self.check_fs {
             if let Some(fs) = untrusted_fs(path) {
                 self.polled.insert(key);
-                return Some(format!("{} is on {fs}: polled, as inotify events there cannot be trusted", path.display()));
+                return Err(format!("{} is on {fs}: polled, as inotify events there cannot be trusted", path.display()));
             }
         }
         if let Some(dir) = path.parent() {
             self.watch_dir(dir, c);
         }
-        match self.add_watch(path, FILE_MASK) {
+        let steady = steady && !self.one_event;
+        match self.add_watch(path, if steady { STEADY_MASK } else { FILE_MASK }) {
             Ok(wd) => {
                 let dir = Arc::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
                 self.targets.insert(wd, Target::File(key, dir));
                 self.by_key.insert(key, wd);
-                None
+                if steady {
+                    self.steady.insert(key);
+                }
+                Ok(steady)
             }
             Err(e) => {
                 // ENOSPC (max_user_watches) or EMFILE: this file is polled; nothing is lost.
                 self.polled.insert(key);
-                Some(format!("no inotify watch for {} ({e}): polled instead", path.display()))
+                Err(format!("no inotify watch for {} ({e}): polled instead", path.display()))
             }
         }
     }
