@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from collector._native import read_checkpoints
 from tests.conftest import ROOT, Otelcol, stopped_stats, wait_for
 from tests.receiver import Receiver
 
@@ -158,8 +159,7 @@ def test_kill_9_then_restart_loses_nothing_and_duplicates_only_past_the_checkpoi
         wait_for(lambda: r.records() >= 5000, 30, "5,000 records before the kill")
         t.kill()
         before = collections.Counter(b.decode() for b in r.bodies())
-        cp = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
-        committed = {e["path"]: e["offset"] for e in cp["entries"]}
+        committed = {e["path"]: e["offset"] for e in read_checkpoints(str(tmp_path / "state"))}
         t.start()
         written = finish(w)
         wait_for(lambda: len(set(r.bodies())) >= written, 60, f"{written} distinct lines after the restart", 0.2)
@@ -279,8 +279,8 @@ def test_400_drops_the_batch_counts_it_and_moves_on(tmp_path: Path, tailrace) ->
         got = collections.Counter(b.decode() for b in r.bodies())
         assert got == collections.Counter(line(1, n) for n in range(100))
         # The dropped batch advanced its checkpoint: a restart does not send it again.
-        cp = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
-        assert cp["entries"][0]["offset"] == (tmp_path / "logs" / "f000.log").stat().st_size
+        cp = read_checkpoints(str(tmp_path / "state"))
+        assert cp[0]["offset"] == (tmp_path / "logs" / "f000.log").stat().st_size
 
 
 def test_401_is_retried_loudly_until_fixed(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
@@ -360,11 +360,7 @@ def test_spool_survives_a_restart_and_replays_exactly_once(tmp_path: Path, tailr
     sizes = {str(p): p.stat().st_size for p in (tmp_path / "logs").iterdir()}
 
     def all_committed() -> bool:
-        try:
-            cp = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
-        except (OSError, ValueError):
-            return False
-        return {e["path"]: e["offset"] for e in cp["entries"]} == sizes
+        return {e["path"]: e["offset"] for e in read_checkpoints(str(tmp_path / "state"))} == sizes
 
     wait_for(all_committed, 30, "every line spooled and committed")
     assert t.stop() == 0

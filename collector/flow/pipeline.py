@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import time
@@ -120,6 +121,9 @@ class Pipeline:
                 total[k] = total.get(k, 0) + v
         total["records_delivered"] = self.records_delivered
         total["batches_delivered"] = self.batches_delivered
+        if hasattr(self, "checkpointer"):
+            for k, v in self.checkpointer.write_stats().items():
+                total[f"checkpoint_{k}"] = v
         for out in self.outputs:
             for k, v in out.stats.items():
                 total[f"{out.name}.{k}"] = v
@@ -147,7 +151,13 @@ class Pipeline:
         lock = lock_state_dir(cfg.state_dir)
         resources.callback(os.close, lock)  # released last: the final checkpoints are written
         self.checkpointer = Checkpointer(cfg.state_dir, CHECKPOINT_FORGET_AFTER)
-        resources.push_async_callback(_shielded, self._write_checkpoints)
+        loaded = self.checkpointer.loaded
+        if loaded["torn_bytes"]:
+            log.warning("checkpoint journal: a record torn by a crash was cut off (the one before it is kept)",
+                        path=self.checkpointer.path, bytes=loaded["torn_bytes"])
+        if loaded["migrated"]:
+            log.info("checkpoints migrated to version 2 (a snapshot and a journal)", path=self.checkpointer.path)
+        resources.push_async_callback(_shielded, functools.partial(self._write_checkpoints, final=True))
         raise_nofile_limit()
         self.tailer_options = tailer_options_for(cfg, self.outputs)
         self.tailers = [make_tailer(self.checkpointer, o) for o in self.tailer_options]
@@ -310,9 +320,11 @@ class Pipeline:
                 written = self._commits
                 await self._write_checkpoints()
 
-    async def _write_checkpoints(self) -> None:
+    async def _write_checkpoints(self, final: bool = False) -> None:
+        """Every `checkpoint_interval`: the journal made durable (fsync), compacted when due.
+        At shutdown: a new snapshot, so the state is one file until the next start."""
         try:
-            await trio.to_thread.run_sync(self.checkpointer.write)
+            await trio.to_thread.run_sync(self.checkpointer.compact if final else self.checkpointer.write)
             self.checkpoint_writes += 1
         except OSError as e:
             log.log("error", f"cannot write checkpoints: {e}", every=10.0)

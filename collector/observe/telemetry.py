@@ -82,6 +82,8 @@ class Telemetry:
              self._per_output("dropped_records")),
             ("tailrace_batches_spooled", "1", "Batches written to the spool", self._per_output("spooled_batches")),
             ("tailrace_syscalls", "1", "Syscalls made by the core, by kind", self._syscalls),
+            ("tailrace_checkpoint_written_bytes", "By", "Bytes written to the state directory's checkpoints, by kind",
+             self._checkpoint_bytes),
             ("tailrace_process_cpu_seconds", "s", "CPU time of the tailrace process",
              lambda: [Observation(process_cpu_seconds())]),
         ]
@@ -124,6 +126,13 @@ class Telemetry:
     def _syscalls(self) -> Iterable[Observation]:
         s = self.pipeline.stats()
         return [Observation(v, {"kind": k[len("syscalls_"):]}) for k, v in s.items() if k.startswith("syscalls_")]
+
+    def _checkpoint_bytes(self) -> Iterable[Observation]:
+        s = self.pipeline.checkpointer.write_stats()
+        return [
+            Observation(s["journal_bytes"], {"kind": "journal"}),
+            Observation(s["snapshot_bytes"], {"kind": "snapshot"}),
+        ]
 
     def _steady(self) -> Iterable[Observation]:
         by_input = self.pipeline.stats_by_input().items()

@@ -39,7 +39,8 @@ fn codec(name: &str) -> PyResult<Compression> {
     Compression::parse(name).map_err(to_py_err)
 }
 
-/// Identity → committed offset for every input, in `state_dir/checkpoints.json`.
+/// Identity → committed offset for every input: `state_dir/checkpoints.json` (the snapshot)
+/// and `state_dir/checkpoints.journal` (the changes since).
 #[pyclass(frozen, module = "collector._native")]
 struct Checkpointer {
     inner: Arc<Mutex<tailrace_core::Checkpointer>>,
@@ -60,9 +61,40 @@ impl Checkpointer {
         Ok(Checkpointer { inner: Arc::new(Mutex::new(cp)) })
     }
 
-    /// Write the checkpoint file atomically (tmp + fsync + rename). Returns the entry count.
+    /// Make what was journaled durable (fsync), compacting when due. Returns the entry count.
     fn write(&self, py: Python<'_>) -> PyResult<usize> {
         self.with(py, |c| c.write()).map_err(|e| to_py_err(Error::io("write checkpoints", e)))
+    }
+
+    /// A new snapshot and an empty journal (at shutdown). Returns the entry count.
+    fn compact(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with(py, |c| c.compact()).map_err(|e| to_py_err(Error::io("write checkpoints", e)))
+    }
+
+    /// What was written to the state directory: journal appends and bytes, fsyncs, snapshots
+    /// and their bytes.
+    fn write_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.with(py, |c| c.stats);
+        let d = PyDict::new(py);
+        d.set_item("journal_writes", s.journal_writes)?;
+        d.set_item("journal_bytes", s.journal_bytes)?;
+        d.set_item("fsyncs", s.fsyncs)?;
+        d.set_item("snapshots", s.snapshots)?;
+        d.set_item("snapshot_bytes", s.snapshot_bytes)?;
+        Ok(d)
+    }
+
+    /// What opening the state found: journal records replayed, bytes of a torn tail cut off,
+    /// a stale journal discarded, version 1 state migrated.
+    #[getter]
+    fn loaded<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let l = self.with(py, |c| c.loaded.clone());
+        let d = PyDict::new(py);
+        d.set_item("records", l.records)?;
+        d.set_item("torn_bytes", l.torn_bytes)?;
+        d.set_item("stale_journal", l.stale_journal)?;
+        d.set_item("migrated", l.migrated)?;
+        Ok(d)
     }
 
     #[getter]
@@ -447,6 +479,28 @@ fn compressions() -> u64 {
     tailrace_core::otlp::COMPRESSIONS.load(Ordering::Relaxed)
 }
 
+/// The checkpoints of `state_dir` as a restart would read them (the snapshot, then the
+/// journal), without writing anything: one dict per file (input, path, dev, ino, offset,
+/// head_bytes), sorted by input and path.
+#[pyfunction]
+fn read_checkpoints<'py>(py: Python<'py>, state_dir: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let cp = py.detach(|| tailrace_core::Checkpointer::read(std::path::Path::new(state_dir), Duration::MAX)).map_err(to_py_err)?;
+    let mut rows = cp.all_entries();
+    rows.sort_by(|a, b| (&a.0, &a.2.path, a.1.ino).cmp(&(&b.0, &b.2.path, b.1.ino)));
+    rows.into_iter()
+        .map(|(input, k, e)| {
+            let d = PyDict::new(py);
+            d.set_item("input", input)?;
+            d.set_item("path", &e.path)?;
+            d.set_item("dev", k.dev)?;
+            d.set_item("ino", k.ino)?;
+            d.set_item("offset", e.offset)?;
+            d.set_item("head_bytes", e.fp.bytes.len())?;
+            Ok(d)
+        })
+        .collect()
+}
+
 /// Raise the open-files soft limit to the hard limit; returns the new soft limit.
 #[pyfunction]
 fn raise_nofile_limit() -> u64 {
@@ -464,6 +518,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_level, m)?)?;
     m.add_function(wrap_pyfunction!(compressions, m)?)?;
     m.add_function(wrap_pyfunction!(raise_nofile_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
     // The codecs by their spool byte (index): the spool's segment headers use these.
     m.add("CODECS", Compression::ALL.map(|c| c.name()).to_vec())?;
