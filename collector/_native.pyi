@@ -62,6 +62,7 @@ class Tailer:
         name: str,
         paths: list[str],
         exclude: list[str],
+        allowed_roots: list[str],
         watch: str,
         poll_interval: float,
         rescan_interval: float,
@@ -85,7 +86,9 @@ class Tailer:
         coalesce: float | None,
         max_ready_batches: int,
         outputs: int,
+        max_pending_bytes: int,
     ) -> Self: ...
+    def share_memory_with(self, other: Tailer) -> None: ...
     def step(self) -> list[Batch]: ...
     def flush(self) -> list[Batch]: ...
     def commit(self, id: int) -> bool | None: ...

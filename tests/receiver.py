@@ -76,6 +76,13 @@ class Receiver:
         self.port = port
         self._conns: set[socket.socket] = set()
         self.metrics: list[Any] = []  # ExportMetricsServiceRequest messages (telemetry push)
+        # Open: answers go out. Closed: requests are accepted (their records counted) but not
+        # answered until it opens, their records kept in `held`: batches in flight, for as long
+        # as a test wants them so.
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held: list[bytes] = []
+        self.held_requests = 0
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Receiver:
@@ -91,12 +98,13 @@ class Receiver:
                 n = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(n)
                 status, headers, body = receiver.handle(self.path, dict(self.headers.items()), raw)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(OSError):  # a sender killed while its answer was held
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
@@ -200,7 +208,11 @@ class Receiver:
                         attributes.append({a.key: _value(a.value) for a in rec.attributes})
                         observed.append(rec.observed_time_unix_nano)
         reject = min(self.partial_reject, len(bodies))
+        held = not self.gate.is_set()
         with self.lock:
+            if held:
+                self.held.extend(bodies[reject:])
+                self.held_requests += 1
             self.got.accepted += 1
             self.got.encodings[enc] = self.got.encodings.get(enc, 0) + 1
             self.got.records += len(bodies) - reject
@@ -209,6 +221,8 @@ class Receiver:
                 self.got.attributes.extend(attributes[reject:])
                 self.got.observed_ns.extend(observed[reject:])
                 self.got.arrived_ns.extend([arrived] * (len(bodies) - reject))
+        if held:
+            self.gate.wait()
         resp = logs_service_pb2.ExportLogsServiceResponse()
         if reject:
             resp.partial_success.rejected_log_records = reject

@@ -109,6 +109,9 @@ class InputConfig(_Strict):
     paths: list[str]
     name: str = ""
     exclude: list[str] = []
+    # Directories (besides each glob's fixed directory part) that matched paths may resolve
+    # into through symlinks; a file resolving anywhere else is not read.
+    allowed_roots: list[str] = []
     watch: Literal["auto", "inotify", "poll", "naive"] = "auto"
     poll_interval: Duration = duration("250ms")
     # Safety rescan of the globs: 1s when polling, 60s when inotify finds new files anyway.
@@ -141,6 +144,14 @@ class BatchConfig(_Strict):
     def __post_init__(self) -> None:
         if self.max_records <= 0:
             raise ValueError("max_records: must be positive")
+
+
+class MemoryConfig(_Strict):
+    # Bytes all files together may hold for lines not finished yet (a partial line waiting
+    # for its newline, container pieces waiting for their end); past it the largest holders
+    # emit what they hold as pieces flagged `tailrace.split`, never dropping a byte. 48 MiB
+    # keeps tailrace in a 256 MiB pod with room for batches, the spool's buffers and Python.
+    max_pending_bytes: Size = size("48MiB")
 
 
 class _Output(_Strict, tag_field="type", kw_only=True):
@@ -295,6 +306,7 @@ class Config(_Strict):
     outputs: list[OutputConfig]
     state_dir: str = "./state"
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
     checkpoint_interval: Duration = duration("1s")
     shutdown_grace: Duration = duration("10s")
     progress_interval: Duration = duration("5s")
@@ -330,6 +342,7 @@ class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
     name: str
     paths: list[str]
     exclude: list[str]
+    allowed_roots: list[str]
     watch: str
     poll_interval: float
     rescan_interval: float
@@ -357,6 +370,7 @@ class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
     # None: auto.
     coalesce: float | None
     outputs: int
+    max_pending_bytes: int
 
 
 def tailer_options(
@@ -376,6 +390,7 @@ def tailer_options(
         name=inp.name,
         paths=list(inp.paths),
         exclude=list(inp.exclude),
+        allowed_roots=list(inp.allowed_roots),
         watch=inp.watch,
         poll_interval=float(inp.poll_interval),
         rescan_interval=float(inp.rescan_interval),
@@ -396,6 +411,7 @@ def tailer_options(
         compression_level=compression[1] if compression else 0,
         coalesce=None if math.isinf(inp.coalesce) else float(inp.coalesce),
         outputs=outputs,
+        max_pending_bytes=int(cfg.memory.max_pending_bytes),
     )
 
 

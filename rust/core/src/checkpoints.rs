@@ -424,7 +424,9 @@ impl Checkpointer {
         self.append()?;
         let due = self.journal_len > COMPACT_MIN.max(self.snapshot_len)
             || (self.journal_len > 16 && self.snapshot_at.elapsed().unwrap_or_default() >= COMPACT_EVERY);
-        if due || !self.path.exists() && self.journal_len > 16 {
+        // The first write makes a snapshot even of nothing: that tailrace ran here before is
+        // state too (files found at a later start are not history).
+        if due || !self.path.exists() {
             return self.compact();
         }
         if self.unsynced {

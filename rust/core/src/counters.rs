@@ -23,6 +23,8 @@ pub struct Syscalls {
     /// `inotify_add_watch` on a file already watched: its mask changed (a file turning steady,
     /// read on the cadence without write events, or back).
     pub inotify_remask: u64,
+    /// `readlink` of `/proc/self/fd/N`: where a file just opened leads (the allowed-roots check).
+    pub readlink: u64,
 }
 
 impl Syscalls {
@@ -64,6 +66,11 @@ pub struct Counters {
     pub inotify_events: u64,
     /// Passes that read files (the others only drained events or ran timers).
     pub read_passes: u64,
+    /// Files that emitted what they held for unfinished lines early (flagged pieces): the
+    /// memory bound across files was reached.
+    pub memory_spills: u64,
+    /// Matched files not read because they resolve outside the allowed roots (a symlink out).
+    pub outside_roots: u64,
     /// Files finished from their compressed copy after a restart (rotation rule 9).
     pub recovered_from_gzip: u64,
     /// Looks of only the directories whose events asked for one (a rotation), not every path.

@@ -33,6 +33,49 @@ pub struct Discoverer {
     include: Vec<String>,
     patterns: Vec<glob::Pattern>,
     exclude: Vec<glob::Pattern>,
+    pub roots: Roots,
+}
+
+/// Where the files an input reads may lie: each include glob's fixed directory part
+/// (`/var/log/pods` for `/var/log/pods/*/*/*.log`) and the configured `allowed_roots`, resolved
+/// once. A matched path is opened, then where its descriptor leads is checked (one `readlink`
+/// of `/proc/self/fd/N`: the file actually opened, no race with a symlink swapped after the
+/// check): a symlink out of these trees (`evil.log -> /etc/passwd`) is not read.
+#[derive(Debug, Clone)]
+pub struct Roots(Vec<PathBuf>);
+
+impl Roots {
+    pub fn new(include: &[String], allowed: &[String]) -> Self {
+        let fixed = include.iter().map(|p| {
+            let literal: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+            if literal.as_os_str() == p.as_str() {
+                literal.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                literal
+            }
+        });
+        let roots = fixed
+            .chain(allowed.iter().map(PathBuf::from))
+            .map(|r| {
+                let r = if r.as_os_str().is_empty() { PathBuf::from(".") } else { r };
+                // Not there yet: as an absolute path (created later, it is found as such).
+                std::fs::canonicalize(&r).or_else(|_| std::path::absolute(&r)).unwrap_or(r)
+            })
+            .collect();
+        Roots(roots)
+    }
+
+    /// Where the open descriptor `fd` leads, when that is outside every root (`None`: inside,
+    /// or unknown because `/proc` is not mounted).
+    pub fn outside(&self, fd: std::os::fd::RawFd, sys: &mut Syscalls) -> Option<PathBuf> {
+        sys.readlink += 1;
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        (!self.0.iter().any(|r| target.starts_with(r))).then_some(target)
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.0
+    }
 }
 
 /// Matching one path against the include globs as `glob()` expands them: `*` stays within a
@@ -40,7 +83,7 @@ pub struct Discoverer {
 const MATCH: glob::MatchOptions = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
 impl Discoverer {
-    pub fn new(include: &[String], exclude: &[String]) -> crate::error::Result<Self> {
+    pub fn new(include: &[String], exclude: &[String], allowed_roots: &[String]) -> crate::error::Result<Self> {
         let bad = |key: &str, i: usize, p: &str, e: glob::PatternError| Error::Config(format!("{key}[{i}]: bad glob {p:?}: {e}"));
         let patterns = include.iter().enumerate().map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("paths", i, p, e))).collect::<Result<_, _>>()?;
         let exclude = exclude
@@ -48,7 +91,7 @@ impl Discoverer {
             .enumerate()
             .map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("exclude", i, p, e)))
             .collect::<Result<_, _>>()?;
-        Ok(Discoverer { include: include.to_vec(), patterns, exclude })
+        Ok(Discoverer { include: include.to_vec(), patterns, exclude, roots: Roots::new(include, allowed_roots) })
     }
 
     /// Every directory a matching file could appear in or below: each include glob's literal
@@ -274,7 +317,7 @@ mod tests {
         }
         let inc = vec![format!("{}/**/*.log", d.path().display())];
         let exc = vec!["**/skip.log".to_string()];
-        let disc = Discoverer::new(&inc, &exc).unwrap();
+        let disc = Discoverer::new(&inc, &exc, &[]).unwrap();
         let mut sys = Syscalls::default();
         let scan = disc.scan(&mut sys);
         let mut names: Vec<_> = scan.files.iter().map(|f| f.path.strip_prefix(d.path()).unwrap().display().to_string()).collect();

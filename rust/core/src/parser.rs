@@ -200,6 +200,22 @@ impl Parser {
         h.split = false;
     }
 
+    /// Emit every held piece now as a split piece and free its memory (the memory bound);
+    /// the message goes on in later pieces, and the commit offset stays before its start.
+    pub fn spill(&mut self, source: &Arc<Source>, sink: &mut dyn LineSink, c: &mut Counters) {
+        for s in 0..2 {
+            let n = self.held[s].buf.len();
+            if n == 0 {
+                continue;
+            }
+            if !self.held[s].split {
+                c.split_lines += 1;
+            }
+            self.emit_held(source, s, Some(n), false, sink);
+            self.held[s].buf = Vec::new();
+        }
+    }
+
     /// Emit pieces that waited `idle` (or all, when the file is closed: `idle` None), flagged
     /// `tailrace.partial`. Returns whether any were.
     pub fn flush(&mut self, source: &Arc<Source>, now: Instant, idle: Option<std::time::Duration>, sink: &mut dyn LineSink, c: &mut Counters) -> bool {

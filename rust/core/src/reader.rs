@@ -9,12 +9,32 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::counters::Counters;
+use crate::discovery::Roots;
 use crate::identity::{FileKey, Fingerprint, FINGERPRINT_MAX};
 use crate::parser::{Format, Parser};
 
 /// Open for reading without updating the access time: a log file is written between our
 /// reads, so relatime would journal an atime update on almost every read. O_NOATIME needs the
 /// file's owner (or CAP_FOWNER); elsewhere it is refused and a plain open is used.
+/// Why a matched file was not opened: it resolves to this path, outside the allowed roots.
+#[derive(Debug)]
+pub struct OutsideRoots(pub PathBuf);
+
+impl std::fmt::Display for OutsideRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "it resolves to {}, outside the allowed roots", self.0.display())
+    }
+}
+
+impl std::error::Error for OutsideRoots {}
+
+impl OutsideRoots {
+    /// The target, when `e` is this refusal.
+    pub fn of(e: &std::io::Error) -> Option<&Path> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<OutsideRoots>()).map(|o| o.0.as_path())
+    }
+}
+
 pub fn open_noatime(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
@@ -128,16 +148,24 @@ pub struct ReadResult {
 impl FileReader {
     /// Open `path`, check it is still `key`, take its fingerprint, and position at `offset`
     /// (clamped to 0 when the file is now shorter: truncated while we were away).
+    /// A file resolving outside `roots` is refused before a byte of it is read
+    /// (`OutsideRoots`).
     pub fn open(
         path: PathBuf,
         key: FileKey,
         offset: u64,
         now: Instant,
+        roots: &Roots,
         c: &mut Counters,
     ) -> std::io::Result<(FileReader, bool)> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
         c.syscalls.open += 1;
         let file = open_noatime(&path)?;
+        if let Some(target) = roots.outside(file.as_raw_fd(), &mut c.syscalls) {
+            c.syscalls.close += 1;
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, OutsideRoots(target)));
+        }
         c.syscalls.fstat += 1;
         let meta = file.metadata()?;
         let actual = FileKey { dev: meta.dev(), ino: meta.ino() };
@@ -304,6 +332,30 @@ impl FileReader {
 
     pub fn carried(&self) -> usize {
         self.carry.len()
+    }
+
+    /// Bytes held for lines not finished yet: the carried partial line and the parser's
+    /// pieces waiting for their end.
+    pub fn held_bytes(&self) -> usize {
+        self.carry.len() + self.parser.held_bytes()
+    }
+
+    /// Emit what is held now, as flagged pieces (`tailrace.split`), and free it: the memory
+    /// bound across files (`memory.max_pending_bytes`) was reached. The line goes on in later
+    /// pieces, flagged too. Pieces the parser held came first in the file: they go first.
+    pub fn spill(&mut self, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {
+        self.parser.spill(&self.source, sink, c);
+        if self.carry.is_empty() {
+            return;
+        }
+        let body = std::mem::take(&mut self.carry);
+        if !self.carry_split {
+            c.split_lines += 1;
+        }
+        let end = self.emitted + body.len() as u64;
+        self.emit(&body, end, Flags { split: true, ..Flags::default() }, now, sink, c);
+        self.carry_split = true;
+        self.carry_since = None;
     }
 
     /// Read up to `budget` bytes (whole buffers; at least one read), emitting every complete line.
@@ -474,7 +526,7 @@ mod tests {
     fn open(path: &std::path::Path, c: &mut Counters) -> FileReader {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).unwrap();
-        FileReader::open(path.to_path_buf(), FileKey { dev: m.dev(), ino: m.ino() }, 0, Instant::now(), c).unwrap().0
+        FileReader::open(path.to_path_buf(), FileKey { dev: m.dev(), ino: m.ino() }, 0, Instant::now(), &Roots::new(&[], &["/".into()]), c).unwrap().0
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::discovery::{self, Found};
 use crate::identity::{FileKey, Fingerprint};
-use crate::reader::{self, FileReader, FileState};
+use crate::reader::{self, FileReader, FileState, OutsideRoots};
 use crate::tailer::{ReadFrom, Tailer, STEADY_AFTER};
 
 /// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
@@ -75,6 +75,9 @@ impl Tailer {
         // reused inode over an entry): the compressed files are matched against it.
         let before = if first { cp.entries_for(&self.cfg.name) } else { Vec::new() };
         for f in &scan.files {
+            if self.refused.contains(&f.key) {
+                continue; // outside the allowed roots: reported when first found
+            }
             looked_at.push(f.key);
             if self.readers.contains_key(&f.key) {
                 self.look_held(&mut cp, f, wall, now);
@@ -247,6 +250,9 @@ impl Tailer {
         for gz in gzs {
             self.counters.syscalls.open += 1;
             let Ok(f) = reader::open_noatime(&gz) else { continue };
+            if self.discoverer.roots.outside(std::os::fd::AsRawFd::as_raw_fd(&f), &mut self.counters.syscalls).is_some() {
+                continue; // a compressed sibling is read only inside the roots, as any file
+            }
             self.counters.syscalls.fstat += 1;
             let Ok(meta) = f.metadata() else { continue };
             let mut head = Vec::new();
@@ -294,8 +300,16 @@ impl Tailer {
     /// whether it resumed from a checkpoint, or `None` when it could not be opened.
     /// `steady`: its write events start off (see `look_moved`).
     fn adopt(&mut self, cp: &mut Checkpointer, f: &Found, start: Option<u64>, state: FileState, steady: bool, now: Instant) -> Option<bool> {
-        let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &mut self.counters) {
+        let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &self.discoverer.roots, &mut self.counters) {
             Ok(x) => x,
+            Err(e) if OutsideRoots::of(&e).is_some() => {
+                // Not read, reported once with both paths; never opened again (`refused`).
+                self.counters.outside_roots += 1;
+                self.refused.insert(f.key);
+                let msg = format!("not reading {}: {e}", f.path.display());
+                self.report(format!("outside:{}", f.path.display()), msg);
+                return None;
+            }
             Err(e) => {
                 self.counters.open_errors += 1;
                 let msg = format!("cannot open {}: {e}", f.path.display());
@@ -365,7 +379,7 @@ impl Tailer {
             if self.readers.contains_key(&s.key) {
                 continue;
             }
-            let Ok((mut r, _)) = FileReader::open(s.path.clone(), s.key, 0, Instant::now(), &mut self.counters) else { continue };
+            let Ok((mut r, _)) = FileReader::open(s.path.clone(), s.key, 0, Instant::now(), &self.discoverer.roots, &mut self.counters) else { continue };
             if cp.get(&self.cfg.name, s.key).is_none() {
                 cp.register(&self.cfg.name, s.key, &r.fp, &s.path.display().to_string(), s.size);
             }
@@ -386,7 +400,7 @@ impl Tailer {
             .collect();
         copies.sort_by_key(|s| std::cmp::Reverse(s.mtime));
         for s in copies {
-            let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &mut self.counters) else { continue };
+            let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &self.discoverer.roots, &mut self.counters) else { continue };
             // A copy is a file never seen before: known siblings are older rotations (an entry
             // whose head differs is an inode reused, not a file seen).
             let known = cp.lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| e.fp.is_evidence());

@@ -84,6 +84,9 @@ pub struct TailerConfig {
     pub name: String,
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
+    /// Directories matched paths may resolve into besides the globs' fixed parts (see
+    /// `discovery::Roots`).
+    pub allowed_roots: Vec<String>,
     pub watch: WatchMode,
     pub poll_interval: Duration,
     /// Glob rescan and path check (new files, rotation, truncation), on its own timer.
@@ -117,6 +120,42 @@ pub struct TailerConfig {
     pub coalesce: Option<Duration>,
     /// Outputs that acknowledge each batch (the ledger commits after the last of them).
     pub outputs: u32,
+    /// Bytes all files together may hold for lines not finished yet (`memory.max_pending_bytes`;
+    /// shared by every tailer of the process through `share_memory_with`).
+    pub max_pending_bytes: usize,
+}
+
+/// The memory bound across files (and across the tailers sharing it): bytes held for lines
+/// not finished yet (carried partial lines, container pieces waiting for their end). Past it the
+/// largest holders emit what they hold as flagged pieces (`FileReader::spill`), never drop it.
+#[derive(Debug)]
+pub struct PendingBudget {
+    pub max: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl PendingBudget {
+    pub fn new(max: usize) -> Self {
+        PendingBudget { max, used: Default::default() }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.max
+    }
+
+    /// A holder's total went from `old` to `new`.
+    fn change(&self, old: usize, new: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if new > old {
+            self.used.fetch_add(new - old, Relaxed);
+        } else {
+            self.used.fetch_sub(old - new, Relaxed);
+        }
+    }
 }
 
 /// What the owner may read without the tailer: published by the binding after each step.
@@ -132,6 +171,8 @@ pub struct Status {
     pub waiting: bool,
     /// How long written files wait before they are read now (auto mode adapts it).
     pub read_delay: Duration,
+    /// Bytes this tailer holds for unfinished lines.
+    pub pending_bytes: usize,
 }
 
 pub struct Tailer {
@@ -143,6 +184,9 @@ pub struct Tailer {
     ledger: Arc<Ledger>,
     pub(crate) batcher: Batcher,
     codec: Arc<CodecChoice>,
+    pending: Arc<PendingBudget>,
+    /// This tailer's part of `pending.used` as last published.
+    pending_mine: usize,
     pub counters: Counters,
     buf: Vec<u8>,
     pub(crate) looked: bool,
@@ -156,6 +200,8 @@ pub struct Tailer {
     pub(crate) dir_cache: discovery::DirCache,
     /// Paths whose steady file left during this look: the file found there next starts steady.
     pub(crate) steady_paths: HashSet<PathBuf>,
+    /// Files found outside the allowed roots: never opened again.
+    pub(crate) refused: HashSet<FileKey>,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: BTreeSet<FileKey>,
     /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
@@ -210,7 +256,7 @@ impl Tailer {
         if cfg.max_line_bytes == 0 || cfg.read_budget == 0 {
             return Err(Error::Config("max_line_bytes and read_budget must be positive".into()));
         }
-        let discoverer = Discoverer::new(&cfg.paths, &cfg.exclude)?;
+        let discoverer = Discoverer::new(&cfg.paths, &cfg.exclude, &cfg.allowed_roots)?;
         let no_inotify = |e| Error::io("watch: cannot create an inotify instance", e);
         let watcher: Box<dyn Watcher> = match cfg.watch {
             WatchMode::Poll => Box::new(PollWatcher::new(cfg.poll_interval)),
@@ -230,6 +276,8 @@ impl Tailer {
             ledger,
             batcher,
             codec,
+            pending: Arc::new(PendingBudget::new(0)),
+            pending_mine: 0,
             counters: Counters::default(),
             buf,
             looked: false,
@@ -239,6 +287,7 @@ impl Tailer {
             reported: HashSet::new(),
             dir_cache: discovery::DirCache::default(),
             steady_paths: HashSet::new(),
+            refused: HashSet::new(),
             timed: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
@@ -252,6 +301,7 @@ impl Tailer {
             _ => t.cfg.max_line_bytes.saturating_add(64 * 1024),
         };
         t.read_delay = t.max_read_delay();
+        t.pending = Arc::new(PendingBudget::new(t.cfg.max_pending_bytes));
         Ok(t)
     }
 
@@ -277,6 +327,7 @@ impl Tailer {
             invalid_utf8: self.batcher.invalid_utf8,
             waiting: self.has_waiting(),
             read_delay: self.read_delay,
+            pending_bytes: self.pending_mine,
         }
     }
 
@@ -468,6 +519,9 @@ impl Tailer {
     fn read_files(&mut self, mut pass: Vec<FileKey>, now: Instant) {
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
         let mut steady = self.steady_mode();
+        // What unfinished lines hold, kept current as files are read (the memory bound).
+        let mut held = self.held_bytes();
+        self.publish_held(held);
         loop {
             let mut progress = false;
             let mut i = 0;
@@ -478,6 +532,7 @@ impl Tailer {
                 }
                 let key = pass[i];
                 i += 1;
+                let before = self.readers.get(&key).map_or(0, FileReader::held_bytes);
                 match self.read_file(key, now, steady) {
                     Outcome::Read(bytes) => progress |= bytes,
                     Outcome::Truncated(bytes) => {
@@ -486,6 +541,14 @@ impl Tailer {
                         pass.append(&mut self.more); // the copy, if any, then the file from 0: now
                     }
                     Outcome::Skipped => {}
+                }
+                let after = self.readers.get(&key).map_or(0, FileReader::held_bytes);
+                held = (held + after).saturating_sub(before);
+                if after != before {
+                    self.publish_held(held);
+                    if self.pending.over() {
+                        held = self.spill_largest(now);
+                    }
                 }
             }
             steady = false; // a file's streak counts steps, not passes
@@ -496,6 +559,49 @@ impl Tailer {
         }
         self.watcher.after_reads(&mut self.readers.values(), &mut self.counters);
         self.dir_cache.clear(); // listings made by truncations in this step are not reused
+    }
+
+    /// Bytes this tailer holds for unfinished lines (only files with a timer hold any).
+    fn held_bytes(&self) -> usize {
+        self.timed.iter().filter_map(|k| self.readers.get(k)).map(FileReader::held_bytes).sum()
+    }
+
+    fn publish_held(&mut self, mine: usize) {
+        self.pending.change(self.pending_mine, mine);
+        self.pending_mine = mine;
+    }
+
+    /// Over the memory bound: the largest holders spill what they hold until it is met again.
+    /// Returns what this tailer holds after.
+    fn spill_largest(&mut self, now: Instant) -> usize {
+        let mut holders: Vec<(usize, FileKey)> =
+            self.timed.iter().filter_map(|k| self.readers.get(k).map(|r| (r.held_bytes(), *k))).filter(|(n, _)| *n > 0).collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        let mut mine = self.pending_mine;
+        for (n, key) in holders {
+            if !self.pending.over() {
+                break;
+            }
+            let r = self.readers.get_mut(&key).expect("timed readers are held");
+            r.spill(now, &mut self.batcher, &mut self.counters);
+            retime(&mut self.timed, key, r);
+            self.counters.memory_spills += 1;
+            mine -= n;
+            self.publish_held(mine);
+        }
+        mine
+    }
+
+    /// Make this tailer count its unfinished lines against `other`'s memory bound (one bound
+    /// for the process, however many inputs).
+    pub fn share_memory_with(&mut self, other: &Tailer) {
+        self.publish_held(0);
+        self.pending = other.pending.clone();
+    }
+
+    /// Bytes held for unfinished lines by every tailer sharing this one's bound.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.used()
     }
 
     /// Read one file within its budget; files with more to read join `more`.
@@ -661,6 +767,12 @@ impl Tailer {
     }
 }
 
+impl Drop for Tailer {
+    fn drop(&mut self) {
+        self.publish_held(0); // a shared bound forgets what this tailer held
+    }
+}
+
 /// A file with new bytes at `STEADY_AFTER` reads in a row turns steady (no write events, read
 /// on the cadence); the first read that finds nothing turns it back.
 fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &mut FileReader, res: &ReadResult) {
@@ -696,6 +808,8 @@ mod tests {
             name: "t".into(),
             paths: vec![format!("{}/*.log", dir.display())],
             exclude: vec![],
+            allowed_roots: vec![],
+            max_pending_bytes: usize::MAX,
             watch: WatchMode::Poll,
             poll_interval: Duration::ZERO,
             rescan_interval: Duration::ZERO,
@@ -850,6 +964,78 @@ mod tests {
         }
         assert_eq!(t.counters.inotify_events, events);
         assert_eq!(t.counters.syscalls.inotify_remask, 2);
+    }
+
+    /// (body, flags as a string) of every record of `batches`, from their OTLP/JSON.
+    fn bodies(batches: &[Batch]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let doc: serde_json::Value = serde_json::from_slice(&b.json).unwrap();
+            for rl in doc["resourceLogs"].as_array().unwrap() {
+                for rec in rl["scopeLogs"][0]["logRecords"].as_array().unwrap() {
+                    let flags: Vec<&str> = rec["attributes"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|kv| kv["key"].as_str()).filter(|k| k.starts_with("tailrace.")).collect())
+                        .unwrap_or_default();
+                    out.push((rec["body"]["stringValue"].as_str().unwrap().to_string(), flags.join(",")));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_allowed_roots_is_not_read_and_is_reported_once() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "root:x:0:0\n").unwrap();
+        std::fs::write(outside.path().join("ok.log"), "allowed\n").unwrap();
+        std::fs::write(d.path().join("a.log"), "mine\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("passwd"), d.path().join("evil.log")).unwrap();
+        let mut t = tailer(d.path(), |c| c.rescan_interval = Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(bodies(&t.step(t0)), [("mine".to_string(), String::new())]);
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let want = format!("not reading {}/evil.log: it resolves to {}/passwd, outside the allowed roots", d.path().display(), outside.path().display());
+        assert_eq!(reports[0], want);
+        assert_eq!(t.counters.outside_roots, 1);
+        // Looked at again and again: never opened again, never reported again.
+        let opens = t.counters.syscalls.open;
+        for i in 1..=3 {
+            assert_eq!(records(&t.step(t0 + Duration::from_millis(i))), 0);
+        }
+        assert_eq!((t.counters.syscalls.open, t.counters.outside_roots, t.take_reports().len()), (opens, 1, 0));
+        // A directory named in allowed_roots may be where a link leads.
+        let d2 = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("ok.log"), d2.path().join("ok.log")).unwrap();
+        let allowed = outside.path().display().to_string();
+        let mut t = tailer(d2.path(), |c| c.allowed_roots = vec![allowed]);
+        assert_eq!(bodies(&t.step(t0)), [("allowed".to_string(), String::new())]);
+        assert_eq!(t.counters.outside_roots, 0);
+    }
+
+    #[test]
+    fn unfinished_lines_across_files_are_bounded_by_spilling_the_largest_as_flagged_pieces() {
+        let d = tempfile::tempdir().unwrap();
+        // Three files end in lines without their newline: 6, 4 and 2 KiB.
+        for (name, kib) in [("a", 6), ("b", 4), ("c", 2)] {
+            std::fs::write(d.path().join(format!("{name}.log")), format!("{name} done\n{}", name.repeat(kib * 1024))).unwrap();
+        }
+        let mut t = tailer(d.path(), |c| c.max_pending_bytes = 8 * 1024);
+        let t0 = Instant::now();
+        let got = bodies(&t.step(t0));
+        // 12 KiB held is over 8 KiB: the largest (a, 6 KiB) spilled, which was enough.
+        let mut spilled: Vec<_> = got.iter().filter(|(_, f)| f == "tailrace.split").map(|(b, _)| (b.len(), b.chars().next().unwrap())).collect();
+        spilled.sort();
+        assert_eq!(spilled, [(6 * 1024, 'a')]);
+        assert_eq!(got.iter().filter(|(_, f)| f.is_empty()).count(), 3, "the three complete lines");
+        assert_eq!((t.counters.memory_spills, t.status().pending_bytes, t.pending_bytes()), (1, 6 * 1024, 6 * 1024));
+        // The spilled line goes on in pieces flagged too; every byte is shipped once.
+        std::fs::OpenOptions::new().append(true).open(d.path().join("a.log")).unwrap().write_all(b"aa end\n").unwrap();
+        let got = bodies(&t.step(t0 + Duration::from_millis(1)));
+        assert_eq!(got, [("aa end".to_string(), "tailrace.split".to_string())]);
+        assert_eq!(t.counters.bytes, (7 + 6 * 1024 + 7) + 7 + 7, "a: its first line, the spilled piece, the rest; b and c: their first lines");
     }
 
     #[test]

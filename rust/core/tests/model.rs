@@ -113,6 +113,7 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerC
         batch: BatchLimits { max_bytes: 1 << 20, max_records: 7, max_age: Duration::ZERO },
         coalesce: Some(if deferred { Duration::from_millis(10) } else { Duration::ZERO }),
         exclude: vec![],
+        allowed_roots: vec![],
         read_from: ReadFrom::Beginning,
         format: tailrace_core::parser::Format::Plain,
         encodings: Encodings { proto: false, json: true },
@@ -120,6 +121,7 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerC
         node_name: None,
         max_ready_batches: 4,
         outputs: 1,
+        max_pending_bytes: usize::MAX,
     }
 }
 
@@ -487,4 +489,11 @@ fn truncated_then_regrown_then_copytruncated_inotify() {
 fn copytruncate_then_restart_delivers_the_copy_once() {
     use Action::*;
     run(vec![WriteLine(0), WriteLine(0), Step, CopyTruncate(0), WriteLine(0), Step, Restart, WriteLine(0)], 1 << 20);
+}
+
+#[test]
+fn rotate_unread_then_restart_reads_the_rotated_file() {
+    // A line written and rotated away unread, then a restart: found among the siblings.
+    use Action::*;
+    run(vec![Step, WriteLine(0), Rotate, Restart], 4096);
 }

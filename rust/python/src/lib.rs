@@ -241,10 +241,10 @@ impl Tailer {
     /// Every option is required: they are built from the configuration
     /// (`collector.flow.config.tailer_options`), the one place defaults are written.
     #[new]
-    #[pyo3(signature = (checkpointer, *, name, paths, exclude, watch, poll_interval, rescan_interval, read_from,
+    #[pyo3(signature = (checkpointer, *, name, paths, exclude, allowed_roots, watch, poll_interval, rescan_interval, read_from,
         format, max_line_bytes, read_budget, buffer_size, partial_flush, rotate_wait, close_inactive, batch_max_bytes,
         batch_max_records, batch_max_age, host, node_name, first_batch_id, encodings, compression, compression_level,
-        coalesce, max_ready_batches, outputs))]
+        coalesce, max_ready_batches, outputs, max_pending_bytes))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -252,6 +252,7 @@ impl Tailer {
         name: String,
         paths: Vec<String>,
         exclude: Vec<String>,
+        allowed_roots: Vec<String>,
         watch: &str,
         poll_interval: f64,
         rescan_interval: f64,
@@ -275,6 +276,7 @@ impl Tailer {
         coalesce: Option<f64>,
         max_ready_batches: usize,
         outputs: u32,
+        max_pending_bytes: usize,
     ) -> PyResult<Self> {
         let choice = match compression {
             Some(c) => Some((codec(c)?, compression_level)),
@@ -295,6 +297,7 @@ impl Tailer {
             name,
             paths,
             exclude,
+            allowed_roots,
             watch: WatchMode::parse(watch).map_err(to_py_err)?,
             poll_interval: secs(poll_interval),
             rescan_interval: secs(rescan_interval),
@@ -313,6 +316,7 @@ impl Tailer {
             max_ready_batches: max_ready_batches.max(1),
             coalesce: coalesce.map(secs),
             outputs,
+            max_pending_bytes,
         };
         let cp = checkpointer.inner.clone();
         let codec = Arc::new(CodecChoice::new(choice.filter(|_| enc.proto)));
@@ -333,6 +337,18 @@ impl Tailer {
     /// batches that closed.
     fn step(&self, py: Python<'_>) -> Vec<Batch> {
         to_py(self.with(py, |t| t.step(Instant::now())))
+    }
+
+    /// Count this tailer's unfinished lines against `other`'s memory bound (one bound for
+    /// every input of the process).
+    fn share_memory_with(&self, py: Python<'_>, other: &Tailer) {
+        if std::ptr::eq(self, other) {
+            return;
+        }
+        py.detach(|| {
+            let o = other.inner.lock().expect("tailer lock");
+            self.inner.lock().expect("tailer lock").share_memory_with(&o);
+        })
     }
 
     /// Close the open batch and return every batch not yet handed out (shutdown).
@@ -419,6 +435,9 @@ impl Tailer {
             ("read_passes", c.read_passes),
             ("scoped_looks", c.scoped_looks),
             ("recovered_from_gzip", c.recovered_from_gzip),
+            ("outside_roots", c.outside_roots),
+            ("memory_spills", c.memory_spills),
+            ("pending_bytes", s.pending_bytes as u64),
             ("steady_on", c.steady_on),
             ("steady_off", c.steady_off),
             ("files_open", s.files_open as u64),
@@ -436,6 +455,7 @@ impl Tailer {
             ("syscalls_readdir", c.syscalls.readdir),
             ("syscalls_inotify_read", c.syscalls.inotify_read),
             ("syscalls_fadvise", c.syscalls.fadvise),
+            ("syscalls_readlink", c.syscalls.readlink),
             ("syscalls_inotify_remask", c.syscalls.inotify_remask),
         ] {
             d.set_item(k, v)?;
