@@ -103,9 +103,9 @@ impl Parser {
         self.held.iter().filter_map(|h| h.since).min()
     }
 
-    /// Bytes held in pieces (bounded by `max_line_bytes` per stream).
+    /// Memory held in pieces (bounded by `max_line_bytes` per stream).
     pub fn held_bytes(&self) -> usize {
-        self.held.iter().map(|h| h.buf.len()).sum()
+        self.held.iter().filter(|h| !h.buf.is_empty()).map(|h| h.buf.capacity()).sum()
     }
 
     /// The offset a record ending at `end` may commit: not past a held piece's first byte.
@@ -196,7 +196,11 @@ impl Parser {
         let commit = self.commit_offset(self.held[s].end);
         let h = &mut self.held[s];
         sink.record(source, &h.buf, commit, h.consumed, Flags { split: h.split, partial, stream, time_ns, parse_error: false });
-        h.buf.clear();
+        if h.buf.capacity() > 64 * 1024 {
+            h.buf = Vec::new(); // a long message's allocation is given back
+        } else {
+            h.buf.clear();
+        }
         h.split = false;
     }
 

@@ -16,6 +16,9 @@ use crate::parser::{Format, Parser};
 /// Open for reading without updating the access time: a log file is written between our
 /// reads, so relatime would journal an atime update on almost every read. O_NOATIME needs the
 /// file's owner (or CAP_FOWNER); elsewhere it is refused and a plain open is used.
+/// A carried line's allocation up to this size is kept for the next partial line.
+const KEEP_CARRY: usize = 64 * 1024;
+
 /// Why a matched file was not opened: it resolves to this path, outside the allowed roots.
 #[derive(Debug)]
 pub struct OutsideRoots(pub PathBuf);
@@ -334,10 +337,11 @@ impl FileReader {
         self.carry.len()
     }
 
-    /// Bytes held for lines not finished yet: the carried partial line and the parser's
-    /// pieces waiting for their end.
+    /// Memory held for lines not finished yet: the carried partial line's allocation and the
+    /// parser's pieces waiting for their end.
     pub fn held_bytes(&self) -> usize {
-        self.carry.len() + self.parser.held_bytes()
+        let carry = if self.carry.is_empty() { 0 } else { self.carry.capacity() };
+        carry + self.parser.held_bytes()
     }
 
     /// Emit what is held now, as flagged pieces (`tailrace.split`), and free it: the memory
@@ -434,8 +438,10 @@ impl FileReader {
                 let was_split = self.carry_split;
                 self.carry_split = false;
                 self.emit_line(&line, start + nl as u64 + 1, max_line, was_split, now, sink, c);
-                line.clear();
-                self.carry = line; // keep the allocation
+                if line.capacity() <= KEEP_CARRY {
+                    line.clear();
+                    self.carry = line; // keep a small allocation; a long line's is given back
+                }
             }
             self.carry_since = None;
             from = nl + 1;

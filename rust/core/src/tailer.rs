@@ -370,6 +370,10 @@ impl Tailer {
             None => None,
         };
         self.timers(now);
+        if self.pending_mine > 0 {
+            let held = self.held_bytes(); // flushed partial lines gave memory back
+            self.publish_held(held);
+        }
         if let Some(Some(since)) = read {
             // The lines just read were waiting in their files since `since`: their batch's age
             // counts from then, so deferring the read adds no latency.
