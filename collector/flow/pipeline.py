@@ -64,9 +64,9 @@ class StateDirInUse(Exception):
 def lock_state_dir(state_dir: str) -> int:
     """An exclusive flock on `state_dir/lock`, held (by the open descriptor) for the process's
     life; the kernel releases it however the process ends. The lock file names the holder."""
-    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)  # checkpoints, spool, profiles: tailrace's only
     path = os.path.join(state_dir, "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -61,7 +61,7 @@ class Spool:
 
     def open(self) -> None:
         """Create the directory; pick up segments a previous run left (to replay)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for p in self.dir.iterdir():
             if p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)  # never renamed, so never acknowledged

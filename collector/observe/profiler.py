@@ -238,7 +238,7 @@ class Profiler:
     async def run(self) -> None:
         """A profile every `every`, the first one `every` after start (start-up is not the
         steady state; with `every: 0s`, sampling is continuous from the start)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         while True:
             await trio.sleep(self.every)
             await self.once()

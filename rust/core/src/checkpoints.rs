@@ -133,7 +133,12 @@ impl Checkpointer {
     /// migrated. A snapshot of another version, or that does not parse, is an error that names
     /// it: guessing offsets would lose or repeat data.
     pub fn open(state_dir: &Path, forget_after: Duration) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(format!("state_dir {}", state_dir.display()), e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let mut dirs = std::fs::DirBuilder::new();
+            dirs.recursive(true).mode(0o700);
+            dirs.create(state_dir).map_err(|e| Error::io(format!("state_dir {}", state_dir.display()), e))?;
+        }
         let mut cp = Self::read(state_dir, forget_after)?;
         let io = |what: &Path, e: std::io::Error| Error::io(what.display().to_string(), e);
         if cp.loaded.migrated {
@@ -399,7 +404,7 @@ impl Checkpointer {
     fn new_journal(&mut self) -> std::io::Result<()> {
         let tmp = self.journal_path.with_extension("journal.tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = create_private(&tmp)?;
             f.write_all(JOURNAL_MAGIC)?;
             f.write_all(&self.generation.to_le_bytes())?;
             f.sync_all()?;
@@ -476,7 +481,7 @@ impl Checkpointer {
         body.extend_from_slice(b"]}");
         let tmp = self.path.with_extension("json.tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = create_private(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
         }
@@ -497,6 +502,12 @@ impl Checkpointer {
         self.writes += 1;
         Ok(n)
     }
+}
+
+/// A new file only tailrace may read (`0600`): offsets and paths of every tailed file.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
@@ -690,6 +701,18 @@ mod tests {
         let r = open(d.path());
         assert!(r.loaded.stale_journal);
         assert_eq!((r.get("in", keys[0].0).unwrap().offset, r.get("in", keys[1].0).unwrap().offset), (150, 100));
+    }
+
+    #[test]
+    fn the_state_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let mut c = open(&state);
+        files(&mut c, 1, 10);
+        c.compact().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&state), mode(&state.join(FILE_NAME)), mode(&state.join(JOURNAL_NAME))), (0o700, 0o600, 0o600));
     }
 
     #[test]
