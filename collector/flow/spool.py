@@ -4,9 +4,10 @@ the directory); once `append` returns it counts as acknowledged, so checkpoints 
 output replays segments oldest first (also after a restart) and deletes each one its receiver
 acknowledged. Bounded by `max_bytes`: a full spool makes `append` wait, which stops reading.
 
-Segment layout: magic `TRS1`, codec (1 byte: its index in the core's `CODECS`, 0 none, 1 gzip,
-2 zstd), records (u32 LE), payload length (u32 LE), CRC-32 of the payload (u32 LE), then the
-payload: the encoded, compressed ExportLogsServiceRequest exactly as it would be sent."""
+Segment layout: magic `TRS2`, codec (1 byte: its index in the core's `CODECS`, 0 none, 1 gzip,
+2 zstd), records (u32 LE), payload length (u32 LE), CRC-32 of everything before it and of the
+payload (u32 LE), then the payload: the encoded, compressed ExportLogsServiceRequest exactly as
+it would be sent. (`TRS1` segments, whose CRC covered the payload only, are still read.)"""
 
 from __future__ import annotations
 
@@ -23,8 +24,35 @@ import trio
 from collector import log
 from collector._native import CODECS
 
-MAGIC = b"TRS1"
+MAGIC = b"TRS2"
+LEGACY_MAGIC = b"TRS1"
 _HEAD = struct.Struct("<4sBIII")
+_FIELDS = struct.Struct("<4sBII")  # the header before its CRC
+
+
+def decode_segment(raw: bytes) -> tuple[str, int, bytes]:
+    """(codec, records, payload) of a segment's bytes; ValueError for anything else (short,
+    wrong magic, codec, length or checksum). Fuzzed on arbitrary bytes (tests/test_fuzz.py)."""
+    try:
+        magic, codec, records, n, crc = _HEAD.unpack_from(raw)
+    except struct.error as e:
+        raise ValueError(f"short header ({len(raw)} bytes)") from e
+    payload = raw[_HEAD.size:]
+    if magic == MAGIC:
+        want = zlib.crc32(payload, zlib.crc32(raw[:_FIELDS.size]))
+    elif magic == LEGACY_MAGIC:
+        want = zlib.crc32(payload)
+    else:
+        raise ValueError("not a spool segment")
+    if len(payload) != n or crc != want or codec >= len(CODECS):
+        raise ValueError("bad header or checksum")
+    return CODECS[codec], records, payload
+
+
+def encode_segment(payload: bytes, codec: str, records: int) -> bytes:
+    """The header of a segment holding `payload` (what `decode_segment` reads back)."""
+    fields = _FIELDS.pack(MAGIC, CODECS.index(codec), records, len(payload))
+    return fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields)))
 
 
 @dataclass(frozen=True)
@@ -100,7 +128,7 @@ class Spool:
         seq = self._next_seq  # taken before any await: concurrent appends never share one
         self._next_seq += 1
         path = self.dir / f"{seq:020d}.seg"
-        head = _HEAD.pack(MAGIC, CODECS.index(codec), records, len(payload), zlib.crc32(payload))
+        head = encode_segment(payload, codec, records)
 
         def _write() -> None:
             tmp = path.with_suffix(".tmp")
@@ -134,12 +162,9 @@ class Spool:
             seg = self._segments[0]
             try:
                 raw = await trio.to_thread.run_sync(seg.path.read_bytes, limiter=self._limiter)
-                magic, codec, records, n, crc = _HEAD.unpack_from(raw)
-                payload = raw[_HEAD.size:]
-                if magic != MAGIC or len(payload) != n or zlib.crc32(payload) != crc or codec >= len(CODECS):
-                    raise ValueError("bad header or checksum")
-                return Entry(seg, CODECS[codec], records, payload)
-            except (OSError, ValueError, struct.error) as e:
+                codec, records, payload = decode_segment(raw)
+                return Entry(seg, codec, records, payload)
+            except (OSError, ValueError) as e:
                 self.corrupt += 1
                 log.error(f"spool {self.name}: segment {seg.path.name} is unreadable ({e}); set aside as .corrupt")
                 self._segments.pop(0)

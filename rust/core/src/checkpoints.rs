@@ -431,7 +431,7 @@ impl Checkpointer {
             || (self.journal_len > 16 && self.snapshot_at.elapsed().unwrap_or_default() >= COMPACT_EVERY);
         // The first write makes a snapshot even of nothing: that tailrace ran here before is
         // state too (files found at a later start are not history).
-        if due || !self.path.exists() {
+        if due || self.snapshot_len == 0 {
             return self.compact();
         }
         if self.unsynced {
