@@ -140,6 +140,12 @@ def base_config(tmp_path: Path, paths: list[str], **input_opts: Any) -> dict[str
     }
 
 
+def in_ci() -> bool:
+    """Under CI (`CI` set to true, 1 or yes, in any case: what CI services set; `.ci/run`
+    sets it too), a missing tool fails its test instead of skipping it."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def require_tool(name: str, why: str) -> str:
     """The tool's path; without it the test skips, except under CI=true where it fails."""
     import shutil
@@ -147,7 +153,7 @@ def require_tool(name: str, why: str) -> str:
     beside = Path(sys.executable).with_name(name)  # tools installed into the venv (py-spy)
     path = str(beside) if beside.exists() else shutil.which(name)
     if path is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"{name} is required under CI=true ({why}) but is not installed")
         pytest.skip(f"{name} not installed ({why})")
     return path

@@ -83,6 +83,7 @@ class Receiver:
         self.gate.set()
         self.held: list[bytes] = []
         self.held_requests = 0
+        self.attempts: list[tuple[float, int, int]] = []
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Receiver:
@@ -164,6 +165,9 @@ class Receiver:
         answer = self._answer(path, h, raw, arrived)
         with self.lock:
             self.got.statuses[answer[0]] = self.got.statuses.get(answer[0], 0) + 1
+            # Each attempt: when it arrived, which body (a batch sent again is the same bytes),
+            # what it was answered.
+            self.attempts.append((arrived / 1e9, hash(raw), answer[0]))
         return answer
 
     def _answer(self, path: str, h: dict[str, str], raw: bytes, arrived: int) -> Fault:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +83,12 @@ def test_missing_and_unreadable_paths_are_reported_and_others_flow(tmp_path: Pat
     log = wait_for(lambda: "Permission denied" in t.log() and t.log(), 10, "the permission report")
     assert f"cannot open {secret}" in log
     assert f"no file matches {tmp_path}/nonexistent/*.log" in log
-    assert log.count(f"cannot open {secret}") == 1, "reported once, not at every look"
+    # Reported once, not at every look: counted after 40 more steps (a step per 50 ms poll, a
+    # look per 200 ms rescan: about ten looks).
+    steps = lambda: json.loads(t.get("/stats")[1])["totals"]["steps"]  # noqa: E731
+    seen = steps()
+    wait_for(lambda: steps() >= seen + 40, 30, "40 more steps")
+    assert t.log().count(f"cannot open {secret}") == 1
     secret.chmod(0o644)
     wait_for(lambda: count_records(out) == 110, 30, "the file's lines once it became readable")
     assert t.stop() == 0
@@ -166,10 +174,15 @@ def test_stdout_output_and_sigint(tmp_path: Path) -> None:
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        bufsize=0,  # unbuffered: `select` sees every byte not yet read
     ) as proc:
         assert proc.stdout is not None
         got: list[str] = []
+        deadline = time.monotonic() + 30
         while len(got) < 20:
+            # A line is written whole; wait for one with a deadline, never block forever.
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no request on stdout within 30 s (got {len(got)} records)"
             req = orjson.loads(proc.stdout.readline())
             got += [body(r) for r in req["resourceLogs"][0]["scopeLogs"][0]["logRecords"]]
         proc.send_signal(signal.SIGINT)

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,11 +166,13 @@ def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line
         wait_for(lambda: count_records(out) == files + lines, 60, "every line delivered")
         # Quiescent: naive works through its queue one event at a time after the last line.
         n, after = 2, _stats_dump(t, 2)
+        deadline = time.monotonic() + 60
         while True:
             n += 1
             again = _stats_dump(t, n)
             if again["syscalls_fstat"] == after["syscalls_fstat"] and again["syscalls_read"] == after["syscalls_read"]:
                 break
+            assert time.monotonic() < deadline, "tailrace never went quiet after the last line"
             after = again
     finally:
         tracer.send_signal(signal.SIGINT)

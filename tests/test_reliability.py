@@ -136,3 +136,69 @@ def test_a_symlink_to_etc_passwd_ships_nothing_and_is_reported_once(tmp_path: Pa
     reports = [ln for ln in t.log().splitlines() if "outside the allowed roots" in ln]
     assert len(reports) == 1, reports
     assert f"not reading {logs}/evil.log: it resolves to /etc/passwd" in reports[0]
+
+
+def test_readyz_turns_503_on_a_full_spool_and_back_once_delivered(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """The README's readiness claim: an output that cannot deliver and whose spool is full makes
+    /readyz answer 503 naming it; once the receiver is back, everything is delivered exactly
+    once and /readyz answers 200."""
+    from tests.receiver import Receiver
+
+    r = Receiver().start()
+    port = r.port
+    r.stop()  # nobody listens on the port now; the same receiver comes back on it below
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("".join(f"line {i:05d} {'x' * 200}\n" for i in range(2000)))
+    cfg = config(tmp_path, [str(logs / "*.log")], batch={"max_records": 100})
+    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
+                       "spool": {"after": "100ms", "max_bytes": "4KiB"},
+                       "retry": {"initial": "100ms", "max": "200ms"}}]
+    t = tailrace(cfg).start()
+    wait_for(lambda: t.get("/readyz")[0] == 503, 30, "/readyz 503")
+    status, body = t.get("/readyz")
+    assert status == 503 and body.startswith(b"output otlp: spool full"), body
+    r.port = port
+    r.start()
+    wait_for(lambda: r.records() >= 2000, 60, "every line once the receiver is back")
+    wait_for(lambda: t.get("/readyz") == (200, b"ready\n"), 30, "/readyz 200 again")
+    assert t.stop() == 0
+    r.stop()
+    assert sorted(b.decode() for b in r.bodies()) == [f"line {i:05d} {'x' * 200}" for i in range(2000)]
+
+
+def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """The README's claim: the first SIGTERM waits up to `shutdown_grace` (120 s here) for the
+    outputs; a second one stops now, leaving what was not acknowledged behind its checkpoint,
+    so the next start sends it."""
+    import signal
+
+    from tests.receiver import Receiver
+
+    r = Receiver().start()
+    port = r.port
+    r.stop()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(500)))
+    cfg = config(tmp_path, [str(logs / "*.log")], shutdown_grace="120s")
+    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
+                       "spool": {"enabled": False}, "retry": {"initial": "100ms", "max": "200ms"}}]
+    t = tailrace(cfg).start()
+    assert t.proc is not None
+    wait_for(lambda: stats(t)["totals"]["lines"] == 500, 30, "every line read (none deliverable)")
+    t.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping; flushing" in t.log(), 10, "the first signal's stop")
+    t.proc.send_signal(signal.SIGTERM)
+    # Well inside the 120 s grace: the second signal did not wait for it.
+    rc = t.proc.wait(timeout=30)
+    t.proc = None
+    assert "second signal: stopping now" in t.log()
+    assert rc == 0  # a stop asked for twice is still a clean stop: nothing is lost (below)
+    r.port = port
+    r.start()
+    t.start()
+    wait_for(lambda: r.records() >= 500, 60, "every line after the restart")
+    assert t.stop() == 0
+    r.stop()
+    assert sorted(b.decode() for b in r.bodies()) == sorted(f"line {i}" for i in range(500))

@@ -81,6 +81,8 @@ class Spool:
         self.appended = 0
         self.replayed = 0
         self.corrupt = 0
+        # A batch waits for room (reading stops behind it): what readiness reports.
+        self.full = False
         self._changed = trio.Event()
         # Sequence numbers keep replay order; they start at the wall clock (µs) so a spool
         # emptied and refilled across restarts still sorts in writing order.
@@ -115,6 +117,7 @@ class Spool:
         """Write one batch durably; waits while the spool is full (reading stops behind it)."""
         size = _HEAD.size + len(payload)
         warned = 0.0
+        self.full = bool(self._segments) and self.bytes + size > self.max_bytes
         while self._segments and self.bytes + size > self.max_bytes:
             now = time.monotonic()
             if now - warned >= self.warn_every:
@@ -125,6 +128,7 @@ class Spool:
                 )
             with trio.move_on_after(self.warn_every):
                 await self.changed()
+        self.full = False
         seq = self._next_seq  # taken before any await: concurrent appends never share one
         self._next_seq += 1
         path = self.dir / f"{seq:020d}.seg"

@@ -188,7 +188,7 @@ class OtlpHttp(Output):
         st: dict[str, object] = {"codec": self.codec, "last_error": self.last_error, "spooling": self._spooling}
         if spool is not None:
             st.update(spool_batches=len(spool), spool_bytes=spool.bytes, spool_max_bytes=spool.max_bytes)
-        if self.last_error is not None and (spool is None or spool.bytes >= spool.max_bytes):
+        if self.last_error is not None and (spool is None or spool.full or spool.bytes >= spool.max_bytes):
             st["not_ready"] = self.last_error if spool is None else f"spool full; {self.last_error}"
         return st
 
