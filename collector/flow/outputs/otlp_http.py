@@ -172,6 +172,7 @@ class OtlpHttp(Output):
                 Path(state_dir) / "spool" / cfg.name, cfg.spool.max_bytes, cfg.name, cfg.spool.warn_every
             )
         self._spooling = False
+        self._not_before = 0.0  # trio time before which no request is sent (Retry-After)
         self.last_error: str | None = None
         self.stats = dict.fromkeys(
             ("requests", "delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records",
@@ -290,6 +291,12 @@ class OtlpHttp(Output):
         """POST until delivered, dropped, too large, or the deadline: what happened."""
         attempt = 0
         while True:
+            # The endpoint asked for a pause (Retry-After): every batch respects it, a first
+            # attempt or a spooled one replayed alike.
+            if (pause := self._not_before - trio.current_time()) > 0:
+                if trio.current_time() + pause > deadline:
+                    return Outcome.LATE
+                await trio.sleep(pause)
             codec = self.codec
             payload = await make(codec)
             self.stats["requests"] += 1
@@ -323,6 +330,8 @@ class OtlpHttp(Output):
                     log.warning(f"output {self.name}: {self.url} does not accept {codec} (415); sending {self.codec}")
                     continue
                 after = retry_after(resp.headers.get("retry-after"))
+                if after is not None:
+                    self._not_before = max(self._not_before, trio.current_time() + after)
                 if s in RETRYABLE:
                     wait = after if after is not None else self._backoff(attempt)
                     log.log("warning", f"output {self.name}: {self.url} answered {s}; retrying",

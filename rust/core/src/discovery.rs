@@ -168,6 +168,8 @@ impl Discoverer {
                 }
             };
             sys.readdir += 1;
+            let last = Path::new(pattern).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let report_dirs = last != "*" && last != "**";
             for entry in paths {
                 let path = match entry {
                     Ok(p) => p,
@@ -179,7 +181,7 @@ impl Discoverer {
                 if self.is_excluded(&path) || !seen.insert(path.clone()) {
                     continue;
                 }
-                if let Some(found) = stat_path(&path, sys, &mut scan.errors) {
+                if let Some(found) = stat_matched(&path, report_dirs, sys, &mut scan.errors) {
                     matched = true;
                     scan.files.push(found);
                 }
@@ -192,8 +194,16 @@ impl Discoverer {
     }
 }
 
-/// `stat` a path (following symlinks, as Kubernetes' /var/log/containers links need).
+/// `stat` a path (following symlinks, as Kubernetes' /var/log/containers links need). What is
+/// not a regular file is skipped: a FIFO, socket or device is reported (reading one would block
+/// or never end), and a directory too when `report_dirs` (a glob like `*.log` that matched one;
+/// not `dir/*` or `**`, which match directories by design).
 pub fn stat_path(path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Option<Found> {
+    stat_matched(path, false, sys, errors)
+}
+
+pub fn stat_matched(path: &Path, report_dirs: bool, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Option<Found> {
+    use std::os::unix::fs::FileTypeExt;
     sys.stat += 1;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Some(Found {
@@ -202,7 +212,22 @@ pub fn stat_path(path: &Path, sys: &mut Syscalls, errors: &mut Vec<(String, Stri
             size: m.size(),
             mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         }),
-        Ok(_) => None,
+        Ok(m) => {
+            let t = m.file_type();
+            let kind = if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_dir() && report_dirs {
+                "a directory"
+            } else {
+                return None;
+            };
+            errors.push((path.display().to_string(), format!("{kind}, not a regular file: skipped")));
+            None
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             errors.push((path.display().to_string(), e.to_string()));

@@ -124,8 +124,11 @@ impl Tailer {
             self.watcher.watch_dir(&dir, &mut self.counters);
         }
         for (path, err) in &scan.errors {
-            self.counters.open_errors += 1;
-            self.report(format!("scan:{path}"), format!("cannot read {path}: {err}"));
+            let key = format!("scan:{path}");
+            if !self.reported.contains(&key) {
+                self.counters.open_errors += 1; // once per path, as it is reported
+            }
+            self.report(key, format!("cannot read {path}: {err}"));
         }
         for pattern in &scan.unmatched {
             let msg = format!("input {}: no file matches {pattern} (yet)", self.cfg.name);

@@ -195,7 +195,7 @@ pub struct Tailer {
     pub(crate) more: Vec<FileKey>,
     /// Problems to report once each (unreadable paths), drained by the owner.
     reports: Vec<String>,
-    reported: HashSet<String>,
+    pub(crate) reported: HashSet<String>,
     /// Directory listings, valid for one look (cleared before and after each).
     pub(crate) dir_cache: discovery::DirCache,
     /// Paths whose steady file left during this look: the file found there next starts steady.
@@ -1017,6 +1017,38 @@ mod tests {
         let mut t = tailer(d2.path(), |c| c.allowed_roots = vec![allowed]);
         assert_eq!(bodies(&t.step(t0)), [("allowed".to_string(), String::new())]);
         assert_eq!(t.counters.outside_roots, 0);
+    }
+
+    #[test]
+    fn fifos_sockets_directories_and_symlink_loops_matched_by_the_glob_are_skipped_and_reported_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        std::fs::write(p("a.log"), "mine\n").unwrap();
+        let fifo = std::ffi::CString::new(p("fifo.log").to_str().unwrap()).unwrap();
+        // SAFETY: a plain libc call on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let _sock = std::os::unix::net::UnixListener::bind(p("sock.log")).unwrap();
+        std::fs::create_dir(p("dir.log")).unwrap();
+        std::os::unix::fs::symlink(p("loop.log"), p("loop.log")).unwrap();
+        let mut t = tailer(d.path(), |c| c.rescan_interval = Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(bodies(&t.step(t0)), [("mine".to_string(), String::new())]);
+        for i in 1..=3 {
+            assert_eq!(records(&t.step(t0 + Duration::from_millis(i))), 0); // looked at again
+        }
+        let mut reports = t.take_reports();
+        reports.sort();
+        let at = d.path().display();
+        assert_eq!(
+            reports,
+            [
+                format!("cannot read {at}/dir.log: a directory, not a regular file: skipped"),
+                format!("cannot read {at}/fifo.log: a FIFO, not a regular file: skipped"),
+                format!("cannot read {at}/loop.log: Too many levels of symbolic links (os error 40)"),
+                format!("cannot read {at}/sock.log: a socket, not a regular file: skipped"),
+            ]
+        );
+        assert_eq!(t.counters.open_errors, 4);
     }
 
     #[test]
