@@ -18,10 +18,11 @@ from collector.flow.pipeline import Pipeline, StateDirInUse, progress
 
 
 def _load(path: str | None) -> config.Config:
-    cfg = config.load(path or config.DEFAULT_CONFIG)
+    source = path or config.DEFAULT_CONFIG
+    cfg = config.load(source)
     problems = config.check(cfg)
     if problems:
-        raise config.ConfigError("\n".join(problems))
+        raise config.ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return cfg
 
 

@@ -50,3 +50,69 @@ def test_segments_of_the_previous_format_are_still_read() -> None:
     payload = b"\x0a\x03abc"
     legacy = struct.pack("<4sBIII", b"TRS1", CODECS.index("zstd"), 7, len(payload), zlib.crc32(payload)) + payload
     assert decode_segment(legacy) == ("zstd", 7, payload)
+
+
+def _mutate(rng: random.Random, node: object, depth: int = 0) -> object:
+    """A configuration with one part replaced by something of another type or value."""
+    junk = [None, True, -1, 0, 2**70, 1.5, "", "x" * 300, "-5s", "1ZiB", [], {}, ["*"], {"k": 1}, "${NOPE}", "\x00"]
+    if isinstance(node, dict) and node and rng.random() < 0.8:
+        key = rng.choice(list(node))
+        out = dict(node)
+        roll = rng.random()
+        if roll < 0.1:
+            out[rng.choice(["bogus", "inputz", "max_bytes", "type"])] = rng.choice(junk)
+        elif roll < 0.2:
+            del out[key]
+        else:
+            out[key] = _mutate(rng, node[key], depth + 1)
+        return out
+    if isinstance(node, list) and node and rng.random() < 0.8:
+        out_list = list(node)
+        i = rng.randrange(len(out_list))
+        out_list[i] = _mutate(rng, out_list[i], depth + 1)
+        return out_list
+    return rng.choice(junk)
+
+
+def test_any_configuration_is_accepted_or_refused_naming_a_key_never_a_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Configurations mutated at random from a valid one (`FUZZ_CASES` / 10 of them):
+    `check-config` exits 0, or 2 with `configuration error:` and the offending key's path;
+    never a traceback, never another code."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from collector import cli
+
+    valid = {
+        "state_dir": str(tmp_path / "state"),
+        "inputs": [{"name": "in", "paths": ["/var/log/*.log"], "watch": "inotify", "poll_interval": "250ms",
+                    "max_line_bytes": "1MiB", "format": "cri", "allowed_roots": ["/srv"]}],
+        "outputs": [{"type": "otlp_http", "endpoint": "http://127.0.0.1:4318", "compression": "zstd",
+                     "retry": {"initial": "1s", "max": "30s"}, "spool": {"after": "5s", "max_bytes": "1GiB"}},
+                    {"type": "file", "path": str(tmp_path / "out.jsonl")}],
+        "batch": {"max_age": "200ms", "max_records": 100},
+        "memory": {"max_pending_bytes": "48MiB"},
+        "admin": {"address": "127.0.0.1:0"},
+        "log": {"level": "info"},
+    }
+    rng = random.Random(14)
+    path = tmp_path / "c.yaml"
+    codes = {0: 0, 2: 0}
+    for i in range(max(200, int(os.environ.get("FUZZ_CASES", "20000")) // 10)):
+        cfg = _mutate(rng, valid)
+        path.write_text(yaml.safe_dump(cfg))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["check-config", str(path)])
+        text = err.getvalue()
+        assert code in (0, 2), (i, cfg, code, text)
+        assert "Traceback" not in text, (i, cfg, text)
+        if code == 2:
+            assert text.startswith("tailrace: configuration error: "), (i, cfg, text)
+            # The offending key is named: a path into the document (`$.inputs[0].watch`, ...).
+            named = text[len(f"tailrace: configuration error: {path}: "):]
+            assert "at `$" in named or named.startswith("$.") or "at the top level" in named, (i, cfg, text)
+        codes[code] += 1
+    assert codes[0] > 0 and codes[2] > 0, codes

@@ -278,6 +278,29 @@ def _run_simple(tmp_path: Path, tailrace, r: Receiver, lines: int = 2000, **out:
     return expected, t
 
 
+def test_429_is_retried_and_500_is_dropped_and_counted_as_the_otlp_spec_says(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """OTLP/HTTP: 429 (like 502-504) is retried, with exactly-once delivery after; 500 (like
+    every other 5xx and 4xx) must not be retried: the batch is dropped and counted."""
+    answers = iter([(429, {}, b"slow down")] * 3 + [(500, {"Content-Type": "text/plain"}, b"boom")])
+    with Receiver() as r:
+        r.fault = lambda h: next(answers, None)
+        expected = write_files(tmp_path / "logs", 1, 2000)
+        cfg = otlp_config(tmp_path, r.endpoint, retry={"initial": "50ms", "max": "100ms"}, max_in_flight=1)
+        cfg["batch"]["max_records"] = 100  # 20 batches: the one answered 500 is dropped, not the rest
+        t = tailrace(cfg).start()
+        wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["records_delivered"] == 2000, 30,
+                 "every record acknowledged (one batch dropped)")
+        assert t.stop() == 0
+    s = stopped_stats(t.log())
+    assert (r.got.statuses[429], r.got.statuses[500], s["otlp.retries"]) == (3, 1, "3")
+    dropped = int(s["otlp.dropped_records"])
+    got = collections.Counter(b.decode() for b in r.bodies())
+    lost, dup, unexpected = account(expected, got)
+    assert (dup, unexpected) == (0, 0)
+    assert lost == dropped > 0 and s["otlp.dropped_batches"] == "1"
+    assert "answered 500: boom" in t.log()
+
+
 def test_413_splits_the_batch_until_it_fits(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     with Receiver(max_body=40_000) as r:
         expected, t = _run_simple(tmp_path, tailrace, r, compression="none")

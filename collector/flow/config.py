@@ -439,11 +439,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    raw = _expand(raw, "$")
+    try:
+        raw = _expand(raw, "$")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     try:
         return msgspec.convert(raw, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        # msgspec names where the error is, except at the top level: say so there too.
+        where = "" if " - at `$" in str(e) else " - at `$`"
+        raise ConfigError(f"{source}: {e}{where}") from None
 
 
 def load(path: str | Path) -> Config:

@@ -66,6 +66,8 @@ pub struct Counters {
     pub inotify_events: u64,
     /// Passes that read files (the others only drained events or ran timers).
     pub read_passes: u64,
+    /// Bugs hit while reading a file, contained to that file (it is no longer read).
+    pub panics: u64,
     /// Files that emitted what they held for unfinished lines early (flagged pieces): the
     /// memory bound across files was reached.
     pub memory_spills: u64,

@@ -378,6 +378,10 @@ impl FileReader {
         c: &mut Counters,
     ) -> std::io::Result<ReadResult> {
         use std::os::unix::fs::FileExt;
+        #[cfg(test)]
+        if self.source.path.ends_with("panic.log") {
+            panic!("a test's bug");
+        }
         let mut total = 0usize;
         let mut eof = false;
         let mut head_check = !self.fp.bytes.is_empty() && (self.pos as usize) < FINGERPRINT_MAX && buf.len() >= FINGERPRINT_MAX;

@@ -537,7 +537,9 @@ impl Tailer {
                 let key = pass[i];
                 i += 1;
                 let before = self.readers.get(&key).map_or(0, FileReader::held_bytes);
-                match self.read_file(key, now, steady) {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady)));
+                let outcome = outcome.unwrap_or_else(|panic| self.contain_panic(key, panic.as_ref()));
+                match outcome {
                     Outcome::Read(bytes) => progress |= bytes,
                     Outcome::Truncated(bytes) => {
                         progress |= bytes;
@@ -606,6 +608,23 @@ impl Tailer {
     /// Bytes held for unfinished lines by every tailer sharing this one's bound.
     pub fn pending_bytes(&self) -> usize {
         self.pending.used()
+    }
+
+    /// A bug hit while reading `key` is contained to that file: it is dropped (its checkpoint
+    /// stays at what was acknowledged, so a restart reads it again), reported once and
+    /// counted (`panics`); every other file keeps flowing.
+    fn contain_panic(&mut self, key: FileKey, panic: &(dyn std::any::Any + Send)) -> Outcome {
+        let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        self.counters.panics += 1;
+        if let Some(mut r) = self.readers.remove(&key) {
+            let path = r.source.path.clone();
+            r.close(&mut self.counters);
+            self.watcher.unwatch(key);
+            self.timed.remove(&key);
+            self.refused.insert(key);
+            self.report(format!("panic:{path}"), format!("internal error reading {path} ({what}): that file is no longer read until a restart; please report it"));
+        }
+        Outcome::Skipped
     }
 
     /// Read one file within its budget; files with more to read join `more`.
@@ -1049,6 +1068,97 @@ mod tests {
             ]
         );
         assert_eq!(t.counters.open_errors, 4);
+    }
+
+    /// Lines `from..to` of file `i` in `dir` (appended).
+    fn append_lines(dir: &Path, i: usize, from: usize, to: usize) {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("f{i}.log"))).unwrap();
+        for n in from..to {
+            writeln!(f, "file {i} line {n}").unwrap();
+        }
+    }
+
+    /// Steps (10 ms apart from `*now`) until `want` records came, at most 500 steps.
+    fn step_until(t: &mut Tailer, now: &mut Instant, want: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            *now += Duration::from_millis(10);
+            got.extend(bodies(&t.step(*now)).into_iter().map(|(b, _)| b));
+            if got.len() >= want {
+                break;
+            }
+        }
+        got.sort();
+        got
+    }
+
+    fn expected(files: usize, from: usize, to: usize) -> Vec<String> {
+        let mut v: Vec<String> = (0..files).flat_map(|i| (from..to).map(move |n| format!("file {i} line {n}"))).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn past_the_inotify_watch_limit_files_are_polled_and_nothing_is_lost() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            append_lines(d.path(), i, 0, 10);
+        }
+        let mut t = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.poll_interval = Duration::from_millis(50);
+            c.rescan_interval = Duration::from_secs(3600);
+        });
+        t.watcher.simulate(crate::watcher::Simulate::WatchLimit(2));
+        let mut now = Instant::now();
+        assert_eq!(step_until(&mut t, &mut now, 50), expected(5, 0, 10));
+        let reports = t.take_reports();
+        assert_eq!(reports.iter().filter(|r| r.contains("polled instead")).count(), 3, "{reports:?}");
+        // Written again: the two watched files by their events, the three others by polling.
+        for i in 0..5 {
+            append_lines(d.path(), i, 10, 20);
+        }
+        assert_eq!(step_until(&mut t, &mut now, 50), expected(5, 10, 20));
+    }
+
+    #[test]
+    fn an_inotify_queue_overflow_is_a_look_everywhere_and_a_read_of_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            append_lines(d.path(), i, 0, 5);
+        }
+        let mut t = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.rescan_interval = Duration::from_secs(3600);
+        });
+        let mut now = Instant::now();
+        assert_eq!(step_until(&mut t, &mut now, 15), expected(3, 0, 5));
+        // Writes whose events the kernel dropped (the queue overflowed), and a file created
+        // meanwhile: all found by the look everywhere and the read of every file it causes.
+        for i in 0..4 {
+            append_lines(d.path(), i, 5, 10);
+        }
+        t.watcher.simulate(crate::watcher::Simulate::Overflow);
+        assert_eq!(step_until(&mut t, &mut now, 20), expected(4, 5, 10));
+        assert_eq!(t.counters.inotify_overflows, 1);
+    }
+
+    #[test]
+    fn a_bug_while_reading_one_file_is_contained_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        append_lines(d.path(), 0, 0, 5);
+        std::fs::write(d.path().join("panic.log"), "never read\n").unwrap();
+        let mut t = tailer(d.path(), |_| {});
+        let mut now = Instant::now();
+        assert_eq!(step_until(&mut t, &mut now, 5), expected(1, 0, 5));
+        assert_eq!(t.counters.panics, 1);
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].starts_with(&format!("internal error reading {}/panic.log (a test's bug)", d.path().display())), "{reports:?}");
+        // The others keep flowing; the file is not tried again.
+        append_lines(d.path(), 0, 5, 10);
+        assert_eq!(step_until(&mut t, &mut now, 5), expected(1, 5, 10));
+        assert_eq!(t.counters.panics, 1);
     }
 
     #[test]

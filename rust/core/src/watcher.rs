@@ -91,6 +91,19 @@ pub trait Watcher: Send {
     fn before_read(&self, _r: &FileReader, _c: &mut Counters) {}
     fn after_read(&self, _r: &FileReader, _c: &mut Counters) {}
     fn after_reads(&self, _held: &mut dyn Iterator<Item = &FileReader>, _c: &mut Counters) {}
+    /// Test seam: make the kernel's limits bite (inotify only).
+    #[cfg(test)]
+    fn simulate(&mut self, _s: Simulate) {}
+}
+
+/// What a test makes happen in a watcher.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub enum Simulate {
+    /// `max_user_watches` reached after this many file watches (ENOSPC).
+    WatchLimit(usize),
+    /// The event queue overflowed (`IN_Q_OVERFLOW`) before the next collect.
+    Overflow,
 }
 
 pub struct PollWatcher {
@@ -168,6 +181,9 @@ pub struct InotifyWatcher {
     buf: Vec<u64>,
     queue_limit: u64,
     steady: BTreeSet<FileKey>,
+    /// Test seams: a watch limit lower than the kernel's, an overflow at the next collect.
+    watch_limit: Option<usize>,
+    overflow_next: bool,
 }
 
 impl InotifyWatcher {
@@ -197,6 +213,8 @@ impl InotifyWatcher {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(16384),
             steady: BTreeSet::new(),
+            watch_limit: None,
+            overflow_next: false,
         })
     }
 
@@ -284,7 +302,11 @@ impl InotifyWatcher {
 impl Watcher for InotifyWatcher {
     fn collect(&mut self, now: Instant, open: &mut dyn Iterator<Item = FileKey>, dirty: &mut Vec<FileKey>, c: &mut Counters) -> News {
         let mut news = News::default();
-        let mut overflow = false;
+        let mut overflow = std::mem::take(&mut self.overflow_next);
+        if overflow {
+            // The simulated overflow loses what was queued, as the kernel's does.
+            while matches!(self.read_events(c, self.buf.len() * 8), Ok(n) if n > 0) {}
+        }
         if self.one_event {
             // Fluent Bit reads one event per wakeup: a buffer of one header (file watches carry
             // no name); a directory event with a name needs a larger one.
@@ -380,6 +402,14 @@ impl Watcher for InotifyWatcher {
         self.steady.iter().copied().collect()
     }
 
+    #[cfg(test)]
+    fn simulate(&mut self, s: Simulate) {
+        match s {
+            Simulate::WatchLimit(n) => self.watch_limit = Some(n),
+            Simulate::Overflow => self.overflow_next = true,
+        }
+    }
+
     fn has_steady(&self) -> bool {
         !self.steady.is_empty()
     }
@@ -398,7 +428,11 @@ impl Watcher for InotifyWatcher {
             self.watch_dir(dir, c);
         }
         let steady = steady && !self.one_event;
-        match self.add_watch(path, if steady { STEADY_MASK } else { FILE_MASK }) {
+        let added = match self.watch_limit {
+            Some(max) if self.by_key.len() >= max => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => self.add_watch(path, if steady { STEADY_MASK } else { FILE_MASK }),
+        };
+        match added {
             Ok(wd) => {
                 let dir = Arc::new(path.parent().map(Path::to_path_buf).unwrap_or_default());
                 self.targets.insert(wd, Target::File(key, dir));

@@ -437,6 +437,7 @@ impl Tailer {
             ("recovered_from_gzip", c.recovered_from_gzip),
             ("outside_roots", c.outside_roots),
             ("memory_spills", c.memory_spills),
+            ("panics", c.panics),
             ("pending_bytes", s.pending_bytes as u64),
             ("steady_on", c.steady_on),
             ("steady_off", c.steady_off),
