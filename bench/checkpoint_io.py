@@ -12,20 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from bench.trees import RESULTS, compare, start
 
 
 def proc_io(pid: int) -> dict[str, int]:
@@ -42,9 +35,7 @@ def one(tree: Path, files: int, written: int, window: float) -> dict[str, Any]:
             (logs / f"f{i:05d}.log").write_bytes(body)
         cfg = {"state_dir": str(work / "state"), "inputs": [{"name": "in", "paths": [str(logs / "*.log")]}],
                "outputs": [{"type": "blackhole"}], "progress_interval": "0s", "admin": {"enabled": False}}
-        (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
-                                cwd=tree, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree)})
+        proc = start(tree, work, cfg)
         time.sleep(20.0)  # every file read and checkpointed at least once (a warm-up, not measured)
         stop = threading.Event()
 
@@ -80,23 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tree", action="append", default=[], help="checkout whose tailrace runs (repeatable)")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
-    rows = []
-    for tree in [Path(t).resolve() for t in args.tree] or [ROOT]:
-        print(f"[{tree}]", file=sys.stderr, flush=True)
-        rows.append({"tree": str(tree), **one(tree, args.files, args.written, args.window)})
-        print(f"    {rows[-1]}", file=sys.stderr, flush=True)
-    when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    result = {"benchmark": "checkpoint I/O", "command": "python -m bench.checkpoint_io " + " ".join(
-        sys.argv[1:] if argv is None else argv), "when": when,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
-    out = Path(args.results) / f"checkpoint-io-{when}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print("| tree | bytes written/s (wchar) | to storage/s (write_bytes) |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r['tree']} | {r['wchar_per_s']:,} | {r['write_bytes_per_s']:,} |")
-    print(f"\nraw: {out}")
-
+    compare("checkpoint-io", "checkpoint I/O", argv, args.tree, args.results,
+            lambda tree: one(tree, args.files, args.written, args.window),
+            [("bytes written/s (wchar)", "wchar_per_s"), ("to storage/s (write_bytes)", "write_bytes_per_s")])
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
-import platform
 import random
 import signal
 import statistics
@@ -25,13 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-import yaml
-
+from bench.trees import RESULTS, ROOT, save, start, trees
 from tests.receiver import Receiver
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 
 def wait(cond: Any, timeout: float, what: str) -> None:
@@ -55,7 +48,6 @@ def one(tree: Path, files: int, rate: float, kills: int, seed: int) -> dict[str,
             "progress_interval": "0s",
             "admin": {"enabled": False},
         }
-        (work / "c.yaml").write_text(yaml.safe_dump(cfg))
         per_file = rate / files
         app = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "appender.py"), str(logs), str(files), str(per_file), "3600"],
@@ -63,20 +55,14 @@ def one(tree: Path, files: int, rate: float, kills: int, seed: int) -> dict[str,
         )
         assert app.stdout is not None and app.stdout.readline().strip() == "started"
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
-                cwd=tree, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree)},
-            )
-
-        proc = start()
+        proc = start(tree, work, cfg)
         for k in range(kills):
             base = r.records()
             wait(lambda b=base: r.records() >= b + int(rate), 60, f"kill {k}: a second of lines delivered")
             time.sleep(rng.uniform(0.0, 2.0))
             proc.kill()
             proc.wait()
-            proc = start()
+            proc = start(tree, work, cfg)
         time.sleep(2.0)
         app.send_signal(signal.SIGTERM)
         app.communicate(timeout=30)
@@ -105,9 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="checkout whose tailrace runs (repeatable; default: this one)")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
-    trees = [Path(t).resolve() for t in args.tree] or [ROOT]
     rows = []
-    for tree in trees:
+    for tree in trees(args.tree):
         runs = []
         for i in range(args.runs):
             print(f"[{tree}] run {i + 1}", file=sys.stderr, flush=True)
@@ -116,13 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"tree": str(tree), "runs": runs,
                      "median_duplicated_pct": statistics.median(r["duplicated_pct"] for r in runs),
                      "lost_total": sum(r["lost"] for r in runs)})
-    when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    result = {"benchmark": "duplicates after kill -9",
-              "command": "python -m bench.crash " + " ".join(sys.argv[1:] if argv is None else argv),
-              "when": when, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
-    out = Path(args.results) / f"crash-{when}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    out = save("crash", "duplicates after kill -9", argv, rows, args.results)
     print("| tree | runs | lost | duplicated % (median) | duplicated % (all) |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['tree']} | {len(row['runs'])} | {row['lost_total']} | {row['median_duplicated_pct']} | "

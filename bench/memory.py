@@ -10,20 +10,12 @@ Writes bench/results/memory-<UTC time>.json and prints a Markdown table."""
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from bench.trees import RESULTS, compare, start
 
 
 def one(tree: Path, files: int, line_bytes: int, settle: float) -> dict[str, Any]:
@@ -36,9 +28,7 @@ def one(tree: Path, files: int, line_bytes: int, settle: float) -> dict[str, Any
             (logs / f"f{i:03d}.log").write_bytes(b"first line\n" + tail)
         cfg = {"state_dir": str(work / "state"), "inputs": [{"name": "in", "paths": [str(logs / "*.log")]}],
                "outputs": [{"type": "blackhole"}], "progress_interval": "0s", "admin": {"enabled": False}}
-        (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
-                                cwd=tree, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree)})
+        proc = start(tree, work, cfg)
         time.sleep(settle)  # every file read (and, past partial_flush, its partial line flushed)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         proc.terminate()
@@ -56,22 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tree", action="append", default=[], help="checkout whose tailrace runs (repeatable)")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
-    rows = []
-    for tree in [Path(t).resolve() for t in args.tree] or [ROOT]:
-        rows.append({"tree": str(tree), **one(tree, args.files, args.line_bytes, args.settle)})
-        print(f"    {rows[-1]}", file=sys.stderr, flush=True)
-    when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    result = {"benchmark": "memory of unfinished lines", "command": "python -m bench.memory " + " ".join(
-        sys.argv[1:] if argv is None else argv), "when": when,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rows": rows}
-    out = Path(args.results) / f"memory-{when}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print("| tree | peak RSS MiB | RSS at the end MiB |\n|---|---|---|")
-    for r in rows:
-        print(f"| {r['tree']} | {r['peak_rss_mib']} | {r['rss_mib']} |")
-    print(f"\nraw: {out}")
-
+    compare("memory", "memory of unfinished lines", argv, args.tree, args.results,
+            lambda tree: one(tree, args.files, args.line_bytes, args.settle),
+            [("peak RSS MiB", "peak_rss_mib"), ("RSS at the end MiB", "rss_mib")])
 
 if __name__ == "__main__":
     main()

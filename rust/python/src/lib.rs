@@ -31,6 +31,15 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
+/// A dict of named counts.
+fn counts<'py>(py: Python<'py>, items: &[(&str, u64)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in items {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
@@ -75,26 +84,19 @@ impl Checkpointer {
     /// and their bytes.
     fn write_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.with(py, |c| c.stats);
-        let d = PyDict::new(py);
-        d.set_item("journal_writes", s.journal_writes)?;
-        d.set_item("journal_bytes", s.journal_bytes)?;
-        d.set_item("fsyncs", s.fsyncs)?;
-        d.set_item("snapshots", s.snapshots)?;
-        d.set_item("snapshot_bytes", s.snapshot_bytes)?;
-        Ok(d)
+        let items = [("journal_writes", s.journal_writes), ("journal_bytes", s.journal_bytes), ("fsyncs", s.fsyncs),
+            ("snapshots", s.snapshots), ("snapshot_bytes", s.snapshot_bytes)];
+        counts(py, &items)
     }
 
     /// What opening the state found: journal records replayed, bytes of a torn tail cut off,
-    /// a stale journal discarded, version 1 state migrated.
+    /// a stale journal discarded (1), version 1 state migrated (1).
     #[getter]
     fn loaded<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let l = self.with(py, |c| c.loaded.clone());
-        let d = PyDict::new(py);
-        d.set_item("records", l.records)?;
-        d.set_item("torn_bytes", l.torn_bytes)?;
-        d.set_item("stale_journal", l.stale_journal)?;
-        d.set_item("migrated", l.migrated)?;
-        Ok(d)
+        let items = [("records", l.records), ("torn_bytes", l.torn_bytes), ("stale_journal", u64::from(l.stale_journal)),
+            ("migrated", u64::from(l.migrated))];
+        counts(py, &items)
     }
 
     #[getter]
@@ -415,53 +417,52 @@ impl Tailer {
         let ledger = &self.ledger;
         let (s, pending) = py.detach(|| (self.published.lock().expect("published lock").status.clone(), ledger.pending()));
         let c = s.counters;
-        let d = PyDict::new(py);
-        for (k, v) in [
-            ("lines", c.lines),
-            ("bytes", c.bytes),
-            ("files_opened", c.files_opened),
-            ("files_closed", c.files_closed),
-            ("rotations", c.rotations),
-            ("truncations", c.truncations),
-            ("deletions", c.deletions),
-            ("split_lines", c.split_lines),
-            ("partial_flushes", c.partial_flushes),
-            ("open_errors", c.open_errors),
-            ("read_errors", c.read_errors),
-            ("batches", c.batches),
-            ("steps", c.steps),
-            ("inotify_overflows", c.inotify_overflows),
-            ("inotify_events", c.inotify_events),
-            ("read_passes", c.read_passes),
-            ("scoped_looks", c.scoped_looks),
-            ("recovered_from_gzip", c.recovered_from_gzip),
-            ("outside_roots", c.outside_roots),
-            ("memory_spills", c.memory_spills),
-            ("panics", c.panics),
-            ("pending_bytes", s.pending_bytes as u64),
-            ("steady_on", c.steady_on),
-            ("steady_off", c.steady_off),
-            ("files_open", s.files_open as u64),
-            ("files_tracked", s.files_tracked as u64),
-            ("pending_batches", pending as u64),
-            ("invalid_utf8", s.invalid_utf8),
-            ("parse_errors", c.parse_errors),
-            ("stat_family", c.syscalls.stat_family()),
-            ("syscalls_open", c.syscalls.open),
-            ("syscalls_close", c.syscalls.close),
-            ("syscalls_read", c.syscalls.read),
-            ("syscalls_fstat", c.syscalls.fstat),
-            ("syscalls_stat", c.syscalls.stat),
-            ("syscalls_lseek", c.syscalls.lseek),
-            ("syscalls_readdir", c.syscalls.readdir),
-            ("syscalls_inotify_read", c.syscalls.inotify_read),
-            ("syscalls_fadvise", c.syscalls.fadvise),
-            ("syscalls_readlink", c.syscalls.readlink),
-            ("syscalls_inotify_remask", c.syscalls.inotify_remask),
-        ] {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
+        counts(
+            py,
+            &[
+                ("lines", c.lines),
+                ("bytes", c.bytes),
+                ("files_opened", c.files_opened),
+                ("files_closed", c.files_closed),
+                ("rotations", c.rotations),
+                ("truncations", c.truncations),
+                ("deletions", c.deletions),
+                ("split_lines", c.split_lines),
+                ("partial_flushes", c.partial_flushes),
+                ("open_errors", c.open_errors),
+                ("read_errors", c.read_errors),
+                ("batches", c.batches),
+                ("steps", c.steps),
+                ("inotify_overflows", c.inotify_overflows),
+                ("inotify_events", c.inotify_events),
+                ("read_passes", c.read_passes),
+                ("scoped_looks", c.scoped_looks),
+                ("recovered_from_gzip", c.recovered_from_gzip),
+                ("outside_roots", c.outside_roots),
+                ("memory_spills", c.memory_spills),
+                ("panics", c.panics),
+                ("pending_bytes", s.pending_bytes as u64),
+                ("steady_on", c.steady_on),
+                ("steady_off", c.steady_off),
+                ("files_open", s.files_open as u64),
+                ("files_tracked", s.files_tracked as u64),
+                ("pending_batches", pending as u64),
+                ("invalid_utf8", s.invalid_utf8),
+                ("parse_errors", c.parse_errors),
+                ("stat_family", c.syscalls.stat_family()),
+                ("syscalls_open", c.syscalls.open),
+                ("syscalls_close", c.syscalls.close),
+                ("syscalls_read", c.syscalls.read),
+                ("syscalls_fstat", c.syscalls.fstat),
+                ("syscalls_stat", c.syscalls.stat),
+                ("syscalls_lseek", c.syscalls.lseek),
+                ("syscalls_readdir", c.syscalls.readdir),
+                ("syscalls_inotify_read", c.syscalls.inotify_read),
+                ("syscalls_fadvise", c.syscalls.fadvise),
+                ("syscalls_readlink", c.syscalls.readlink),
+                ("syscalls_inotify_remask", c.syscalls.inotify_remask),
+            ],
+        )
     }
 
     /// Test-only: hold (True) or release (False) steps. A held step waits inside the tailer's
