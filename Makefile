@@ -14,12 +14,14 @@ $(STAMP): requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 # Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check), openssl
-# (a throwaway CA for the TLS tests), the OpenTelemetry Collector and Helm, built from Go
+# (a throwaway CA for the TLS tests), setpriv and prlimit (util-linux: permission and disk-full
+# cases), the OpenTelemetry Collector and Helm, built from Go
 # modules (tests/otelcol; helm.sh/helm/v3 into target/helm; Go's caches make a rebuild cheap).
 tools:
-	@for t in strace openssl; do command -v $$t >/dev/null \
-		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$t >/dev/null; } \
-		|| { echo "make: $$t is needed (apt-get install $$t)"; exit 1; }; done
+	@for t in strace openssl util-linux:setpriv util-linux:prlimit; do pkg=$${t%%:*}; cmd=$${t##*:}; \
+		command -v $$cmd >/dev/null \
+		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$pkg >/dev/null; } \
+		|| { echo "make: $$cmd is needed (apt-get install $$pkg)"; exit 1; }; done
 	@command -v go >/dev/null || { echo "make: Go is needed to build the OpenTelemetry Collector (tests/otelcol)"; exit 1; }
 	tests/otelcol/build.sh tailrace
 	@test -x target/helm/helm || { echo "building helm (helm.sh/helm/v3 v3.22.0) into target/helm" >&2; \

@@ -406,11 +406,16 @@ def test_header_files_are_reread_and_never_logged(tmp_path: Path, tailrace) -> N
         with open(tmp_path / "logs" / "f000.log", "a") as f:
             f.write("after the token rotated\n")
         wait_for(lambda: r.records() >= 11, 30, "the line after the rotation")
+        # Nowhere but on the wire: not in /stats, /metrics or the configuration echoed anywhere.
+        exposed = [t.get(path)[1].decode() for path in ("/stats", "/metrics", "/readyz")]
         assert t.stop() == 0
         seen = [h.get("authorization") for h in r.got.headers]
         assert seen[0] == "Bearer secret-one" and seen[-1] == "Bearer secret-two"
         assert all(h.get("x-tenant") == "t1" for h in r.got.headers)
         assert "secret" not in t.log()
+        assert [page for page in exposed if "secret" in page] == []
+        profiles = list((tmp_path / "state" / "profiles").glob("*"))
+        assert [p.name for p in profiles if b"secret" in p.read_bytes()] == []
 
 
 def test_spool_survives_a_restart_and_replays_exactly_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]

@@ -202,3 +202,37 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
     assert t.stop() == 0
     r.stop()
     assert sorted(b.decode() for b in r.bodies()) == sorted(f"line {i}" for i in range(500))
+
+
+def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """The spool's filesystem is full (RLIMIT_FSIZE below one segment: each write past it fails
+    with EFBIG, as on a full disk): the batch stays in memory, retried and reported, reading
+    waits behind it; once there is room and the receiver is back, every line arrives once."""
+    import subprocess
+
+    from tests.conftest import require_tool
+    from tests.receiver import Receiver
+
+    prlimit = require_tool("prlimit", "to make the spool's writes fail as on a full disk")
+    r = Receiver().start()
+    port = r.port
+    r.stop()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("".join(f"line {i:04d} {'y' * 1000}\n" for i in range(400)))
+    cfg = config(tmp_path, [str(logs / "*.log")], batch={"max_records": 200})
+    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
+                       "compression": "none", "spool": {"after": "100ms"},
+                       "retry": {"initial": "100ms", "max": "200ms"}}]
+    # 64 KiB: the checkpoint journal and snapshot fit, a 200 KB spool segment does not.
+    t = tailrace(cfg).start(preexec=[prlimit, "--fsize=65536:unlimited", "--"])
+    assert t.proc is not None
+    wait_for(lambda: "File too large" in t.log(), 30, "the spool's write failing")
+    assert list((tmp_path / "state" / "spool" / "otlp").glob("*.seg")) == []
+    subprocess.run([prlimit, "--pid", str(t.proc.pid), "--fsize=unlimited:unlimited"], check=True)
+    r.port = port
+    r.start()
+    wait_for(lambda: r.records() >= 400, 60, "every line once there is room")
+    assert t.stop() == 0
+    r.stop()
+    assert sorted(b.decode() for b in r.bodies()) == [f"line {i:04d} {'y' * 1000}" for i in range(400)]
