@@ -46,6 +46,9 @@ impl Watcher for NaiveWatcher {
     fn unwatch(&mut self, key: FileKey) {
         self.inner.unwatch(key)
     }
+    fn polled_fallback(&self) -> usize {
+        self.inner.polled_fallback()
+    }
     fn watch_dir(&mut self, dir: &Path, c: &mut Counters) {
         self.inner.watch_dir(dir, c)
     }

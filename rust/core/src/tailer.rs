@@ -173,6 +173,8 @@ pub struct Status {
     pub read_delay: Duration,
     /// Bytes this tailer holds for unfinished lines.
     pub pending_bytes: usize,
+    /// Files `auto`/`inotify` could not watch, polled instead.
+    pub files_polled: usize,
 }
 
 pub struct Tailer {
@@ -328,6 +330,7 @@ impl Tailer {
             waiting: self.has_waiting(),
             read_delay: self.read_delay,
             pending_bytes: self.pending_mine,
+            files_polled: self.watcher.polled_fallback(),
         }
     }
 

@@ -72,6 +72,10 @@ pub trait Watcher: Send {
     fn has_steady(&self) -> bool {
         false
     }
+    /// Files an event-driven watcher could not watch (limits, untrusted filesystems): polled.
+    fn polled_fallback(&self) -> usize {
+        0
+    }
     /// Events the kernel queues before it overflows (inotify): how long reads may wait is
     /// bounded by it, since events are drained when files are read.
     fn queue_limit(&self) -> Option<u64> {
@@ -412,6 +416,10 @@ impl Watcher for InotifyWatcher {
 
     fn has_steady(&self) -> bool {
         !self.steady.is_empty()
+    }
+
+    fn polled_fallback(&self) -> usize {
+        self.polled.len()
     }
 
     fn watch(&mut self, key: FileKey, path: &Path, steady: bool, c: &mut Counters) -> Result<bool, String> {

@@ -442,6 +442,7 @@ impl Tailer {
                 ("memory_spills", c.memory_spills),
                 ("panics", c.panics),
                 ("pending_bytes", s.pending_bytes as u64),
+                ("files_polled", s.files_polled as u64),
                 ("steady_on", c.steady_on),
                 ("steady_off", c.steady_off),
                 ("files_open", s.files_open as u64),
