@@ -243,9 +243,35 @@ class Receiver:
 
 
 def free_port() -> int:
+    """A port free now, for a server started next (the OpenTelemetry Collector's config needs
+    it before it binds: a small window another process could take; `refusing_port` where
+    nobody must listen)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class RefusingPort:
+    """A port where connections are refused for as long as this holds it: bound, never
+    listening, so no other process can take it meanwhile. `release()` frees it for a receiver
+    started right after."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+
+    def release(self) -> int:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        return self.port
+
+    def __enter__(self) -> RefusingPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def main() -> None:

@@ -133,13 +133,14 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
 
 
 def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -> None:
-    from tests.receiver import free_port
+    from tests.receiver import RefusingPort
 
+    refusing = RefusingPort()  # held for the whole test: nobody can listen there
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.log").write_text("one\n")
     cfg = base_config(tmp_path, [str(logs / "*.log")])
-    cfg["outputs"] = [{"type": "otlp_http", "name": "down", "endpoint": f"http://127.0.0.1:{free_port()}",
+    cfg["outputs"] = [{"type": "otlp_http", "name": "down", "endpoint": f"http://127.0.0.1:{refusing.port}",
                        "spool": {"enabled": False}, "retry": {"initial": "100ms", "max": "200ms"}}]
     cfg["shutdown_grace"] = "1s"
     t = tailrace(cfg).start()
@@ -147,6 +148,7 @@ def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -
     assert body.decode().startswith("output down: cannot connect to 127.0.0.1:")
     assert t.get("/healthz")[0] == 200
     assert t.stop() == 0
+    refusing.release()
 
 
 def test_a_py_spy_killed_mid_sample_never_leaves_tailrace_stopped(tmp_path: Path, tailrace: Any) -> None:
@@ -174,20 +176,26 @@ def test_a_py_spy_killed_mid_sample_never_leaves_tailrace_stopped(tmp_path: Path
     def state() -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
-    kills = 0
+    kills = landed = 0
     deadline = time.monotonic() + 60
     while kills < 5 and time.monotonic() < deadline:
         for spy in wait_for(py_spies, 30, "py-spy running"):
-            time.sleep(0.05 + 0.03 * kills)  # land mid-sample: at 1000 Hz it is stopping us all the time
+            # Kill while py-spy holds tailrace stopped (it stops it at every sample, 1000 Hz):
+            # the state is read again right after the kill, so a landing mid-sample is seen.
+            spin = time.monotonic() + 2
+            while state() not in ("T", "t") and time.monotonic() < spin:
+                pass
             try:
                 os.kill(spy, signal.SIGKILL)
                 kills += 1
             except ProcessLookupError:
                 pass
+            landed += state() in ("T", "t")
             wait_for(lambda spy=spy: spy not in py_spies(), 10, "the killed py-spy gone")
             # Caught mid-sample, tailrace was stopped; the shell around py-spy continues it.
             wait_for(lambda: state() not in ("T", "t"), 5, "tailrace running again after py-spy was killed")
     assert kills == 5
+    assert landed >= 1, "no kill landed while tailrace was stopped: the case was not exercised"
     # Still alive and working: lines written now are delivered.
     with open(logs / "a.log", "a") as f:
         f.write("after the kills\n")

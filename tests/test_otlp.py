@@ -419,9 +419,10 @@ def test_header_files_are_reread_and_never_logged(tmp_path: Path, tailrace) -> N
 
 
 def test_spool_survives_a_restart_and_replays_exactly_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
-    from tests.receiver import free_port
+    from tests.receiver import RefusingPort
 
-    port = free_port()  # nobody listens yet
+    refusing = RefusingPort()  # nobody listens until the receiver below
+    port = refusing.port
     expected = write_files(tmp_path / "logs", 5, 1000)
     cfg = otlp_config(tmp_path, f"http://127.0.0.1:{port}", spool={"after": "500ms"},
                       retry={"initial": "100ms", "max": "200ms"})
@@ -437,7 +438,7 @@ def test_spool_survives_a_restart_and_replays_exactly_once(tmp_path: Path, tailr
     s = stopped_stats(t.log())
     assert s["otlp.spooled_records"] == "5000" and s["otlp.delivered_records"] == "0"
     assert len(list(spool.glob("*.seg"))) == int(s["otlp.spooled_batches"])
-    with Receiver(port=port) as r:
+    with Receiver(port=refusing.release()) as r:
         t.start()
         wait_for(lambda: r.records() >= 5000, 30, "the spool replayed after the restart")
         wait_for(lambda: not list(spool.glob("*.seg")), 10, "replayed segments deleted")

@@ -142,11 +142,10 @@ def test_readyz_turns_503_on_a_full_spool_and_back_once_delivered(tmp_path: Path
     """The README's readiness claim: an output that cannot deliver and whose spool is full makes
     /readyz answer 503 naming it; once the receiver is back, everything is delivered exactly
     once and /readyz answers 200."""
-    from tests.receiver import Receiver
+    from tests.receiver import Receiver, RefusingPort
 
-    r = Receiver().start()
-    port = r.port
-    r.stop()  # nobody listens on the port now; the same receiver comes back on it below
+    refusing = RefusingPort()  # nobody listens there until the receiver below
+    port = refusing.port
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.log").write_text("".join(f"line {i:05d} {'x' * 200}\n" for i in range(2000)))
@@ -158,8 +157,7 @@ def test_readyz_turns_503_on_a_full_spool_and_back_once_delivered(tmp_path: Path
     wait_for(lambda: t.get("/readyz")[0] == 503, 30, "/readyz 503")
     status, body = t.get("/readyz")
     assert status == 503 and body.startswith(b"output otlp: spool full"), body
-    r.port = port
-    r.start()
+    r = Receiver(port=refusing.release()).start()
     wait_for(lambda: r.records() >= 2000, 60, "every line once the receiver is back")
     wait_for(lambda: t.get("/readyz") == (200, b"ready\n"), 30, "/readyz 200 again")
     assert t.stop() == 0
@@ -173,11 +171,10 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
     so the next start sends it."""
     import signal
 
-    from tests.receiver import Receiver
+    from tests.receiver import Receiver, RefusingPort
 
-    r = Receiver().start()
-    port = r.port
-    r.stop()
+    refusing = RefusingPort()  # nobody listens there until the receiver below
+    port = refusing.port
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(500)))
@@ -195,8 +192,7 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
     t.proc = None
     assert "second signal: stopping now" in t.log()
     assert rc == 0  # a stop asked for twice is still a clean stop: nothing is lost (below)
-    r.port = port
-    r.start()
+    r = Receiver(port=refusing.release()).start()
     t.start()
     wait_for(lambda: r.records() >= 500, 60, "every line after the restart")
     assert t.stop() == 0
@@ -211,12 +207,11 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     import subprocess
 
     from tests.conftest import require_tool
-    from tests.receiver import Receiver
+    from tests.receiver import Receiver, RefusingPort
 
     prlimit = require_tool("prlimit", "to make the spool's writes fail as on a full disk")
-    r = Receiver().start()
-    port = r.port
-    r.stop()
+    refusing = RefusingPort()  # nobody listens there until the receiver below
+    port = refusing.port
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a.log").write_text("".join(f"line {i:04d} {'y' * 1000}\n" for i in range(400)))
@@ -230,8 +225,7 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     wait_for(lambda: "File too large" in t.log(), 30, "the spool's write failing")
     assert list((tmp_path / "state" / "spool" / "otlp").glob("*.seg")) == []
     subprocess.run([prlimit, "--pid", str(t.proc.pid), "--fsize=unlimited:unlimited"], check=True)
-    r.port = port
-    r.start()
+    r = Receiver(port=refusing.release()).start()
     wait_for(lambda: r.records() >= 400, 60, "every line once there is room")
     assert t.stop() == 0
     r.stop()
