@@ -100,3 +100,50 @@ async def test_checkpoint_waits_for_every_output(tmp_path: Path) -> None:
         p.request_stop()
     assert p.checkpointer.offset_of("input0", str(log)) == log.stat().st_size
     assert sum(b.records for b in gated.got) == 100
+
+
+class StallingOutput(GatedOutput):
+    """An output whose first send blocks the event loop itself (a synchronous call where an
+    await belonged: the bug a plugin can bring), then behaves."""
+
+    def __init__(self, stall: float) -> None:
+        super().__init__()
+        self.gate.set()
+        self.stall = stall
+
+    async def send(self, batch: Batch) -> None:
+        if self.stall:
+            import time
+
+            time.sleep(self.stall)  # noqa: ASYNC251 (the stall under test)
+            self.stall = 0
+        self.got.append(batch)
+
+
+async def test_an_event_loop_stall_shows_in_the_loop_lag_and_loses_nothing(tmp_path: Path) -> None:
+    from collector.observe.telemetry import Telemetry
+
+    log = tmp_path / "a.log"
+    cfg = config.parse(
+        f"state_dir: {tmp_path}/state\ninputs: [{{paths: ['{tmp_path}/*.log'], poll_interval: 20ms}}]\n"
+        "outputs: [{type: blackhole}]\nbatch: {max_age: 10ms, max_records: 100}\ncheckpoint_interval: 20ms\n"
+        "progress_interval: 0s"
+    )
+    p = Pipeline(cfg)
+    stalling = StallingOutput(stall=2.5)
+    p.outputs[0] = stalling
+    telemetry = Telemetry(p, None)
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)))
+    async with trio.open_nursery() as n:
+        n.start_soon(telemetry.watch_loop_lag)
+        await n.start(p.run)
+        with trio.fail_after(30):
+            while p.records_delivered < 1000:  # noqa: ASYNC110 (the pipeline's own counter)
+                await trio.sleep(0.02)
+            # The lag is measured by a 1 s sleep that the stall held up.
+            while telemetry.loop_lag < 1.0:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        p.request_stop()
+        n.cancel_scope.cancel()
+    assert sum(b.records for b in stalling.got) == 1000
+    assert [e["offset"] for e in read_checkpoints(str(tmp_path / "state"))] == [log.stat().st_size]
