@@ -224,6 +224,26 @@ def test_kill_9_twenty_times_repeats_only_the_batches_in_flight(tmp_path: Path, 
     assert got - expected == in_flight
 
 
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_rotation_by_rename_ten_times_a_second_every_line_once(tmp_path: Path, tailrace, watch: str) -> None:  # type: ignore[no-untyped-def]
+    """One file written at 2,000 lines/s and renamed away every 38 KiB (about every 100 ms) for
+    4 s: every line exactly once, by events or by polling (which sees several rotations
+    between two looks: rule 4's siblings)."""
+    with Receiver() as r:
+        logs = tmp_path / "logs"
+        cfg = otlp_config(tmp_path, r.endpoint)
+        cfg["inputs"][0].update(watch=watch, poll_interval="250ms")
+        t = tailrace(cfg).start()
+        wait_for(lambda: "running" in t.log(), 30, "tailrace running")
+        w = appender(logs, 1, 2000, 4, rotate_kib=38)
+        written = finish(w)
+        rotated = len(list(logs.glob("*.log.*")))
+        wait_for(lambda: r.records() >= written, 60, f"{written} records", 0.2)
+        assert t.stop() == 0
+    assert rotated >= 30, rotated
+    assert account(all_lines(logs), collections.Counter(b.decode() for b in r.bodies())) == (0, 0, 0)
+
+
 def test_receiver_down_60s_with_rotation_loses_nothing_and_memory_stays_flat(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     r = Receiver(count_only=False).start()
     port = r.port
