@@ -8,6 +8,7 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -26,7 +27,38 @@ def _load(path: str | None) -> config.Config:
     return cfg
 
 
-async def _serve(cfg: config.Config, demo: bool) -> None:
+async def _serve(cfg: config.Config, demo: bool, source: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM. SIGHUP reloads `source`: a configuration that does not load is
+    logged (every error) and the running one goes on; one that loads replaces it after a clean
+    stop of the running pipeline (its outputs deliver or spool what they hold, checkpoints are
+    written), then a new pipeline starts on the same state: inputs kept resume from their
+    checkpoints (nothing read twice), inputs added start, outputs are the new ones."""
+    reloads = {"ok": 0, "invalid": 0}
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP) as signals:
+        next_cfg: config.Config | None = cfg
+        while next_cfg is not None:
+            next_cfg = await _run(next_cfg, demo, source, signals, reloads)
+            demo = False  # the demo's traffic is started once
+
+
+async def _reload(source: str | None, reloads: dict[str, int]) -> config.Config | None:
+    """The configuration at `source`, validated as `run` would (None, logged, when it is not)."""
+    try:
+        new = await trio.to_thread.run_sync(_load, source)
+    except config.ConfigError as e:
+        reloads["invalid"] += 1
+        for line in str(e).splitlines():
+            log.error(f"SIGHUP: configuration not reloaded, the running one goes on: {line}")
+        return None
+    reloads["ok"] += 1
+    return new
+
+
+async def _run(
+    cfg: config.Config, demo: bool, source: str | None, signals: Any, reloads: dict[str, int]
+) -> config.Config | None:
+    """One pipeline on `cfg`, until stopped (None) or replaced by a reload (the new config)."""
+    log.configure(cfg.log.level, cfg.log.format == "json")
     if demo:
         from collector.demo import prepare
 
@@ -41,59 +73,71 @@ async def _serve(cfg: config.Config, demo: bool) -> None:
                             rate=pc.rate, threshold=pc.threshold, min_samples=pc.min_samples, keep=pc.keep)
     from collector.observe.telemetry import Telemetry
 
-    telemetry = Telemetry(pipeline, profiler)
+    telemetry = Telemetry(pipeline, profiler, reloads)
     for out in pipeline.outputs:
         out.observe = telemetry.observe_export
+    replaced: list[config.Config] = []
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
 
-            async def on_signal() -> None:
-                async for sig in signals:
-                    if sig == signal.SIGUSR1:
-                        # Dump every counter (syscalls by kind included) on request.
-                        log.info("stats", **pipeline.stats())
-                        continue
+        async def on_signal() -> None:
+            async for sig in signals:
+                if sig == signal.SIGUSR1:
+                    # Dump every counter (syscalls by kind included) on request.
+                    log.info("stats", **pipeline.stats())
+                    continue
+                if sig == signal.SIGHUP:
                     if pipeline.stopping:
-                        log.warning("second signal: stopping now")
-                        nursery.cancel_scope.cancel()
-                        return
-                    log.info(f"{signal.Signals(sig).name}: stopping; flushing and committing")
-                    pipeline.request_stop()
+                        continue
+                    new = await _reload(source, reloads)
+                    if new is not None:
+                        log.info("SIGHUP: configuration reloaded; restarting the pipeline on it",
+                                 inputs=len(new.inputs), outputs=len(new.outputs))
+                        replaced.append(new)
+                        pipeline.request_stop()
+                    continue
+                if pipeline.stopping and not replaced:
+                    log.warning("second signal: stopping now")
+                    nursery.cancel_scope.cancel()
+                    return
+                replaced.clear()  # a stop asked for during a reload wins
+                log.info(f"{signal.Signals(sig).name}: stopping; flushing and committing")
+                pipeline.request_stop()
 
-            nursery.start_soon(on_signal)
-            await nursery.start(pipeline.run)
-            nursery.start_soon(telemetry.watch_loop_lag)
-            tc = cfg.telemetry
-            if tc.otlp_endpoint:
-                nursery.start_soon(telemetry.push, tc.otlp_endpoint, tc.interval, tc.headers, tc.tls)
-            if cfg.admin.enabled:
-                from collector.observe.admin import Admin
+        nursery.start_soon(on_signal)
+        await nursery.start(pipeline.run)
+        nursery.start_soon(telemetry.watch_loop_lag)
+        tc = cfg.telemetry
+        if tc.otlp_endpoint:
+            nursery.start_soon(telemetry.push, tc.otlp_endpoint, tc.interval, tc.headers, tc.tls)
+        if cfg.admin.enabled:
+            from collector.observe.admin import Admin
 
-                await nursery.start(Admin(pipeline, telemetry, profiler).serve, cfg.admin.address)
-            if profiler is not None:
-                nursery.start_soon(profiler.run)
-            if cfg.progress_interval:
-                nursery.start_soon(progress, pipeline, cfg.progress_interval)
-            if demo:
-                from collector.demo import write_traffic
+            await nursery.start(Admin(pipeline, telemetry, profiler).serve, cfg.admin.address)
+        if profiler is not None:
+            nursery.start_soon(profiler.run)
+        if cfg.progress_interval:
+            nursery.start_soon(progress, pipeline, cfg.progress_interval)
+        if demo:
+            from collector.demo import write_traffic
 
-                directory = Path(cfg.inputs[0].paths[0]).parent
-                nursery.start_soon(write_traffic, directory)
-                log.info(f"demo: writing lines into {directory}/; Ctrl-C to stop")
-            outs = ", ".join(o.name for o in pipeline.outputs)
-            log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
-            await pipeline.finished()
-            s = pipeline.stats()
-            log.info(
-                "stopped",
-                **{
-                    k: v
-                    for k, v in s.items()
-                    if k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")
-                    or "." in k  # per-output counters: delivered, retries, dropped, spooled, ...
-                },
-            )
-            nursery.cancel_scope.cancel()
+            directory = Path(cfg.inputs[0].paths[0]).parent
+            nursery.start_soon(write_traffic, directory)
+            log.info(f"demo: writing lines into {directory}/; Ctrl-C to stop")
+        outs = ", ".join(o.name for o in pipeline.outputs)
+        log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
+        await pipeline.finished()
+        s = pipeline.stats()
+        log.info(
+            "stopped for the reload" if replaced else "stopped",
+            **{
+                k: v
+                for k, v in s.items()
+                if k in ("lines", "records_delivered", "rotations", "truncations", "deletions", "open_errors")
+                or "." in k  # per-output counters: delivered, retries, dropped, spooled, ...
+            },
+        )
+        nursery.cancel_scope.cancel()
+    return replaced[-1] if replaced else None
 
 
 def _bench(harness: str, argv: list[str]) -> int:
@@ -165,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log.configure(cfg.log.level, cfg.log.format == "json")
     try:
-        trio.run(_serve, cfg, args.command == "demo")
+        trio.run(_serve, cfg, args.command == "demo", args.file if args.command == "check-config" else args.config)
     except Exception as e:  # noqa: BLE001 (sorted by kind below; anything else is re-raised)
         leaf = _leaf(e)
         if isinstance(leaf, ValueError):  # the core refuses a setting (ConfigError: a bad glob, ...)

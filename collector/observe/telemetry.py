@@ -50,9 +50,12 @@ def process_rss_bytes() -> int:
 
 
 class Telemetry:
-    def __init__(self, pipeline: Pipeline, profiler: Profiler | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, profiler: Profiler | None = None,
+                 reloads: dict[str, int] | None = None) -> None:
         self.pipeline = pipeline
         self.profiler = profiler
+        # SIGHUP reloads by result (`ok`, `invalid`), kept across the pipelines they start.
+        self.reloads = reloads if reloads is not None else {"ok": 0, "invalid": 0}
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(
             resource=Resource.create({"service.name": "tailrace", "service.version": __version__}),
@@ -82,6 +85,8 @@ class Telemetry:
              self._per_output("dropped_records")),
             ("tailrace_batches_spooled", "1", "Batches written to the spool", self._per_output("spooled_batches")),
             ("tailrace_syscalls", "1", "Syscalls made by the core, by kind", self._syscalls),
+            ("tailrace_config_reloads", "1", "Configuration reloads asked for with SIGHUP, by result",
+             lambda: [Observation(n, {"result": r}) for r, n in self.reloads.items()]),
             ("tailrace_checkpoint_written_bytes", "By", "Bytes written to the state directory's checkpoints, by kind",
              self._checkpoint_bytes),
             ("tailrace_process_cpu_seconds", "s", "CPU time of the tailrace process",
