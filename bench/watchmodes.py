@@ -95,7 +95,7 @@ class Run:
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            found = re.findall(r"^tailrace info: stats (.*)$", self.err.read_text(), re.M)
+            found = re.findall(r"^\S+ tailrace info: stats (.*)$", self.err.read_text(), re.M)
             if len(found) >= self.dumps:
                 return {k: int(v) for k, v in (kv.split("=") for kv in found[self.dumps - 1].split())}
             time.sleep(0.05)

@@ -17,10 +17,17 @@ from collector._native import CorruptState
 from collector.flow import config
 from collector.flow.pipeline import Pipeline, StateDirInUse, progress
 
+# `--log-level` / `--log-format`: over the file's `log`, at start and at every reload.
+_log_flags: dict[str, str] = {}
+
 
 def _load(path: str | None) -> config.Config:
     source = path or config.DEFAULT_CONFIG
     cfg = config.load(source)
+    if "level" in _log_flags:
+        cfg.log.level = "warning" if _log_flags["level"] == "warn" else _log_flags["level"]  # type: ignore[assignment]
+    if "format" in _log_flags:
+        cfg.log.format = _log_flags["format"]  # type: ignore[assignment]
     problems = config.check(cfg)
     if problems:
         raise config.ConfigError("\n".join(f"{source}: {p}" for p in problems))
@@ -159,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
     ap.add_argument("--version", action="version", version=f"tailrace {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM")
+    run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM (SIGHUP reloads the file)")
     run.add_argument("--config", help="YAML file (default: the embedded configs/local.yaml)")
+    for p in (run,):
+        p.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"],
+                       help="tailrace's own logs (over the file's log.level)")
+        p.add_argument("--log-format", choices=["text", "json"], help="tailrace's own logs (over log.format)")
     demo = sub.add_parser("demo", help="run the embedded default with generated demo traffic")
     demo.add_argument("--config", help=argparse.SUPPRESS)
     chk = sub.add_parser("check-config", help="validate a configuration and exit")
@@ -197,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return top_main(args.url, args.interval, args.once)
 
+    for key in ("level", "format"):
+        if getattr(args, f"log_{key}", None):
+            _log_flags[key] = getattr(args, f"log_{key}")
     try:
         cfg = _load(args.file if args.command == "check-config" else args.config)
     except config.ConfigError as e:

@@ -18,7 +18,7 @@ _last: dict[str, float] = {}
 def configure(level: str = "info", json: bool = False) -> None:
     global _json, _level
     _json = json
-    _level = _LEVELS[level]
+    _level = _LEVELS["warning" if level == "warn" else level]
 
 
 def log(level: str, msg: str, *, every: float = 0.0, key: str | None = None, **fields: Any) -> None:
@@ -31,13 +31,19 @@ def log(level: str, msg: str, *, every: float = 0.0, key: str | None = None, **f
         if now - _last.get(k, -1e18) < every:
             return
         _last[k] = now
+    ts = _rfc3339(time.time())
     if _json:
-        rec = {"ts": time.time(), "level": level, "msg": msg, **fields}
+        rec = {"time": ts, "level": level, "msg": msg, **fields}
         sys.stderr.buffer.write(orjson.dumps(rec, default=str) + b"\n")
         sys.stderr.flush()
     else:
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        print(f"tailrace {level}: {msg}{' ' + extra if extra else ''}", file=sys.stderr, flush=True)
+        print(f"{ts} tailrace {level}: {msg}{' ' + extra if extra else ''}", file=sys.stderr, flush=True)
+
+
+def _rfc3339(t: float) -> str:
+    """UTC, milliseconds: `2026-12-02T05:33:01.123Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def info(msg: str, **fields: Any) -> None:

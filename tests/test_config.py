@@ -115,3 +115,54 @@ def test_coalesce_is_auto_or_a_duration(tmp_path: Path) -> None:
     r = check_config(tmp_path, "inputs: [{paths: ['/x'], coalesce: soon}]\noutputs: [{type: blackhole}]")
     assert r.returncode == 2
     assert "coalesce" in r.stderr and "soon" in r.stderr, r.stderr
+
+
+def test_environment_values_take_their_yaml_type_and_dollar_escapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECORDS", "500")
+    monkeypatch.setenv("EMPTY", "")
+    cfg = config.parse(
+        "inputs: [{paths: ['/srv/$$weird/${env:SUB:-x}/*.log'], max_line_bytes: '${LINE:-65536}'}]\n"
+        "outputs: [{type: blackhole}]\nbatch: {max_records: '${RECORDS}', max_age: '${AGE:-250ms}'}\n"
+        "state_dir: '${EMPTY:-/var/lib/t}'"
+    )
+    # A whole-value reference is typed as YAML types its text: integers where integers go.
+    assert (cfg.batch.max_records, cfg.inputs[0].max_line_bytes, cfg.batch.max_age) == (500, 65536, 0.25)
+    assert cfg.inputs[0].paths == ["/srv/$weird/x/*.log"]  # `$$` is a `$`; `${env:…}` accepted
+    assert cfg.state_dir == "/var/lib/t"  # `:-` also covers a variable set but empty
+    with pytest.raises(config.ConfigError) as e:
+        config.parse("inputs: [{paths: ['${LOGS:?set LOGS to the log directory}/*.log']}]\n"
+                     "outputs: [{type: blackhole}]", "c.yaml")
+    assert str(e.value) == "c.yaml: $.inputs[0].paths[0]: set LOGS to the log directory (${LOGS})"
+
+
+def test_own_logs_have_rfc3339_times_warn_is_warning_and_flags_win(tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+    import re
+
+    from collector import log
+
+    cfg = tmp_path / "c.yaml"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cfg.write_text(f"state_dir: {tmp_path}/state\ninputs: [{{paths: ['{logs}/*.log']}}]\n"
+                   "outputs: [{type: blackhole}]\nlog: {level: warn}\nprogress_interval: 0s\n"
+                   "admin: {enabled: false}\nprofiler: {enabled: false}\n")
+    # The file says warn (no info lines); the flags say info, as JSON.
+    p = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "--config", str(cfg), "--log-level", "info",
+                          "--log-format", "json"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    first = p.stderr.readline()
+    p.terminate()
+    p.communicate(timeout=30)
+    rec = json.loads(first)
+    assert rec["level"] == "info" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["time"]), rec
+    # Text: the time first, then the level.
+    log.configure("warn")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        log.info("hidden")
+        log.warning("shown")
+    log.configure("info")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z tailrace warning: shown\n", err.getvalue())

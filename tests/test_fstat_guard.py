@@ -133,7 +133,7 @@ def _stats_dump(t, n: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Ask tailrace for its counters (SIGUSR1) and parse the n-th stats line of its log."""
     t.proc.send_signal(signal.SIGUSR1)
     lines = wait_for(
-        lambda: len(found := re.findall(r"^tailrace info: stats (.*)$", t.log(), re.M)) >= n and found, 10, "stats"
+        lambda: len(found := re.findall(r"^\S+ tailrace info: stats (.*)$", t.log(), re.M)) >= n and found, 10, "stats"
     )
     return {k: int(v) for k, v in (kv.split("=") for kv in lines[n - 1].split())}
 

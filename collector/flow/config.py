@@ -25,7 +25,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNITS_B = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `${VAR}`, `${env:VAR}`, `${VAR:-default}`, `${VAR:?message}`, and `$$` for a literal `$`.
+_ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
 
 
 class Duration(float):
@@ -297,8 +298,12 @@ class TelemetryConfig(_Strict):
 
 
 class LogConfig(_Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+
+    def __post_init__(self) -> None:
+        if self.level == "warn":  # what Fluent Bit, Vector and the Collector call it
+            self.level = "warning"
 
 
 class Config(_Strict):
@@ -416,15 +421,33 @@ def tailer_options(
 
 
 def _expand(node: Any, where: str) -> Any:
+    """Environment references in string values. A value that is one reference and nothing else
+    takes the type its text has as a YAML scalar (`${WORKERS:-8}` is the integer 8), as the
+    OpenTelemetry Collector does; inside a longer string it is text."""
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
-            value = os.environ.get(m.group(1), m.group(2))
+            if m.group(0) == "$$":
+                return "$"
+            name, op, arg = m.group(1), m.group(2), m.group(3)
+            value = os.environ.get(name)
+            if op == ":-" and not value:
+                value = arg
+            if op == ":?" and not value:
+                raise ConfigError(f"{where}: {arg or f'environment variable {name} is not set'} (${{{name}}})")
             if value is None:
-                raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
+                raise ConfigError(f"{where}: environment variable {name} is not set")
             return value
 
-        return _ENV.sub(sub, node)
+        whole = _ENV.fullmatch(node)
+        text = _ENV.sub(sub, node)
+        if whole is not None and whole.group(0) != "$$":
+            try:
+                scalar = yaml.safe_load(text) if text else text
+            except yaml.YAMLError:
+                return text
+            return scalar if isinstance(scalar, (str, int, float, bool)) else text
+        return text
     if isinstance(node, list):
         return [_expand(v, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, dict):
