@@ -166,3 +166,57 @@ def test_own_logs_have_rfc3339_times_warn_is_warning_and_flags_win(tmp_path: Pat
         log.warning("shown")
     log.configure("info")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z tailrace warning: shown\n", err.getvalue())
+
+
+def _schema_keys(tp: object, prefix: str) -> set[str]:
+    """Every key path of the configuration schema (`inputs[].paths`, `outputs[].tls.ca_file`)."""
+    import types
+    import typing
+
+    import msgspec
+
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return set().union(*(_schema_keys(a, prefix) for a in args if a is not type(None)))
+    if typing.get_origin(tp) is list and args and isinstance(args[0], type) and issubclass(args[0], msgspec.Struct):
+        return _schema_keys(args[0], prefix + "[]")
+    if typing.get_origin(tp) is list and args and typing.get_args(args[0]):
+        return _schema_keys(args[0], prefix + "[]")
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        keys: set[str] = set()
+        tag = tp.__struct_config__.tag_field
+        if tag:
+            keys.add(f"{prefix}.{tag}".lstrip("."))
+        for f in msgspec.structs.fields(tp):
+            keys |= _schema_keys(f.type, f"{prefix}.{f.name}".lstrip(".")) or {f"{prefix}.{f.name}".lstrip(".")}
+        return keys
+    return set()
+
+
+def test_every_configuration_key_has_a_row_in_the_readme() -> None:
+    """A key added to the schema without a README row fails (rows may name several keys:
+    `profiler.every`, `.duration`, `.rate`)."""
+    import re
+    import typing
+
+    keys = _schema_keys(typing.get_type_hints(config.Config)["inputs"], "inputs")
+    for name, tp in typing.get_type_hints(config.Config).items():
+        if name != "inputs":
+            keys |= _schema_keys(tp, name) or {name}
+    documented: set[str] = set()
+    for row in (ROOT / "README.md").read_text().splitlines():
+        if not row.startswith("| `"):
+            continue
+        names = re.findall(r"`([^`]+)`", row.split(" | ")[0])
+        base = ""
+        for n in names:
+            if n.startswith("."):
+                documented.add(base + n)
+            else:
+                documented.add(n)
+                base = n.rsplit(".", 1)[0] if "." in n else ""
+    # A section documented as a whole (`telemetry.tls`: "TLS as for otlp_http") covers its keys;
+    # `inputs[]` and `outputs[]` (what the lists are) cover none.
+    wholes = [d for d in documented if not d.endswith("[]")]
+    missing = sorted(k for k in keys if k not in documented and not any(k.startswith(d + ".") for d in wholes))
+    assert missing == [], missing
