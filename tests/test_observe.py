@@ -117,6 +117,21 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
     assert "tailrace_inotify_events" in families
     assert families["tailrace_lag_bytes"].samples[0].value == 0
     assert {s.labels["kind"] for s in families["tailrace_syscalls"].samples} >= {"read", "fstat", "open"}
+    # What alerts are built on: per input error counts (zero here), every output's drops and
+    # retries (the file output's too), build info, the process's start and descriptors.
+    for name in ("open_errors", "read_errors", "inotify_overflows", "deletions", "parse_errors", "panics"):
+        got = [(s.labels, s.value) for s in families[f"tailrace_{name}"].samples if s.name.endswith("_total")]
+        assert got == [({"input": "test"}, 0.0)], name
+    for name in ("records_dropped", "export_retries"):
+        got = [(s.labels, s.value) for s in families[f"tailrace_{name}"].samples if s.name.endswith("_total")]
+        assert got == [({"output": "file0"}, 0.0)], name
+    from collector import __version__
+
+    build = families["tailrace_build_info"].samples[0]
+    assert build.labels["version"] == __version__ and build.value == 1
+    started = families["process_start_time_seconds"].samples[0].value
+    assert time.time() - 120 < started <= time.time()
+    assert 0 < families["process_open_fds"].samples[0].value < families["process_max_fds"].samples[0].value
     assert t.get("/debug/profile/latest.svg")[0] == 404  # the profiler's first profile is 5 min away
     assert t.get("/nope")[0] == 404
     top = subprocess.run(

@@ -11,6 +11,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,6 +30,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from collector import __version__, log
+from collector._native import CORE_VERSION
 from collector.flow.config import TlsConfig
 
 if TYPE_CHECKING:
@@ -47,6 +49,17 @@ def process_cpu_seconds() -> float:
 def process_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def process_start_time_seconds() -> float:
+    """When this process started (Unix seconds): its start in clock ticks after boot, plus boot."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 class Telemetry:
@@ -78,6 +91,18 @@ class Telemetry:
              per_input("parse_errors")),
             ("tailrace_recovered_from_gzip", "1", "Files finished from their compressed copy after a restart",
              per_input("recovered_from_gzip")),
+            ("tailrace_open_errors", "1", "Files matched that could not be opened or looked at (reported once each)",
+             per_input("open_errors")),
+            ("tailrace_read_errors", "1", "Reads that failed", per_input("read_errors")),
+            ("tailrace_inotify_overflows", "1", "inotify queue overflows (each a look everywhere)",
+             per_input("inotify_overflows")),
+            ("tailrace_deletions", "1", "Files deleted while read (drained through their descriptor)",
+             per_input("deletions")),
+            ("tailrace_outside_roots", "1", "Files not read: they resolve outside the allowed roots",
+             per_input("outside_roots")),
+            ("tailrace_memory_spills", "1", "Files that emitted unfinished lines early (the memory bound)",
+             per_input("memory_spills")),
+            ("tailrace_panics", "1", "Bugs contained to one file (it is no longer read)", per_input("panics")),
             ("tailrace_records_exported", "1", "Records an output acknowledged", self._per_output("delivered_records")),
             ("tailrace_batches_exported", "1", "Batches an output acknowledged", self._per_output("delivered_batches")),
             ("tailrace_export_retries", "1", "Export attempts retried", self._per_output("retries")),
@@ -105,6 +130,13 @@ class Telemetry:
              lambda: [Observation(self.loop_lag)]),
             ("tailrace_process_rss_bytes", "By", "Resident memory of the tailrace process",
              lambda: [Observation(process_rss_bytes())]),
+            ("tailrace_build_info", "1", "1, labelled with the version of tailrace and of its core",
+             lambda: [Observation(1, {"version": __version__, "core": CORE_VERSION})]),
+            ("process_start_time_seconds", "s", "When the tailrace process started (Unix time)",
+             lambda: [Observation(process_start_time_seconds())]),
+            ("process_open_fds", "1", "Open file descriptors", lambda: [Observation(open_fds())]),
+            ("process_max_fds", "1", "The open-files limit (soft)",
+             lambda: [Observation(resource.getrlimit(resource.RLIMIT_NOFILE)[0])]),
         ]
         for name, unit, desc, fn in gauges:
             meter.create_observable_gauge(name, callbacks=[_cb(fn)], unit=unit, description=desc)

@@ -26,7 +26,10 @@ class Output:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.stats: dict[str, int] = {"delivered_batches": 0, "delivered_records": 0}
+        # Every output has these series (what alerts and `tailrace top` read); outputs add theirs.
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records"), 0
+        )
         self.observe: Observer | None = None
 
     def precompress(self) -> tuple[str, int] | None:
