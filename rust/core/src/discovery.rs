@@ -83,7 +83,14 @@ impl Roots {
 const MATCH: glob::MatchOptions = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
 
 impl Discoverer {
+    /// Relative globs are taken from the working directory and kept absolute: every path found
+    /// is absolute (`log.file.path` as the semantic conventions want it).
     pub fn new(include: &[String], exclude: &[String], allowed_roots: &[String]) -> crate::error::Result<Self> {
+        let absolute = |p: &String| std::path::absolute(p).map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|_| p.clone());
+        let include: Vec<String> = include.iter().map(absolute).collect();
+        // An exclude starting with a wildcard (`**/skip.log`) matches anywhere: kept as it is.
+        let exclude: Vec<String> = exclude.iter().map(|p| if p.starts_with(['*', '?', '[']) { p.clone() } else { absolute(p) }).collect();
+        let (include, exclude) = (include.as_slice(), exclude.as_slice());
         let bad = |key: &str, i: usize, p: &str, e: glob::PatternError| Error::Config(format!("{key}[{i}]: bad glob {p:?}: {e}"));
         let patterns = include.iter().enumerate().map(|(i, p)| glob::Pattern::new(p).map_err(|e| bad("paths", i, p, e))).collect::<Result<_, _>>()?;
         let exclude = exclude
