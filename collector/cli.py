@@ -30,7 +30,7 @@ def _load(path: str | None) -> config.Config:
         cfg.log.format = _log_flags["format"]  # type: ignore[assignment]
     problems = config.check(cfg)
     if problems:
-        raise config.ConfigError("\n".join(f"{source}: {p}" for p in problems))
+        raise config.ConfigError("\n".join(config.located(str(source), problems)))
     return cfg
 
 
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _load(args.file if args.command == "check-config" else args.config)
     except config.ConfigError as e:
-        print(f"tailrace: configuration error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # every error found, each on its own line
+            print(f"tailrace: configuration error: {line}", file=sys.stderr)
         return 2
     for w in config.warnings(cfg):
         print(f"tailrace: warning: {w}", file=sys.stderr)

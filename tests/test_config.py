@@ -132,7 +132,7 @@ def test_environment_values_take_their_yaml_type_and_dollar_escapes(monkeypatch:
     with pytest.raises(config.ConfigError) as e:
         config.parse("inputs: [{paths: ['${LOGS:?set LOGS to the log directory}/*.log']}]\n"
                      "outputs: [{type: blackhole}]", "c.yaml")
-    assert str(e.value) == "c.yaml: $.inputs[0].paths[0]: set LOGS to the log directory (${LOGS})"
+    assert str(e.value) == "c.yaml:1: $.inputs[0].paths[0]: set LOGS to the log directory (${LOGS})"
 
 
 def test_own_logs_have_rfc3339_times_warn_is_warning_and_flags_win(tmp_path: Path) -> None:
@@ -220,3 +220,52 @@ def test_every_configuration_key_has_a_row_in_the_readme() -> None:
     wholes = [d for d in documented if not d.endswith("[]")]
     missing = sorted(k for k in keys if k not in documented and not any(k.startswith(d + ".") for d in wholes))
     assert missing == [], missing
+
+
+def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tmp_path: Path) -> None:
+    text = (
+        "inputs:\n"
+        "  - paths: ['/var/log/*.log']\n"
+        "    watch: inotfy\n"
+        "  - pahts: ['/x']\n"
+        "outputs:\n"
+        "  - type: otlp_htp\n"
+        "batch:\n"
+        "  max_age: soon\n"
+        "state_dirr: /tmp\n"
+    )
+    r = check_config(tmp_path, text)
+    assert r.returncode == 2
+    f = tmp_path / "c.yaml"
+    assert r.stderr.splitlines() == [
+        f"tailrace: configuration error: {f}:3: $.inputs[0].watch: Invalid enum value 'inotfy' "
+        "(one of: auto, inotify, poll, naive; did you mean `inotify`?)",
+        f"tailrace: configuration error: {f}:4: $.inputs[1]: Object contains unknown field `pahts` "
+        "(did you mean `paths`?)",
+        f"tailrace: configuration error: {f}:6: $.outputs[0].type: Invalid value 'otlp_htp' "
+        "(one of: file, stdout, blackhole, otlp_http; did you mean `otlp_http`?)",
+        f"tailrace: configuration error: {f}:8: $.batch.max_age: expected a duration like 250ms, 5s or 1m, got 'soon'",
+        f"tailrace: configuration error: {f}:9: $: Object contains unknown field `state_dirr` "
+        "(did you mean `state_dir`?)",
+    ]
+
+
+def test_check_config_builds_what_run_builds(tmp_path: Path) -> None:
+    """What `run` would refuse at start-up, check-config refuses too (each line names the key):
+    a glob the core cannot compile, a CA file that is not PEM, a state_dir under /proc, a file
+    output whose directory cannot exist."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    text = (
+        f"state_dir: /proc/tailrace\n"
+        f"inputs: [{{paths: ['{tmp_path}/[a.log']}}]\n"
+        f"outputs: [{{type: otlp_http, endpoint: 'https://x:4318', tls: {{ca_file: '{ca}'}}}},"
+        " {type: file, path: /etc/passwd/out.jsonl}]\n"
+    )
+    r = check_config(tmp_path, text)
+    assert r.returncode == 2, r.stdout
+    f = tmp_path / "c.yaml"
+    located = [ln.removeprefix(f"tailrace: configuration error: {f}:").split(": ")[:2] for ln in r.stderr.splitlines()]
+    assert located == [["3", "$.outputs[0].tls.ca_file"], ["3", "$.outputs[1].path"], ["2", "$.inputs[0].paths[0]"],
+                       ["1", "$.state_dir"]], r.stderr
+    assert "Traceback" not in r.stderr

@@ -456,22 +456,155 @@ def _expand(node: Any, where: str) -> Any:
 
 
 def parse(text: str, source: str = "<config>") -> Config:
+    """The configuration in `text`. Errors name the file, the line and the key
+    (`FILE:LINE: $.inputs[0].watch: …`), with the allowed values and a near match where there is
+    one; every input, output and section is checked, so one error does not hide the next."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    line_of = _locate(text)
     try:
         raw = _expand(raw, "$")
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        path = str(e).split(":", 1)[0]
+        raise ConfigError(f"{source}:{line_of(path)}: {e}") from None
     try:
         return msgspec.convert(raw, Config, dec_hook=_dec_hook)
-    except msgspec.ValidationError as e:
-        # msgspec names where the error is, except at the top level: say so there too.
-        where = "" if " - at `$" in str(e) else " - at `$`"
-        raise ConfigError(f"{source}: {e}{where}") from None
+    except msgspec.ValidationError as first:
+        errors = _every_error(raw) or [str(first)]
+        raise ConfigError("\n".join(_describe(e, source, line_of) for e in errors)) from None
+
+
+# What each part is checked against when looking for every error (a valid rest around it).
+_PROBE: dict[str, Any] = {"inputs": [{"paths": ["/"]}], "outputs": [{"type": "blackhole"}]}
+
+
+def _every_error(raw: dict[str, Any]) -> list[str]:
+    """One error per input, per output and per other section, each with its absolute path."""
+    out: list[str] = []
+
+    def check(doc: dict[str, Any]) -> None:
+        try:
+            msgspec.convert(doc, Config, dec_hook=_dec_hook)
+        except msgspec.ValidationError as e:
+            out.append(str(e))
+
+    for key in ("inputs", "outputs"):
+        items = raw.get(key)
+        if not isinstance(items, list) or not items:
+            check({**_PROBE, key: items} if key in raw else {k: v for k, v in _PROBE.items() if k != key})
+            continue
+        for i, item in enumerate(items):
+            errs = len(out)
+            check({**_PROBE, key: [*_PROBE[key] * i, item]})
+            out[errs:] = [e.replace(f"`$.{key}[{i}]", f"`$.{key}[{i}]") for e in out[errs:]]
+    for key, value in raw.items():
+        if key not in ("inputs", "outputs"):
+            check({**_PROBE, key: value})
+    return out
+
+
+def _locate(text: str) -> Any:
+    """A function from a key's path (`$.inputs[0].watch`) to its line in `text` (the nearest
+    enclosing one that exists; None when the text does not compose)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lambda path: None
+
+    def line_of(path: str) -> int | None:
+        node = root
+        line = node.start_mark.line + 1 if node is not None else None
+        for key, index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path.removeprefix("$")):
+            nxt = None
+            if key and isinstance(node, yaml.MappingNode):
+                nxt = next((k for k, _ in node.value if k.value == key), None)
+                line = nxt.start_mark.line + 1 if nxt is not None else line
+                nxt = next((v for k, v in node.value if k.value == key), None)
+            elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+                nxt = node.value[int(index)]
+                line = nxt.start_mark.line + 1
+            if nxt is None:
+                break
+            node = nxt
+        return line
+
+    return line_of
+
+
+def _describe(error: str, source: str, line_of: Any) -> str:
+    """`FILE:LINE: $.path: message`, with the allowed values and a near match where known."""
+    import difflib
+
+    m = re.match(r"(?s)(.*) - at `(\$[^`]*)`$", error)
+    what, path = (m.group(1), m.group(2)) if m else (error, "$")
+    hint = ""
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
+    bad = re.match(r"Invalid (?:enum )?value '([^']*)'", what)
+    if unknown:
+        names = sorted({f for t in _types_at(path) for f in _field_names(t)})
+        near = difflib.get_close_matches(unknown.group(1), names, n=1)
+        hint = f" (did you mean `{near[0]}`?)" if near else ""
+        where = line_of(f"{path}.{unknown.group(1)}")
+    else:
+        where = line_of(path)
+        if bad:
+            allowed = _allowed_at(path)
+            if allowed:
+                near = difflib.get_close_matches(bad.group(1), allowed, n=1)
+                hint = f" (one of: {', '.join(allowed)}" + (f"; did you mean `{near[0]}`?)" if near else ")")
+    return f"{source}:{where}: {path}: {what}{hint}" if where else f"{source}: {path}: {what}{hint}"
+
+
+def _types_at(path: str) -> list[Any]:
+    """The schema types a path may name (a union of outputs: every member)."""
+    import typing
+
+    types: list[Any] = [Config]
+    for key, _index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path.removeprefix("$")):
+        nxt: list[Any] = []
+        for t in types:
+            if key:
+                if isinstance(t, type) and issubclass(t, msgspec.Struct):
+                    hint = typing.get_type_hints(t).get(key)
+                    if hint is not None:
+                        nxt.extend(_members(hint))
+            else:
+                if typing.get_origin(t) is list:
+                    nxt.extend(_members(typing.get_args(t)[0]))
+        types = nxt
+    return types
+
+
+def _members(t: Any) -> list[Any]:
+    import types as pytypes
+    import typing
+
+    if isinstance(t, pytypes.UnionType) or typing.get_origin(t) is typing.Union:
+        return [m for a in typing.get_args(t) for m in _members(a) if a is not type(None)]
+    return [t]
+
+
+def _field_names(t: Any) -> list[str]:
+    if isinstance(t, type) and issubclass(t, msgspec.Struct):
+        return [f.name for f in msgspec.structs.fields(t)]
+    return []
+
+
+def _allowed_at(path: str) -> list[str]:
+    """The values a Literal key (or an output's `type`) takes."""
+    import typing
+
+    if path.endswith(".type") and "outputs[" in path:
+        return [m.__struct_config__.tag for m in _members(OutputConfig)]
+    values: list[str] = []
+    for t in _types_at(path):
+        if typing.get_origin(t) is Literal:
+            values.extend(str(a) for a in typing.get_args(t))
+    return values
 
 
 def load(path: str | Path) -> Config:
@@ -496,6 +629,66 @@ def check(cfg: Config) -> list[str]:
                                   (f"header_files.{h}", f) for h, f in out.header_files.items())]:
                 if path is not None and not os.access(path, os.R_OK):
                     problems.append(f"$.outputs[{i}].{key}: cannot read {path}")
+            problems.extend(_tls_problems(f"$.outputs[{i}].tls", out.tls))
+        if isinstance(out, FileOutput) and not _creatable(os.path.dirname(_abs(out.path))):
+            problems.append(f"$.outputs[{i}].path: cannot write {out.path!r} (its directory is not writable)")
+    for i, inp in enumerate(cfg.inputs):
+        from collector._native import check_globs
+
+        for problem in check_globs(inp.paths, inp.exclude):
+            problems.append(f"$.inputs[{i}].{problem}")
+    if "\0" in cfg.state_dir or os.path.realpath(cfg.state_dir).startswith(("/proc/", "/sys/")) \
+            or not _creatable(cfg.state_dir):
+        problems.append(f"$.state_dir: {cfg.state_dir!r} cannot be created or written")
+    return problems
+
+
+def located(source: str, problems: list[str]) -> list[str]:
+    """`check` problems (`$.path: message`) as `FILE:LINE: $.path: message`."""
+    try:
+        line_of = _locate(Path(source).read_text())
+    except OSError:
+        return [f"{source}: {p}" for p in problems]
+    out = []
+    for p in problems:
+        line = line_of(p.split(":", 1)[0])
+        out.append(f"{source}:{line}: {p}" if line else f"{source}: {p}")
+    return out
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(path.replace("\0", ""))
+
+
+def _creatable(directory: str) -> bool:
+    """`directory` exists and is writable, or could be created (its nearest existing parent is)."""
+    if "\0" in directory:
+        return False
+    d = os.path.abspath(directory)
+    while not os.path.exists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return False
+        d = parent
+    return os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)
+
+
+def _tls_problems(where: str, tls: TlsConfig) -> list[str]:
+    """The TLS files load as `run` loads them (PEM, a key matching its certificate)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    problems = []
+    if tls.ca_file and os.access(tls.ca_file, os.R_OK):
+        try:
+            ctx.load_verify_locations(tls.ca_file)
+        except (ssl.SSLError, ValueError) as e:
+            problems.append(f"{where}.ca_file: {tls.ca_file} is not a PEM certificate bundle ({e})")
+    if tls.cert_file and os.access(tls.cert_file, os.R_OK):
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, ValueError, OSError) as e:
+            problems.append(f"{where}.cert_file: {tls.cert_file} (with its key) does not load ({e})")
     return problems
 
 

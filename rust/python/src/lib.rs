@@ -524,6 +524,15 @@ fn read_checkpoints<'py>(py: Python<'py>, state_dir: &str) -> PyResult<Vec<Bound
         .collect()
 }
 
+/// Problems the core finds in an input's globs (`paths[1]: bad glob …`), as `run` would.
+#[pyfunction]
+fn check_globs(paths: Vec<String>, exclude: Vec<String>) -> Vec<String> {
+    match tailrace_core::discovery::Discoverer::new(&paths, &exclude, &[]) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e.to_string().trim_start_matches("configuration: ").to_string()],
+    }
+}
+
 /// Raise the open-files soft limit to the hard limit; returns the new soft limit.
 #[pyfunction]
 fn raise_nofile_limit() -> u64 {
@@ -542,6 +551,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compressions, m)?)?;
     m.add_function(wrap_pyfunction!(raise_nofile_limit, m)?)?;
     m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
+    m.add_function(wrap_pyfunction!(check_globs, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
     // The codecs by their spool byte (index): the spool's segment headers use these.
     m.add("CODECS", Compression::ALL.map(|c| c.name()).to_vec())?;
