@@ -15,10 +15,10 @@ $(STAMP): requirements-test.txt pyproject.toml
 
 # Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check), openssl
 # (a throwaway CA for the TLS tests), setpriv and prlimit (util-linux: permission and disk-full
-# cases), the OpenTelemetry Collector and Helm, built from Go
+# cases), systemd-analyze (the unit is verified), the OpenTelemetry Collector and Helm, built from Go
 # modules (tests/otelcol; helm.sh/helm/v3 into target/helm; Go's caches make a rebuild cheap).
 tools:
-	@for t in strace openssl util-linux:setpriv util-linux:prlimit; do pkg=$${t%%:*}; cmd=$${t##*:}; \
+	@for t in strace openssl util-linux:setpriv util-linux:prlimit systemd:systemd-analyze; do pkg=$${t%%:*}; cmd=$${t##*:}; \
 		command -v $$cmd >/dev/null \
 		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$pkg >/dev/null; } \
 		|| { echo "make: $$cmd is needed (apt-get install $$pkg)"; exit 1; }; done

@@ -5,6 +5,7 @@ corrupt checkpoint file: named)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,12 +18,15 @@ from collector._native import CorruptState
 from collector.flow import config
 from collector.flow.pipeline import Pipeline, StateDirInUse, progress
 
+# Where `run` (and `check-config`) look for a configuration when none is given.
+SYSTEM_CONFIG = "/etc/tailrace/tailrace.yaml"
+
 # `--log-level` / `--log-format`: over the file's `log`, at start and at every reload.
 _log_flags: dict[str, str] = {}
 
 
 def _load(path: str | None) -> config.Config:
-    source = path or config.DEFAULT_CONFIG
+    source = path or str(config.DEFAULT_CONFIG)
     cfg = config.load(source)
     if "level" in _log_flags:
         cfg.log.level = "warning" if _log_flags["level"] == "warn" else _log_flags["level"]  # type: ignore[assignment]
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", action="version", version=f"tailrace {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM (SIGHUP reloads the file)")
-    run.add_argument("--config", help="YAML file (default: the embedded configs/local.yaml)")
+    run.add_argument("-c", "--config", help=f"YAML file (default: $TAILRACE_CONFIG, else {SYSTEM_CONFIG})")
     for p in (run,):
         p.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"],
                        help="tailrace's own logs (over the file's log.level)")
@@ -175,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the embedded default with generated demo traffic")
     demo.add_argument("--config", help=argparse.SUPPRESS)
     chk = sub.add_parser("check-config", help="validate a configuration and exit")
-    chk.add_argument("file")
+    chk.add_argument("file", nargs="?", help="YAML file (or -c FILE; default as for run)")
+    chk.add_argument("-c", "--config", dest="config_opt", help=argparse.SUPPRESS)
     prof = sub.add_parser("profile", help="a py-spy flamegraph of a running tailrace (or one started here)")
     who = prof.add_mutually_exclusive_group(required=True)
     who.add_argument("--pid", type=int, help="profile this running process")
-    who.add_argument("--config", help="start tailrace on this configuration and profile it")
+    who.add_argument("-c", "--config", help="start tailrace on this configuration and profile it")
     prof.add_argument("--duration", type=float, default=10.0, help="seconds of sampling (default 10)")
     prof.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
     prof.add_argument("--out", default="profiles", help="directory for the SVG and speedscope JSON")
@@ -211,8 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("level", "format"):
         if getattr(args, f"log_{key}", None):
             _log_flags[key] = getattr(args, f"log_{key}")
+    if args.command == "demo":
+        source: str | None = args.config or str(config.DEFAULT_CONFIG)  # the embedded default
+    else:
+        given = (args.file or args.config_opt) if args.command == "check-config" else args.config
+        source = given or os.environ.get("TAILRACE_CONFIG") or None
+        if source is None and os.path.exists(SYSTEM_CONFIG):
+            source = SYSTEM_CONFIG
+        if source is None:
+            print(f"tailrace: configuration error: no configuration: none given (-c FILE), $TAILRACE_CONFIG is not "
+                  f"set, and {SYSTEM_CONFIG} does not exist ({sys.argv[0]} demo runs the embedded example)",
+                  file=sys.stderr)
+            return 2
     try:
-        cfg = _load(args.file if args.command == "check-config" else args.config)
+        cfg = _load(source)
     except config.ConfigError as e:
         for line in str(e).splitlines():  # every error found, each on its own line
             print(f"tailrace: configuration error: {line}", file=sys.stderr)
@@ -220,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in config.warnings(cfg):
         print(f"tailrace: warning: {w}", file=sys.stderr)
     if args.command == "check-config":
-        print(f"{args.file}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
+        print(f"{source}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
         return 0
     log.configure(cfg.log.level, cfg.log.format == "json")
     try:
-        trio.run(_serve, cfg, args.command == "demo", args.file if args.command == "check-config" else args.config)
+        trio.run(_serve, cfg, args.command == "demo", source)
     except Exception as e:  # noqa: BLE001 (sorted by kind below; anything else is re-raised)
         leaf = _leaf(e)
         if isinstance(leaf, ValueError):  # the core refuses a setting (ConfigError: a bad glob, ...)

@@ -269,3 +269,22 @@ def test_check_config_builds_what_run_builds(tmp_path: Path) -> None:
     assert located == [["3", "$.outputs[0].tls.ca_file"], ["3", "$.outputs[1].path"], ["2", "$.inputs[0].paths[0]"],
                        ["1", "$.state_dir"]], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_run_finds_its_configuration_or_says_where_it_looked(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TAILRACE_CONFIG"}
+    assert not Path("/etc/tailrace/tailrace.yaml").exists()  # this machine has none
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "run"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**env, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    assert r.returncode == 2
+    assert "no configuration: none given (-c FILE), $TAILRACE_CONFIG is not set, and /etc/tailrace/tailrace.yaml" \
+        in r.stderr
+    # $TAILRACE_CONFIG, and -c for check-config as for run.
+    f = tmp_path / "c.yaml"
+    f.write_text(GOOD)
+    for args, extra in ([["check-config"], {"TAILRACE_CONFIG": str(f)}], [["check-config", "-c", str(f)], {}]):
+        r = subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
+                           cwd=tmp_path, env={**env, **extra, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+        assert (r.returncode, r.stdout) == (0, f"{f}: ok (1 inputs, 1 outputs)\n"), r.stderr

@@ -150,3 +150,19 @@ def test_the_dockerfile_install_steps_in_a_fresh_virtualenv(tmp_path: Path) -> N
     chk = run("tailrace", "check-config", str(ROOT / "configs" / "kubernetes.yaml"))
     assert chk.returncode == 0 and "ok (1 inputs, 1 outputs)" in chk.stdout, chk.stderr
     assert run("py-spy", "--version").returncode == 0
+
+
+def test_the_systemd_unit_verifies_and_reloads_restarts_as_documented(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on the unit (its ExecStart pointed at this build's tailrace),
+    and what the README says of it: reload by SIGHUP, back after any death but a configuration
+    error."""
+    analyze = require_tool("systemd-analyze", "to verify deploy/tailrace.service")
+    unit = (ROOT / "deploy" / "tailrace.service").read_text()
+    for line in ("ExecReload=/bin/kill -HUP $MAINPID", "Restart=always", "RestartPreventExitStatus=2",
+                 "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SYS_PTRACE", "NoNewPrivileges=true",
+                 "ProtectSystem=strict"):
+        assert line in unit.splitlines(), line
+    here = tmp_path / "tailrace.service"
+    here.write_text(unit.replace("/usr/local/bin/tailrace", str(Path(sys.executable).with_name("tailrace"))))
+    r = subprocess.run([analyze, "verify", str(here)], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
