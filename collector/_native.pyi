@@ -4,6 +4,8 @@ from typing import Self, final
 
 __all__ = [
     "CODECS",
+    "BUILD_COMMIT",
+    "BUILD_RUSTC",
     "CORE_VERSION",
     "Batch",
     "Checkpointer",
@@ -19,6 +21,8 @@ __all__ = [
 ]
 
 CORE_VERSION: str
+BUILD_COMMIT: str
+BUILD_RUSTC: str
 CODECS: list[str]
 
 class ConfigError(ValueError): ...

@@ -166,9 +166,23 @@ def _bench(harness: str, argv: list[str]) -> int:
     return 0
 
 
+class _PrintVersion(argparse.Action):
+    """`--version` on one line, as printed (argparse's own action wraps it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _version() -> str:
+    from collector._native import BUILD_COMMIT, BUILD_RUSTC, CORE_VERSION
+
+    return f"tailrace {__version__} (core {CORE_VERSION}, commit {BUILD_COMMIT}, {BUILD_RUSTC})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
-    ap.add_argument("--version", action="version", version=f"tailrace {__version__}")
+    ap.add_argument("--version", action=_PrintVersion, nargs=0, help="the version, its commit and toolchain")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM (SIGHUP reloads the file)")
     run.add_argument("-c", "--config", help=f"YAML file (default: $TAILRACE_CONFIG, else {SYSTEM_CONFIG})")

@@ -288,3 +288,13 @@ def test_run_finds_its_configuration_or_says_where_it_looked(tmp_path: Path) -> 
         r = subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True,
                            cwd=tmp_path, env={**env, **extra, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
         assert (r.returncode, r.stdout) == (0, f"{f}: ok (1 inputs, 1 outputs)\n"), r.stderr
+
+
+def test_version_names_the_build() -> None:
+    import re
+
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "--version"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60, check=False)
+    assert r.returncode == 0
+    assert re.fullmatch(r"tailrace \S+ \(core \S+, commit ([0-9a-f]{12}(\+changes)?|unknown), rustc \S+.*\)\n",
+                        r.stdout), r.stdout

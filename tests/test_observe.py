@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +130,8 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
 
     build = families["tailrace_build_info"].samples[0]
     assert build.labels["version"] == __version__ and build.value == 1
+    assert build.labels["rustc"].startswith("rustc ") and re.fullmatch(r"[0-9a-f]{12}(\+changes)?|unknown",
+                                                                       build.labels["commit"])
     started = families["process_start_time_seconds"].samples[0].value
     assert time.time() - 120 < started <= time.time()
     assert 0 < families["process_open_fds"].samples[0].value < families["process_max_fds"].samples[0].value

@@ -30,7 +30,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from collector import __version__, log
-from collector._native import CORE_VERSION
+from collector._native import BUILD_COMMIT, BUILD_RUSTC, CORE_VERSION
 from collector.flow.config import TlsConfig
 
 if TYPE_CHECKING:
@@ -130,8 +130,9 @@ class Telemetry:
              lambda: [Observation(self.loop_lag)]),
             ("tailrace_process_rss_bytes", "By", "Resident memory of the tailrace process",
              lambda: [Observation(process_rss_bytes())]),
-            ("tailrace_build_info", "1", "1, labelled with the version of tailrace and of its core",
-             lambda: [Observation(1, {"version": __version__, "core": CORE_VERSION})]),
+            ("tailrace_build_info", "1", "1, labelled with what this tailrace was built from",
+             lambda: [Observation(1, {"version": __version__, "core": CORE_VERSION, "commit": BUILD_COMMIT,
+                                      "rustc": BUILD_RUSTC})]),
             ("process_start_time_seconds", "s", "When the tailrace process started (Unix time)",
              lambda: [Observation(process_start_time_seconds())]),
             ("process_open_fds", "1", "Open file descriptors", lambda: [Observation(open_fds())]),

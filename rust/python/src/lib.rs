@@ -553,6 +553,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(check_globs, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
+    m.add("BUILD_COMMIT", env!("TAILRACE_COMMIT"))?;
+    m.add("BUILD_RUSTC", env!("TAILRACE_RUSTC"))?;
     // The codecs by their spool byte (index): the spool's segment headers use these.
     m.add("CODECS", Compression::ALL.map(|c| c.name()).to_vec())?;
     Ok(())
