@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():  # every error found, each on its own line
             print(f"tailrace: configuration error: {line}", file=sys.stderr)
         return 2
+    log.configure(cfg.log.level, cfg.log.format == "json")  # its warnings in its own format
     for w in config.warnings(cfg):
-        print(f"tailrace: warning: {w}", file=sys.stderr)
+        log.warning(w)
     if args.command == "check-config":
         print(f"{source}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
         return 0

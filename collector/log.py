@@ -46,6 +46,14 @@ def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
+def enabled(level: str) -> bool:
+    return _LEVELS[level] >= _level
+
+
+def debug(msg: str, **fields: Any) -> None:
+    log("debug", msg, **fields)
+
+
 def info(msg: str, **fields: Any) -> None:
     log("info", msg, **fields)
 

@@ -208,3 +208,17 @@ def test_a_second_tailrace_on_the_same_state_dir_is_refused(tmp_path: Path, tail
     again = tailrace(cfg).start()
     wait_for(lambda: again.log().count(" running ") == 2, 30, "a new instance after the first died")
     assert again.stop() == 0
+
+
+def test_debug_logs_say_what_a_look_changed(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_lines(logs / "a.log", 1, range(3))
+    t = tailrace(base_config(tmp_path, [f"{logs}/*.log"]), extra_args=["--log-level", "debug"]).start()
+    wait_for(lambda: count_records(tmp_path / "out" / "logs.jsonl") == 3, 30, "the first lines")
+    os.rename(logs / "a.log", logs / "a.log.1")
+    write_lines(logs / "a.log", 1, range(3, 5))
+    line = wait_for(lambda: [ln for ln in t.log().splitlines() if "files changed" in ln and "rotations=1" in ln],
+                    30, "a debug line for the rotation")
+    assert t.stop() == 0
+    assert " tailrace debug: files changed input=test " in line[0] and "files_opened=1" in line[0], line

@@ -215,6 +215,7 @@ class Pipeline:
         told the compressing output's current codec, so batches close compressed once, with
         the codec that output sends (it changes after a 415)."""
         limiter = trio.CapacityLimiter(1)
+        seen: dict[str, int] = {}
         fd = tailer.readiness_fd()
         heavy = True  # the first step discovers every file: on a worker thread
         codec_out = self._codec_output()
@@ -244,6 +245,8 @@ class Pipeline:
                             await self._emit(batches, index, out)
                     for msg in tailer.take_reports():
                         log.warning(msg, input=self.cfg.inputs[index].name)
+                    if log.enabled("debug"):
+                        seen = self._debug_changes(index, tailer, seen)
                     wait = tailer.next_wakeup()
                     if wait <= 0:
                         await trio.lowlevel.checkpoint()
@@ -253,6 +256,17 @@ class Pipeline:
                         with trio.move_on_after(wait):
                             await trio.lowlevel.wait_readable(fd)
             await self._emit(await trio.to_thread.run_sync(tailer.flush, limiter=limiter), index, out)
+
+    # What a look changed, said at `debug` after the step that made it.
+    _DEBUG_KEYS = ("files_opened", "files_closed", "rotations", "truncations", "deletions", "recovered_from_gzip",
+                   "scoped_looks", "inotify_overflows", "memory_spills")
+
+    def _debug_changes(self, index: int, tailer: Tailer, seen: dict[str, int]) -> dict[str, int]:
+        now = tailer.stats()
+        changed = {k: now[k] - seen.get(k, 0) for k in self._DEBUG_KEYS if now[k] != seen.get(k, 0)}
+        if changed and seen:
+            log.debug("files changed", input=self.cfg.inputs[index].name, open=now["files_open"], **changed)
+        return {k: now[k] for k in self._DEBUG_KEYS}
 
     @staticmethod
     async def _emit(batches: list[Batch], index: int, out: trio.MemorySendChannel[tuple[int, Batch]]) -> None:
