@@ -25,7 +25,12 @@ _READ = 65536
 
 
 class HttpError(OSError):
-    """The request did not get an answer (connect, TLS, protocol or timeout)."""
+    """The request did not get an answer; `kind` says why: `connect`, `tls`, `timeout` or
+    `protocol` (what the export metrics label a failure with)."""
+
+    def __init__(self, message: str, kind: str = "protocol") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ class Client:
         try:
             stream: trio.abc.Stream = await trio.open_tcp_stream(via.host, via.port)
         except OSError as e:
-            raise HttpError(f"cannot connect to {via.host}:{via.port}: {e.strerror or e}") from None
+            raise HttpError(f"cannot connect to {via.host}:{via.port}: {e.strerror or e}", "connect") from None
         self.connects += 1
         try:
             if self.proxy and self._tls:
@@ -265,14 +270,16 @@ class Client:
             except trio.TooSlowError:
                 if conn is not None:
                     await conn.aclose()
-                raise HttpError(f"no answer within {self.timeout:g}s") from None
+                raise HttpError(f"no answer within {self.timeout:g}s", "timeout") from None
             except (OSError, ValueError, trio.BrokenResourceError, ssl.SSLError) as e:
                 if conn is not None:
                     await conn.aclose()
                 if reused and attempt == 0:
                     continue  # the server closed an idle keep-alive connection
                 cause = e.__cause__ or e  # trio wraps TLS errors in BrokenResourceError
-                raise HttpError(str(cause) or type(cause).__name__) from None
+                kind = "tls" if isinstance(cause, ssl.SSLError) else "connect" if isinstance(cause, OSError) \
+                    else "protocol"
+                raise HttpError(str(cause) or type(cause).__name__, kind) from None
             except BaseException:
                 if conn is not None:
                     await conn.aclose()

@@ -164,6 +164,9 @@ def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -
     t = tailrace(cfg).start()
     status, body = wait_for(lambda: (r := t.get("/readyz"))[0] == 503 and r, 30, "/readyz to turn 503")
     assert body.decode().startswith("output down: cannot connect to 127.0.0.1:")
+    # The export latency says why there was no answer, not `status="0"`.
+    metrics = t.get("/metrics")[1].decode()
+    assert 'status="connect"' in metrics and 'status="0"' not in metrics
     assert t.get("/healthz")[0] == 200
     assert t.stop() == 0
     refusing.release()
@@ -304,3 +307,4 @@ def test_metrics_are_pushed_as_otlp_when_configured(tmp_path: Path, tailrace: An
         assert t.stop() == 0
         res = {a.key: a.value.string_value for a in r.metrics[-1].resource_metrics[0].resource.attributes}
         assert res["service.name"] == "tailrace"
+        assert res["host.name"] == __import__("socket").gethostname()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import socket
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -71,7 +72,8 @@ class Telemetry:
         self.reloads = reloads if reloads is not None else {"ok": 0, "invalid": 0}
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(
-            resource=Resource.create({"service.name": "tailrace", "service.version": __version__}),
+            resource=Resource.create({"service.name": "tailrace", "service.version": __version__,
+                                      "host.name": socket.gethostname()}),
             metric_readers=[self.reader],
             views=[View(instrument_name="tailrace_export_latency",
                         aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))],
@@ -190,7 +192,7 @@ class Telemetry:
         share = self.profiler.last_share if self.profiler else None
         return [] if share is None else [Observation(share)]
 
-    def observe_export(self, output: str, seconds: float, status: int) -> None:
+    def observe_export(self, output: str, seconds: float, status: int | str) -> None:
         self.export_latency.record(seconds, {"output": output, "status": str(status)})
 
     async def watch_loop_lag(self) -> None:

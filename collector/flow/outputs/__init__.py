@@ -13,7 +13,8 @@ from collector._native import Batch
 from collector.flow.config import BlackholeOutput, FileOutput, OtlpHttpOutput, OutputConfig, StdoutOutput
 
 # Export latency hook (telemetry): (output, seconds, HTTP status or 0 without an answer).
-Observer = Callable[[str, float, int], None]
+# (output, seconds, HTTP status or why there was none: connect, tls, timeout, protocol)
+Observer = Callable[[str, float, int | str], None]
 
 
 class Output:

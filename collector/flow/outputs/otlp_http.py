@@ -305,7 +305,7 @@ class OtlpHttp(Output):
                 resp = await self.client.request("POST", self._headers_for(codec), payload)
             except HttpError as e:
                 if self.observe:
-                    self.observe(self.name, trio.current_time() - t0, 0)
+                    self.observe(self.name, trio.current_time() - t0, e.kind)
                 self.last_error = str(e)
                 wait = self._backoff(attempt)
                 log.log("warning", f"output {self.name}: {self.url}: {e}; retrying", every=10.0, key=f"err:{self.name}")
