@@ -103,6 +103,7 @@ async def _run(
                     if new is not None:
                         log.info("SIGHUP: configuration reloaded; restarting the pipeline on it",
                                  inputs=len(new.inputs), outputs=len(new.outputs))
+                        _notify("RELOADING=1")
                         replaced.append(new)
                         pipeline.request_stop()
                     continue
@@ -112,6 +113,7 @@ async def _run(
                     return
                 replaced.clear()  # a stop asked for during a reload wins
                 log.info(f"{signal.Signals(sig).name}: stopping; flushing and committing")
+                _notify("STOPPING=1")
                 pipeline.request_stop()
 
         nursery.start_soon(on_signal)
@@ -136,6 +138,12 @@ async def _run(
             log.info(f"demo: writing lines into {directory}/; Ctrl-C to stop")
         outs = ", ".join(o.name for o in pipeline.outputs)
         log.info(f"tailrace {__version__} running", inputs=len(pipeline.tailers), outputs=outs)
+
+        async def ready() -> None:
+            await pipeline.looked.wait()
+            _notify("READY=1\nSTATUS=tailing")
+
+        nursery.start_soon(ready)
         await pipeline.finished()
         s = pipeline.stats()
         log.info(
@@ -164,6 +172,22 @@ def _bench(harness: str, argv: list[str]) -> int:
 
     importlib.import_module(f"bench.{harness}").main(argv)
     return 0
+
+
+def _notify(state: str) -> None:
+    """Tell systemd (`Type=notify`, `$NOTIFY_SOCKET`) how the service is; nothing without it."""
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as e:
+        log.log("warning", f"cannot notify systemd at {addr!r}: {e}", every=60.0)
 
 
 class _PrintVersion(argparse.Action):

@@ -166,3 +166,27 @@ def test_the_systemd_unit_verifies_and_reloads_restarts_as_documented(tmp_path: 
     here.write_text(unit.replace("/usr/local/bin/tailrace", str(Path(sys.executable).with_name("tailrace"))))
     r = subprocess.run([analyze, "verify", str(here)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_systemd_is_told_ready_after_the_first_look_and_stopping_on_sigterm(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """`Type=notify`: READY=1 once every input made its first look, STOPPING=1 on SIGTERM,
+    through `$NOTIFY_SOCKET` (a datagram socket of the test's, as systemd's)."""
+    import socket
+
+    from tests.conftest import base_config
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("one\n")
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        t = tailrace(base_config(tmp_path, [f"{logs}/*.log"]), env={"NOTIFY_SOCKET": str(path)}).start()
+        assert sock.recv(4096) == b"READY=1\nSTATUS=tailing"
+        assert "running" in t.log()  # told after start-up, not before
+        assert t.proc is not None
+        t.proc.send_signal(__import__("signal").SIGTERM)
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert t.proc.wait(timeout=30) == 0
+        t.proc = None

@@ -93,6 +93,9 @@ class Pipeline:
         self.tailer_options: list[TailerOptions] = []
         self._stopping = trio.Event()
         self._finished = trio.Event()
+        # Set once every input has made its first step (its first look: discovery done).
+        self.looked = trio.Event()
+        self._looked_inputs: set[int] = set()
         self._readers: list[trio.CancelScope] = []
         self._commits = 0
         self.records_delivered = 0
@@ -240,6 +243,10 @@ class Pipeline:
                         batches = tailer.step()
                     if tailer.bytes_read() != before:
                         heavy = time.perf_counter() - t0 > INLINE_STEP_SECONDS
+                    if not self.looked.is_set():
+                        self._looked_inputs.add(index)
+                        if len(self._looked_inputs) == len(self.tailers):
+                            self.looked.set()
                     if batches:
                         with trio.CancelScope(shield=True):
                             await self._emit(batches, index, out)
