@@ -150,6 +150,10 @@ def test_the_dockerfile_install_steps_in_a_fresh_virtualenv(tmp_path: Path) -> N
     chk = run("tailrace", "check-config", str(ROOT / "configs" / "kubernetes.yaml"))
     assert chk.returncode == 0 and "ok (1 inputs, 1 outputs)" in chk.stdout, chk.stderr
     assert run("py-spy", "--version").returncode == 0
+    # The demo's example is inside the package; nothing but the package lands in site-packages.
+    (site,) = (env_dir / "lib").glob("python3*/site-packages")
+    assert (site / "collector" / "local.yaml").read_text() == (ROOT / "configs" / "local.yaml").read_text()
+    assert not (site / "configs").exists()
 
 
 def test_the_systemd_unit_verifies_and_reloads_restarts_as_documented(tmp_path: Path) -> None:
@@ -190,3 +194,7 @@ def test_systemd_is_told_ready_after_the_first_look_and_stopping_on_sigterm(tmp_
         assert sock.recv(4096) == b"STOPPING=1"
         assert t.proc.wait(timeout=30) == 0
         t.proc = None
+
+
+def test_the_packaged_example_is_configs_local_yaml() -> None:
+    assert (ROOT / "collector" / "local.yaml").read_text() == (ROOT / "configs" / "local.yaml").read_text()

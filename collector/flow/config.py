@@ -14,7 +14,9 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
+# The demo's embedded example: configs/local.yaml, carried in the package (a test keeps the two
+# equal) so an installed wheel has it without a top-level `configs` directory in site-packages.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "local.yaml"
 
 
 class ConfigError(Exception):
