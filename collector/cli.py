@@ -208,25 +208,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
     ap.add_argument("--version", action=_PrintVersion, nargs=0, help="the version, its commit and toolchain")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM (SIGHUP reloads the file)")
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser("run", help="tail and ship until SIGINT/SIGTERM (SIGHUP reloads the file)",
+                         formatter_class=fmt,
+                         epilog="example:\n  tailrace run -c /etc/tailrace/tailrace.yaml --log-level debug\n"
+                                "  kill -HUP $(pidof tailrace)   # reload after editing the file")
     run.add_argument("-c", "--config", help=f"YAML file (default: $TAILRACE_CONFIG, else {SYSTEM_CONFIG})")
     for p in (run,):
         p.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"],
                        help="tailrace's own logs (over the file's log.level)")
         p.add_argument("--log-format", choices=["text", "json"], help="tailrace's own logs (over log.format)")
-    demo = sub.add_parser("demo", help="run the embedded default with generated demo traffic")
+    demo = sub.add_parser("demo", help="run the embedded default with generated demo traffic", formatter_class=fmt,
+                          epilog="example:\n  tailrace demo   # writes ./var/log, ships to ./out/logs.jsonl; Ctrl-C")
     demo.add_argument("--config", help=argparse.SUPPRESS)
-    chk = sub.add_parser("check-config", help="validate a configuration and exit")
+    chk = sub.add_parser("check-config", help="validate a configuration and exit", formatter_class=fmt,
+                         epilog="example:\n  tailrace check-config /etc/tailrace/tailrace.yaml "
+                                "&& systemctl reload tailrace")
     chk.add_argument("file", nargs="?", help="YAML file (or -c FILE; default as for run)")
     chk.add_argument("-c", "--config", dest="config_opt", help=argparse.SUPPRESS)
-    prof = sub.add_parser("profile", help="a py-spy flamegraph of a running tailrace (or one started here)")
+    prof = sub.add_parser("profile", help="a py-spy flamegraph of a running tailrace (or one started here)",
+                          formatter_class=fmt,
+                          epilog="example:\n  tailrace profile --pid $(pidof tailrace) --duration 30")
     who = prof.add_mutually_exclusive_group(required=True)
     who.add_argument("--pid", type=int, help="profile this running process")
     who.add_argument("-c", "--config", help="start tailrace on this configuration and profile it")
     prof.add_argument("--duration", type=float, default=10.0, help="seconds of sampling (default 10)")
     prof.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
     prof.add_argument("--out", default="profiles", help="directory for the SVG and speedscope JSON")
-    top = sub.add_parser("top", help="a live view of a running tailrace, through its admin endpoint")
+    top = sub.add_parser("top", help="a live view of a running tailrace, through its admin endpoint",
+                         formatter_class=fmt, epilog="example:\n  tailrace top --url http://127.0.0.1:2020")
     top.add_argument("--url", default="http://127.0.0.1:2020", help="its admin endpoint")
     top.add_argument("--interval", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="print one view (two samples `interval` apart) and exit")
@@ -236,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Runs bench/watchmodes.py (watch modes side by side, and the OpenTelemetry "
         "Collector's filelog receiver with --modes ...,otelcol) or bench/throughput.py (bulk read). "
         "`tailrace bench watchmodes --help` lists the workloads and options.",
+        formatter_class=fmt,
+        epilog="example:\n  tailrace bench watchmodes --workload appends --files 200 --modes inotify,poll",
     )
     bench.add_argument("harness", choices=["watchmodes", "throughput"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the harness")

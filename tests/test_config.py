@@ -298,3 +298,12 @@ def test_version_names_the_build() -> None:
     assert r.returncode == 0
     assert re.fullmatch(r"tailrace \S+ \(core \S+, commit ([0-9a-f]{12}(\+changes)?|unknown), rustc \S+.*\)\n",
                         r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "check-config", "profile", "top", "bench"])
+def test_every_command_s_help_has_an_example(command: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "collector.cli", command, "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60, check=False)
+    assert r.returncode == 0
+    example = r.stdout.split("example:\n", 1)[1].splitlines()[0].strip()
+    assert example.startswith("tailrace ") and command in example, r.stdout
