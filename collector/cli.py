@@ -1,6 +1,6 @@
 """The `tailrace` command: run, demo, check-config, profile, top, --version. Exit codes: 0 done
-(also after SIGINT/SIGTERM), 2 configuration error, 1 anything else (a state_dir in use, a
-corrupt checkpoint file: named)."""
+(also after SIGINT/SIGTERM), 2 configuration error, 64 usage error (a command line it does not
+understand), 1 anything else (a state_dir in use, a corrupt checkpoint file: named)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import os
 import signal
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,23 @@ def _bench(harness: str, argv: list[str]) -> int:
     return 0
 
 
+def _state_dir_holder(state_dir: str) -> str | None:
+    """Who holds `state_dir`'s lock, if a running tailrace does (nothing is created here)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(state_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "pid unknown"
+    finally:
+        os.close(fd)
+
+
 def _notify(state: str) -> None:
     """Tell systemd (`Type=notify`, `$NOTIFY_SOCKET`) how the service is; nothing without it."""
     import socket
@@ -188,6 +206,15 @@ def _notify(state: str) -> None:
             s.sendto(state.encode(), addr)
     except OSError as e:
         log.log("warning", f"cannot notify systemd at {addr!r}: {e}", every=60.0)
+
+
+EXIT_USAGE = 64  # a command line tailrace does not understand (EX_USAGE); 2 is for configurations
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: usage error: {message}\n")
 
 
 class _PrintVersion(argparse.Action):
@@ -205,7 +232,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
+    ap = _Parser(prog="tailrace", description="Tail log files, ship OpenTelemetry logs.")
     ap.add_argument("--version", action=_PrintVersion, nargs=0, help="the version, its commit and toolchain")
     sub = ap.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
@@ -288,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in config.warnings(cfg):
         log.warning(w)
     if args.command == "check-config":
+        holder = _state_dir_holder(cfg.state_dir)
+        if holder:
+            print(f"{source}: note: {cfg.state_dir} is held by a running tailrace ({holder}); `run` on this "
+                  "configuration waits for nothing: it exits 1 while that one runs")
         print(f"{source}: ok ({len(cfg.inputs)} inputs, {len(cfg.outputs)} outputs)")
         return 0
     log.configure(cfg.log.level, cfg.log.format == "json")
@@ -304,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(leaf, StateDirInUse):
             print(f"tailrace: {leaf}", file=sys.stderr)
             return 1
+        if isinstance(leaf, OSError):  # an output's file, a TLS file, a directory: the configuration's
+            print(f"tailrace: configuration error: cannot start: {leaf}", file=sys.stderr)
+            return 2
         raise
     return 0
 

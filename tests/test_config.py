@@ -307,3 +307,33 @@ def test_every_command_s_help_has_an_example(command: str) -> None:
     assert r.returncode == 0
     example = r.stdout.split("example:\n", 1)[1].splitlines()[0].strip()
     assert example.startswith("tailrace ") and command in example, r.stdout
+
+
+def test_exit_codes_usage_64_configuration_2_with_one_line_and_a_held_state_dir_noted(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "collector.cli", "frob"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=60, check=False)
+    assert r.returncode == 64 and "tailrace: usage error: argument command: invalid choice: 'frob'" in r.stderr
+    # What only start-up finds (the file output's path is a directory): one line, exit 2.
+    (tmp_path / "out").mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    text = (f"state_dir: {tmp_path}/state\ninputs: [{{paths: ['{logs}/*.log']}}]\n"
+            f"outputs: [{{type: file, path: '{tmp_path}/out'}}]\nadmin: {{enabled: false}}\n")
+    r = check_config(tmp_path, text, "run")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("tailrace: configuration error: cannot start: [Errno 21]")
+    assert "Traceback" not in r.stderr
+    # check-config says (without failing) that a running tailrace holds the state_dir.
+    (tmp_path / "state").mkdir(exist_ok=True)
+    fd = os.open(tmp_path / "state" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"pid 4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = check_config(tmp_path, text.replace(f"'{tmp_path}/out'", f"'{tmp_path}/out/x.jsonl'"))
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert f"note: {tmp_path}/state is held by a running tailrace (pid 4242)" in r.stdout
