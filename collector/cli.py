@@ -175,6 +175,35 @@ def _bench(harness: str, argv: list[str]) -> int:
     return 0
 
 
+def _completion(shell: str, sub: Any) -> str:
+    """Completion of commands, their options, and files after -c/--config, from the parser
+    itself (so it cannot drift); zsh through its bash compatibility."""
+    cases = []
+    for name, parser in sub.choices.items():
+        opts = sorted({o for a in parser._actions for o in a.option_strings})
+        choices = [c for a in parser._actions if not a.option_strings and a.choices for c in a.choices]
+        cases.append(f'    {name}) opts="{" ".join(opts + choices)}";;')
+    script = "\n".join([
+        "# tailrace completion (tailrace completion bash|zsh)",
+        "_tailrace() {",
+        '  local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" opts',
+        "  if [[ $COMP_CWORD -eq 1 ]]; then",
+        f'    COMPREPLY=( $(compgen -W "{" ".join(sub.choices)} --help --version" -- "$cur") ); return',
+        "  fi",
+        '  case "$prev" in -c|--config|--out) COMPREPLY=( $(compgen -f -- "$cur") ); return;; esac',
+        '  case "${COMP_WORDS[1]}" in',
+        *cases,
+        '    *) opts="";;',
+        "  esac",
+        '  COMPREPLY=( $(compgen -W "$opts" -- "$cur") )',
+        "}",
+        "complete -o default -F _tailrace tailrace",
+    ])
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
+
+
 def _state_dir_holder(state_dir: str) -> str | None:
     """Who holds `state_dir`'s lock, if a running tailrace does (nothing is created here)."""
     import fcntl
@@ -278,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("harness", choices=["watchmodes", "throughput"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the harness")
+    comp = sub.add_parser("completion", help="a shell completion script: bash or zsh", formatter_class=fmt,
+                          epilog="example:\n  tailrace completion bash > /etc/bash_completion.d/tailrace")
+    comp.add_argument("shell", choices=["bash", "zsh"])
     args = ap.parse_args(argv)
+    if args.command == "completion":
+        print(_completion(args.shell, sub))
+        return 0
     if args.command == "bench":
         return _bench(args.harness, args.args)
     if args.command == "profile":

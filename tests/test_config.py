@@ -337,3 +337,19 @@ def test_exit_codes_usage_64_configuration_2_with_one_line_and_a_held_state_dir_
         os.close(fd)
     assert r.returncode == 0, r.stderr
     assert f"note: {tmp_path}/state is held by a running tailrace (pid 4242)" in r.stdout
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    import shutil
+
+    bash = shutil.which("bash")
+    assert bash is not None
+    script = subprocess.run([sys.executable, "-m", "collector.cli", "completion", "bash"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60, check=True).stdout
+    probe = (script + "\nCOMP_WORDS=(tailrace ch); COMP_CWORD=1; _tailrace; echo \"${COMPREPLY[@]}\""
+             "\nCOMP_WORDS=(tailrace run --log-); COMP_CWORD=2; _tailrace; echo \"${COMPREPLY[@]}\"")
+    out = subprocess.run([bash, "-c", probe], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines() == ["check-config", "--log-format --log-level"]
+    zsh = subprocess.run([sys.executable, "-m", "collector.cli", "completion", "zsh"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60, check=True).stdout
+    assert zsh.startswith("autoload -U +X bashcompinit && bashcompinit\n") and zsh.endswith(script)
