@@ -36,6 +36,21 @@ def proc_io(pid: int) -> dict[str, int]:
     return {k: int(v) for k, v in (ln.split(": ") for ln in Path(f"/proc/{pid}/io").read_text().splitlines())}
 
 
+def unreachable(tmp_path: Path, lines: list[str], top: dict[str, Any], **output: Any) -> tuple[Any, dict[str, Any]]:
+    """`lines` in logs/a.log, shipped by OTLP/HTTP to a port where nobody listens yet (held:
+    `RefusingPort`, released for the receiver a test starts there): the port and the config."""
+    from tests.receiver import RefusingPort
+
+    refusing = RefusingPort()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("".join(f"{ln}\n" for ln in lines))
+    cfg = config(tmp_path, [str(logs / "*.log")], **top)
+    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{refusing.port}",
+                       "retry": {"initial": "100ms", "max": "200ms"}, **output}]
+    return refusing, cfg
+
+
 def test_checkpoint_io_grows_with_the_files_that_moved_not_with_the_files_tracked(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     """10,000 files tracked (each past its 1 KiB head), 5 of them written: what tailrace writes
     in a 5 s window is the journal's offset records, not every entry every second. A
@@ -142,17 +157,10 @@ def test_readyz_turns_503_on_a_full_spool_and_back_once_delivered(tmp_path: Path
     """The README's readiness claim: an output that cannot deliver and whose spool is full makes
     /readyz answer 503 naming it; once the receiver is back, everything is delivered exactly
     once and /readyz answers 200."""
-    from tests.receiver import Receiver, RefusingPort
+    from tests.receiver import Receiver
 
-    refusing = RefusingPort()  # nobody listens there until the receiver below
-    port = refusing.port
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "a.log").write_text("".join(f"line {i:05d} {'x' * 200}\n" for i in range(2000)))
-    cfg = config(tmp_path, [str(logs / "*.log")], batch={"max_records": 100})
-    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
-                       "spool": {"after": "100ms", "max_bytes": "4KiB"},
-                       "retry": {"initial": "100ms", "max": "200ms"}}]
+    refusing, cfg = unreachable(tmp_path, [f"line {i:05d} {'x' * 200}" for i in range(2000)],
+                                {"batch": {"max_records": 100}}, spool={"after": "100ms", "max_bytes": "4KiB"})
     t = tailrace(cfg).start()
     wait_for(lambda: t.get("/readyz")[0] == 503, 30, "/readyz 503")
     status, body = t.get("/readyz")
@@ -171,16 +179,10 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
     so the next start sends it."""
     import signal
 
-    from tests.receiver import Receiver, RefusingPort
+    from tests.receiver import Receiver
 
-    refusing = RefusingPort()  # nobody listens there until the receiver below
-    port = refusing.port
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(500)))
-    cfg = config(tmp_path, [str(logs / "*.log")], shutdown_grace="120s")
-    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
-                       "spool": {"enabled": False}, "retry": {"initial": "100ms", "max": "200ms"}}]
+    refusing, cfg = unreachable(tmp_path, [f"line {i}" for i in range(500)], {"shutdown_grace": "120s"},
+                                spool={"enabled": False})
     t = tailrace(cfg).start()
     assert t.proc is not None
     wait_for(lambda: stats(t)["totals"]["lines"] == 500, 30, "every line read (none deliverable)")
@@ -207,18 +209,11 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     import subprocess
 
     from tests.conftest import require_tool
-    from tests.receiver import Receiver, RefusingPort
+    from tests.receiver import Receiver
 
     prlimit = require_tool("prlimit", "to make the spool's writes fail as on a full disk")
-    refusing = RefusingPort()  # nobody listens there until the receiver below
-    port = refusing.port
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "a.log").write_text("".join(f"line {i:04d} {'y' * 1000}\n" for i in range(400)))
-    cfg = config(tmp_path, [str(logs / "*.log")], batch={"max_records": 200})
-    cfg["outputs"] = [{"type": "otlp_http", "name": "otlp", "endpoint": f"http://127.0.0.1:{port}",
-                       "compression": "none", "spool": {"after": "100ms"},
-                       "retry": {"initial": "100ms", "max": "200ms"}}]
+    refusing, cfg = unreachable(tmp_path, [f"line {i:04d} {'y' * 1000}" for i in range(400)],
+                                {"batch": {"max_records": 200}}, compression="none", spool={"after": "100ms"})
     # 64 KiB: the checkpoint journal and snapshot fit, a 200 KB spool segment does not.
     t = tailrace(cfg).start(preexec=[prlimit, "--fsize=65536:unlimited", "--"])
     assert t.proc is not None
