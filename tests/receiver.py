@@ -81,6 +81,8 @@ class Receiver:
         # as a test wants them so.
         self.gate = threading.Event()
         self.gate.set()
+        self._active = 0  # requests being handled
+        self._closing = False
         self.held: list[bytes] = []
         self.held_requests = 0
         self.attempts: list[tuple[float, int, int]] = []
@@ -88,6 +90,7 @@ class Receiver:
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Receiver:
         receiver = self
+        self._closing = False
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -96,16 +99,25 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802
-                n = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(n)
-                status, headers, body = receiver.handle(self.path, dict(self.headers.items()), raw)
-                with contextlib.suppress(OSError):  # a sender killed while its answer was held
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                with receiver.lock:
+                    receiver._active += 1
+                try:
+                    n = int(self.headers.get("Content-Length", "0"))
+                    raw = self.rfile.read(n)
+                    answer: Fault = (503, {}, b"stopping")  # going down: refused uncounted, retried
+                    if not receiver._closing:
+                        answer = receiver.handle(self.path, dict(self.headers.items()), raw)
+                    status, headers, body = answer
+                    with contextlib.suppress(OSError):  # a sender killed while its answer was held
+                        self.send_response(status)
+                        for k, v in headers.items():
+                            self.send_header(k, v)
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                finally:
+                    with receiver.lock:
+                        receiver._active -= 1
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
@@ -131,11 +143,18 @@ class Receiver:
         return self
 
     def stop(self) -> None:
-        """Stop listening (connections are refused until `start` again on the same port)."""
+        """Stop listening (connections are refused until `start` again on the same port). A
+        request already counted gets its answer first (else the sender, never answered, would
+        send it again: a duplicate the test did not cause); one arriving meanwhile is refused
+        uncounted."""
+        self._closing = True
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        deadline = time.monotonic() + 10
+        while self._active and time.monotonic() < deadline and self.gate.is_set():
+            time.sleep(0.01)
         with self.lock:
             conns, self._conns = list(self._conns), set()
         for c in conns:  # keep-alive connections too: the receiver is down
