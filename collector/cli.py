@@ -17,7 +17,7 @@ import trio
 from collector import __version__, log
 from collector._native import CorruptState
 from collector.flow import config
-from collector.flow.pipeline import Pipeline, StateDirInUse, progress
+from collector.flow.pipeline import Pipeline, StateDirInUse, progress, state_dir_holder
 
 # Where `run` (and `check-config`) look for a configuration when none is given.
 SYSTEM_CONFIG = "/etc/tailrace/tailrace.yaml"
@@ -204,23 +204,6 @@ def _completion(shell: str, sub: Any) -> str:
     return script
 
 
-def _state_dir_holder(state_dir: str) -> str | None:
-    """Who holds `state_dir`'s lock, if a running tailrace does (nothing is created here)."""
-    import fcntl
-
-    try:
-        fd = os.open(os.path.join(state_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "pid unknown"
-    finally:
-        os.close(fd)
-
-
 def _notify(state: str) -> None:
     """Tell systemd (`Type=notify`, `$NOTIFY_SOCKET`) how the service is; nothing without it."""
     import socket
@@ -350,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in config.warnings(cfg):
         log.warning(w)
     if args.command == "check-config":
-        holder = _state_dir_holder(cfg.state_dir)
+        holder = state_dir_holder(cfg.state_dir)
         if holder:
             print(f"{source}: note: {cfg.state_dir} is held by a running tailrace ({holder}); `run` on this "
                   "configuration waits for nothing: it exits 1 while that one runs")

@@ -500,9 +500,7 @@ def _every_error(raw: dict[str, Any]) -> list[str]:
             check({**_PROBE, key: items} if key in raw else {k: v for k, v in _PROBE.items() if k != key})
             continue
         for i, item in enumerate(items):
-            errs = len(out)
-            check({**_PROBE, key: [*_PROBE[key] * i, item]})
-            out[errs:] = [e.replace(f"`$.{key}[{i}]", f"`$.{key}[{i}]") for e in out[errs:]]
+            check({**_PROBE, key: [*_PROBE[key] * i, item]})  # valid items before it: its index holds
     for key, value in raw.items():
         if key not in ("inputs", "outputs"):
             check({**_PROBE, key: value})

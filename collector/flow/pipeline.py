@@ -70,12 +70,32 @@ def lock_state_dir(state_dir: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        holder = _holder(fd)
         os.close(fd)
         raise StateDirInUse(f"state_dir {state_dir} is in use by another tailrace (pid {holder or '?'})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode(errors="replace").strip()
+
+
+def state_dir_holder(state_dir: str) -> str | None:
+    """Who holds `state_dir`'s lock (what its lock file says), if a running tailrace does;
+    nothing is created (check-config)."""
+    try:
+        fd = os.open(os.path.join(state_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(fd) or "pid unknown"
+    finally:
+        os.close(fd)
 
 
 class Pipeline:
