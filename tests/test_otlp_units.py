@@ -16,9 +16,9 @@ import trio
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from collector.flow import config
-from collector.flow.outputs.otlp_http import logs_url, partial_success, retry_after, transcode
+from collector.flow.outputs.otlp_http import logs_url, partial_success, retry_after, server_message, transcode
 from collector.flow.spool import Spool
-from collector.http import Target, proxy_for
+from collector.http import Response, Target, proxy_for
 from tests.conftest import require_tool, stopped_stats, wait_for
 from tests.receiver import Receiver
 from tests.test_otlp import account, otlp_config, write_files
@@ -45,6 +45,18 @@ def test_partial_success_decodes_the_official_message() -> None:
     resp.partial_success.error_message = "too old"
     assert partial_success(resp.SerializeToString()) == (12, "too old")
     assert partial_success(b"\xff\xff") == (0, "")
+
+
+def test_server_message_reads_a_google_rpc_status() -> None:
+    # google.rpc.Status by hand (code 3, message, one Any detail), as a collector answers a 400:
+    # the message is read and the detail skipped; a text body is its start; garbage is not a crash.
+    any_detail = b"\x0a\x15type.googleapis.com/x" + b"\x12\x03abc"
+    msg = b"logs rejected: bad timestamp"
+    status = b"\x08\x03" + b"\x12" + bytes([len(msg)]) + msg + b"\x1a" + bytes([len(any_detail)]) + any_detail
+    proto = {"content-type": "application/x-protobuf"}
+    assert server_message(Response(400, proto, status)) == "logs rejected: bad timestamp"
+    assert server_message(Response(400, {"content-type": "text/plain"}, b"  no such path \n")) == "no such path"
+    assert server_message(Response(400, proto, b"\xff\xff")) == "\ufffd\ufffd"
 
 
 def test_transcode_between_codecs() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from collector import log
+from collector import _native, log
 
 PR_SET_PTRACER = 0x59616D61
 STAT_FRAME = re.compile(
@@ -100,50 +100,16 @@ class Profile:
         return "".join(f"{s} {n}\n" for s, n in sorted(self.stacks.items()))
 
     def svg(self, title: str) -> str:
-        """An icicle-style flamegraph (root at the top), one rect per frame node."""
-        root: dict[str, tuple[int, dict]] = {}  # type: ignore[type-arg]
-
-        def add(node: dict, frames: list[str], n: int) -> None:  # type: ignore[type-arg]
-            for f in frames:
-                count, children = node.get(f, (0, {}))
-                node[f] = (count + n, children)
-                node = children
-
-        for stack, n in self.stacks.items():
-            add(root, stack.split(";"), n)
-        width, row = 1200.0, 16
-        total = max(self.samples, 1)
-        rects: list[str] = []
-        depth_max = 0
-
-        def draw(node: dict, x: float, depth: int) -> None:  # type: ignore[type-arg]
-            nonlocal depth_max
-            depth_max = max(depth_max, depth)
-            for f, (count, children) in sorted(node.items()):
-                w = width * count / total
-                if w >= 0.3:
-                    stat = is_stat_frame(f)
-                    hue = 0 if stat else 20 + (hash(f) % 40)
-                    label = html.escape(f if len(f) * 7 < w else f[: max(0, int(w / 7) - 2)] + "..")
-                    rects.append(
-                        f'<g><title>{html.escape(f)} ({count} samples, {100 * count / total:.1f}%)</title>'
-                        f'<rect x="{x:.1f}" y="{20 + depth * row}" width="{w:.1f}" height="{row - 1}" '
-                        f'fill="hsl({hue},{90 if stat else 70}%,{50 if stat else 60}%)"/>'
-                        + (f'<text x="{x + 2:.1f}" y="{20 + depth * row + 12}">{label}</text>' if w > 20 else "")
-                        + "</g>"
-                    )
-                    draw(children, x, depth + 1)
-                x += w
-
-        draw(root, 0.0, 0)
-        height = 40 + (depth_max + 1) * row
-        share = 100 * self.stat_share()
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
-            f'font-family="monospace" font-size="11">'
-            f'<text x="4" y="14">{html.escape(title)}: {self.samples} samples, stat-family {share:.1f}% '
-            f"(red)</text>" + "".join(rects) + "</svg>\n"
-        )
+        """The flamegraph (inferno's, through the extension: search, zoom, frame details), the
+        stat family in red."""
+        subtitle = f"{self.samples} samples, stat-family {100 * self.stat_share():.1f}% (red)"
+        if not self.stacks:
+            return (
+                '<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="40" font-family="monospace">'
+                f'<text x="4" y="20">{html.escape(title)}: no samples</text></svg>\n'
+            )
+        frames = {f for stack in self.stacks for f in stack.split(";")}
+        return _native.flamegraph_svg(self.collapsed(), title, subtitle, sorted(filter(is_stat_frame, frames)))
 
     def speedscope(self, name: str) -> dict[str, object]:
         frames: dict[str, int] = {}

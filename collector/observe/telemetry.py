@@ -256,6 +256,14 @@ def _num(v: float) -> str:
 
 
 def prometheus_text(data: MetricsData | None) -> str:
+    """The Prometheus text format (0.0.4) of a collection, written here rather than by the SDK's
+    Prometheus support (`opentelemetry-exporter-prometheus`), on purpose: that package is a
+    pre-release (0.66b2 today) pinned to one SDK patch release (`opentelemetry-sdk~=1.45.2`),
+    brings `prometheus-client` as a runtime dependency, registers into its process-global
+    registry, and renames series by unit (`tailrace_export_latency` would gain a suffix and a
+    `target_info` family would appear), which would break the dashboards and alerts the README
+    documents. This is ~50 lines over the same `MetricsData`; the tests parse its output with
+    `prometheus_client`'s own parser, so a format error fails there."""
     out: list[str] = []
     for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:

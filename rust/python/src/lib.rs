@@ -539,6 +539,31 @@ fn raise_nofile_limit() -> u64 {
     tailrace_core::discovery::raise_nofile_limit()
 }
 
+/// An SVG flamegraph of collapsed stacks (`a;b;c 12` lines) by `inferno`, the frames in
+/// `highlight` drawn red (the profiler's stat family).
+#[pyfunction]
+fn flamegraph_svg(py: Python<'_>, collapsed: &str, title: &str, subtitle: &str, highlight: Vec<String>) -> PyResult<String> {
+    use inferno::flamegraph::{self, color::{Color, PaletteMap}, Options};
+    py.detach(|| {
+        let mut map = PaletteMap::default();
+        for f in highlight {
+            map.insert(f, Color { r: 230, g: 0, b: 0 });
+        }
+        let mut opt = Options::default();
+        opt.title = title.to_string();
+        opt.subtitle = Some(subtitle.to_string()).filter(|s| !s.is_empty());
+        opt.count_name = "samples".to_string();
+        opt.deterministic = true;
+        opt.hash = true;
+        opt.palette_map = Some(&mut map);
+        let mut out = Vec::new();
+        // An empty profile is a valid (empty) graph, not an error.
+        flamegraph::from_lines(&mut opt, collapsed.lines(), &mut out)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("flamegraph: {e}")))?;
+        String::from_utf8(out).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("flamegraph: {e}")))
+    })
+}
+
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Checkpointer>()?;
@@ -552,6 +577,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(raise_nofile_limit, m)?)?;
     m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(check_globs, m)?)?;
+    m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add("BUILD_COMMIT", env!("TAILRACE_COMMIT"))?;
     m.add("BUILD_RUSTC", env!("TAILRACE_RUSTC"))?;
