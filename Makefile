@@ -14,11 +14,12 @@ $(STAMP): requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 # Tools the tests need beyond Python and Rust: strace (the fstat guard's cross-check), openssl
-# (a throwaway CA for the TLS tests), setpriv and prlimit (util-linux: permission and disk-full
-# cases), systemd-analyze (the unit is verified), the OpenTelemetry Collector and Helm, built from Go
+# (a throwaway CA for the TLS tests), setpriv, prlimit, unshare and mount (util-linux, mount:
+# permission, disk-full and doctor cases; the doctor's mounts stay in a private namespace),
+# systemd-analyze (the unit is verified), the OpenTelemetry Collector and Helm, built from Go
 # modules (tests/otelcol; helm.sh/helm/v3 into target/helm; Go's caches make a rebuild cheap).
 tools:
-	@for t in strace openssl util-linux:setpriv util-linux:prlimit systemd:systemd-analyze; do pkg=$${t%%:*}; cmd=$${t##*:}; \
+	@for t in strace openssl util-linux:setpriv util-linux:prlimit util-linux:unshare mount:mount systemd:systemd-analyze; do pkg=$${t%%:*}; cmd=$${t##*:}; \
 		command -v $$cmd >/dev/null \
 		|| { command -v apt-get >/dev/null && apt-get install -y -qq $$pkg >/dev/null; } \
 		|| { echo "make: $$cmd is needed (apt-get install $$pkg)"; exit 1; }; done

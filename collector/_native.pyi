@@ -1,6 +1,6 @@
 # Hand-written stubs for the Rust extension (rust/python/src/lib.rs), checked by mypy.stubtest.
 
-from typing import Self, final
+from typing import Any, Self, final
 
 __all__ = [
     "CODECS",
@@ -16,6 +16,7 @@ __all__ = [
     "default_level",
     "flamegraph_svg",
     "raise_nofile_limit",
+    "survey",
     "read_checkpoints",
     "check_globs",
     "transcode",
@@ -115,4 +116,5 @@ def compressions() -> int: ...
 def raise_nofile_limit() -> int: ...
 def read_checkpoints(state_dir: str) -> list[dict[str, str | int]]: ...
 def check_globs(paths: list[str], exclude: list[str]) -> list[str]: ...
+def survey(paths: list[str], exclude: list[str], allowed_roots: list[str]) -> dict[str, Any]: ...
 def flamegraph_svg(collapsed: str, title: str, subtitle: str, highlight: list[str]) -> str: ...

@@ -1,6 +1,7 @@
-"""The `tailrace` command: run, demo, check-config, profile, top, --version. Exit codes: 0 done
-(also after SIGINT/SIGTERM), 2 configuration error, 64 usage error (a command line it does not
-understand), 1 anything else (a state_dir in use, a corrupt checkpoint file: named)."""
+"""The `tailrace` command: run, demo, check-config, doctor, profile, top, bench, completion,
+--version. Exit codes: 0 done (also after SIGINT/SIGTERM), 2 configuration error, 64 usage error
+(a command line it does not understand), 1 anything else (a state_dir in use, a corrupt
+checkpoint file: named; `doctor`: something on the node to change)."""
 
 from __future__ import annotations
 
@@ -265,6 +266,19 @@ def main(argv: list[str] | None = None) -> int:
                                 "&& systemctl reload tailrace")
     chk.add_argument("file", nargs="?", help="YAML file (or -c FILE; default as for run)")
     chk.add_argument("-c", "--config", dest="config_opt", help=argparse.SUPPRESS)
+    doc = sub.add_parser("doctor", help="check this node for a configuration: limits, filesystems, permissions",
+                         formatter_class=fmt,
+                         description="Checks what the configuration needs against this node: inotify watches and "
+                         "instances, open files, the filesystem under each input (what auto polls), unreadable "
+                         "files, the profiler's ptrace needs, state_dir's space and filesystem, the admin "
+                         "address. Exit 0: nothing to change; 1: the list of what to change; 2: the "
+                         "configuration is invalid.",
+                         epilog="example:\n  tailrace doctor -c /etc/tailrace/tailrace.yaml\n"
+                                "  tailrace doctor -c tailrace.yaml --json --proc-root /host/proc   # in a container")
+    doc.add_argument("-c", "--config", help=f"YAML file (default: $TAILRACE_CONFIG, else {SYSTEM_CONFIG})")
+    doc.add_argument("--json", action="store_true", help="one JSON document (ok, checks[]) on stdout")
+    doc.add_argument("--proc-root", default="/proc", help="read kernel limits and other processes from here "
+                     "(default /proc; the host's when mounted into a container)")
     prof = sub.add_parser("profile", help="a py-spy flamegraph of a running tailrace (or one started here)",
                           formatter_class=fmt,
                           epilog="example:\n  tailrace profile --pid $(pidof tailrace) --duration 30")
@@ -332,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(cfg.log.level, cfg.log.format == "json")  # its warnings in its own format
     for w in config.warnings(cfg):
         log.warning(w)
+    if args.command == "doctor":
+        from collector.observe.doctor import main as doctor_main
+
+        return doctor_main(str(source), cfg, args.json, Path(args.proc_root))
     if args.command == "check-config":
         holder = state_dir_holder(cfg.state_dir)
         if holder:

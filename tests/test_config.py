@@ -300,7 +300,7 @@ def test_version_names_the_build() -> None:
                         r.stdout), r.stdout
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "check-config", "profile", "top", "bench"])
+@pytest.mark.parametrize("command", ["run", "demo", "check-config", "doctor", "profile", "top", "bench", "completion"])
 def test_every_command_s_help_has_an_example(command: str) -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", command, "--help"], capture_output=True, text=True,
                        cwd=ROOT, timeout=60, check=False)

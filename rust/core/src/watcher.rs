@@ -149,8 +149,8 @@ const DIR_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM 
 const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
 
 /// Filesystems whose inotify events cannot be trusted (changes made by other hosts or by a
-/// userspace server do not raise them): `auto` polls files there.
-fn untrusted_fs(path: &Path) -> Option<&'static str> {
+/// userspace server do not raise them): `auto` polls files there (`tailrace doctor` says which).
+pub fn untrusted_fs(path: &Path) -> Option<&'static str> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statfs writes into the struct we pass; the path is NUL-terminated.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };

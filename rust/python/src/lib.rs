@@ -533,6 +533,33 @@ fn check_globs(paths: Vec<String>, exclude: Vec<String>) -> Vec<String> {
     }
 }
 
+/// What an input's globs find now, as `run`'s first look would (`tailrace doctor`): the files,
+/// the directories watched, the files `auto` would poll (with their filesystem), and what could
+/// not be looked at.
+#[pyfunction]
+fn survey<'py>(py: Python<'py>, paths: Vec<String>, exclude: Vec<String>, allowed_roots: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
+    use tailrace_core::discovery::Discoverer;
+    let d = Discoverer::new(&paths, &exclude, &allowed_roots).map_err(to_py_err)?;
+    let (scan, dirs) = py.detach(|| {
+        let mut sys = tailrace_core::Syscalls::default();
+        (d.scan(&mut sys), d.watch_dirs(&mut sys))
+    });
+    let files: Vec<String> = scan.files.iter().map(|f| f.path.display().to_string()).collect();
+    let polled = PyDict::new(py);
+    for f in &scan.files {
+        if let Some(fs) = tailrace_core::watcher::untrusted_fs(&f.path) {
+            polled.set_item(f.path.display().to_string(), fs)?;
+        }
+    }
+    let out = PyDict::new(py);
+    out.set_item("files", files)?;
+    out.set_item("watch_dirs", dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?;
+    out.set_item("polled", polled)?;
+    out.set_item("errors", scan.errors)?;
+    out.set_item("unmatched", scan.unmatched)?;
+    Ok(out)
+}
+
 /// Raise the open-files soft limit to the hard limit; returns the new soft limit.
 #[pyfunction]
 fn raise_nofile_limit() -> u64 {
@@ -578,6 +605,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(check_globs, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
+    m.add_function(wrap_pyfunction!(survey, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add("BUILD_COMMIT", env!("TAILRACE_COMMIT"))?;
     m.add("BUILD_RUSTC", env!("TAILRACE_RUSTC"))?;
