@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from bench.trees import trees
 from tests.appender import kube_paths
 from tests.receiver import Receiver
 
@@ -61,7 +62,8 @@ def peak_rss_mib(pid: int) -> float:
 
 class Run:
     def __init__(
-        self, work: Path, mode: str, paths: str, coalesce: str, output: str, profiler: bool = False, fmt: str = "plain"
+        self, work: Path, mode: str, paths: str, coalesce: str, output: str, profiler: bool = False, fmt: str = "plain",
+        tree: Path = ROOT,
     ) -> None:
         self.work = work
         self.err = work / "tailrace.stderr"
@@ -84,9 +86,9 @@ class Run:
         with open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
-                cwd=ROOT,
+                cwd=tree,
                 stderr=err,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": str(tree)},
             )
         self.dumps = 0
 
@@ -168,7 +170,7 @@ def wait_delivered(run: Run, expected: int, deadline: float) -> int:
         time.sleep(0.05)
 
 
-def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False) -> dict[str, Any]:
+def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False, tree: Path = ROOT) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as w:
         work = Path(w)
         logs = work / "logs"
@@ -182,7 +184,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
         peer = mode == "otelcol"
         fmt = "cri" if kube else "plain"
         run = (PeerRun(work, f"{logs}/*.log") if peer
-               else Run(work, mode, paths, args.coalesce, args.output, profiler, fmt))
+               else Run(work, mode, paths, args.coalesce, args.output, profiler, fmt, tree))
         try:
             # SIGUSR1 kills a process that has not installed its handler yet: wait for it.
             deadline = time.monotonic() + 60
@@ -252,6 +254,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False)
 
         return {
             "mode": mode,
+            "tree": str(tree),
             "profiler": "continuous, 50 Hz, native" if profiler else "off",
             "flamegraph": _shown(flamegraph) if flamegraph else None,
             "stat_family_share_pct": flamegraph_share,
@@ -294,10 +297,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| lost | dup | backlog | RSS MiB | stat share % |"
     )
     out = [head, "|---" * 15 + "|"]
+    several = len({r.get("tree") for r in rows}) > 1
     for r in rows:
         s = r["syscalls_per_line"]
+        mode = f"{r['mode']} ({Path(r['tree']).name})" if several else r["mode"]
         out.append(
-            f"| {r['mode']} | {r['profiler'].split(',')[0]} | {r['files']} |"
+            f"| {mode} | {r['profiler'].split(',')[0]} | {r['files']} |"
             f" {r['lines']} | {r['cpu_us_per_line']} | {r['cpu_pct_of_core']} | "
             f"{r['stat_family_per_line']} | {s.get('read')} | {r['latency_ms_p50']} | {r['latency_ms_p99']} | "
             f"{r['lost']} | {r['duplicated']} | {r['backlog']} | {r['peak_rss_mib']} | {r['stat_family_share_pct']} |"
@@ -325,21 +330,26 @@ def main(argv: list[str] | None = None) -> None:
                     help="tailrace's own profiler sampling continuously (on), or side by side with off (both); "
                     "keeps each cell's flamegraph beside the results")
     ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON (and plots, flamegraphs)")
+    ap.add_argument("--tree", action="append", default=[],
+                    help="run tailrace from this checkout (its collector and build; repeat to compare versions "
+                    "side by side, runs interleaved); default: this one")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     results = Path(args.results)
     rows = []
     profs = {"off": [False], "on": [True], "both": [False, True]}[args.profiler]
-    cells = [(m, int(f), p) for f in args.files.split(",") for m in args.modes.split(",") for p in profs]
-    for i, (mode, files, prof) in enumerate(cells):
-        runs = []
-        for k in range(args.runs):
+    cells = [(m, int(f), p, t) for f in args.files.split(",") for m in args.modes.split(",") for p in profs
+             for t in trees(args.tree)]
+    # Runs interleaved (run 1 of every cell, then run 2, ...): a noisy spell hits every cell.
+    by_cell: list[list[dict[str, Any]]] = [[] for _ in cells]
+    for k in range(args.runs):
+        for i, (mode, files, prof, tree) in enumerate(cells):
             print(
-                f"[{i + 1}/{len(cells)}] {args.workload} {mode} {files} files{', profiler on' if prof else ''}, "
-                f"run {k + 1}", file=sys.stderr, flush=True
+                f"[{i + 1}/{len(cells)}] {args.workload} {mode} {files} files{', profiler on' if prof else ''}"
+                f"{f' [{tree}]' if args.tree else ''}, run {k + 1}", file=sys.stderr, flush=True
             )
-            runs.append(one(args, mode, files, prof))
-            r = runs[-1]
+            by_cell[i].append(one(args, mode, files, prof, tree))
+            r = by_cell[i][-1]
             print(
                 f"    {r['lines']} lines, {r['cpu_us_per_line']} µs/line, {r['cpu_pct_of_core']}% core, "
                 f"p99 {r['latency_ms_p99']} ms, {r['steps_per_second']} steps/s, "
@@ -347,9 +357,11 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    for runs in by_cell:
         runs.sort(key=lambda r: r["cpu_s"])
         med = runs[len(runs) // 2]
         med["all_runs_cpu_s"] = [r["cpu_s"] for r in runs]
+        med["all_runs_us_per_line"] = [r["cpu_us_per_line"] for r in runs]
         rows.append(med)
     when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     result = {

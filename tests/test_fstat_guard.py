@@ -1,7 +1,8 @@
 """The fstat regression guard: counts that do not depend on machine speed. In steady state
 (after start-up and discovery), 200 files × 50 one-line appends/s for 5 s through `inotify` and
 `auto` cost at most 0.01 stat-family calls and 1.1 `read()` calls per line shipped; `naive`
-(Fluent Bit's event path) costs at least 2 stat-family calls per line, so the guard can fail.
+(Fluent Bit's event path) costs at least 2 stat-family calls per line, so the guard can fail
+(`tests/test_budget.py`, which budgets every other kind of call too).
 The core's counters are cross-checked once against `strace -f -c` attached to a running
 tailrace."""
 
@@ -16,11 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
-from collector.flow import config
-from collector.flow.pipeline import Pipeline
-from tests.appender import kube_paths
+from tests import budget
 from tests.conftest import ROOT, base_config, count_records, require_tool, wait_for
 
 APPENDER = str(ROOT / "tests" / "appender.py")
@@ -30,51 +28,11 @@ def stat_family(s: dict[str, int]) -> int:
     return s["stat_family"]  # defined once, in the core
 
 
-def _cfg(tmp_path: Path, watch: str, fmt: str = "plain") -> config.Config:
-    glob = f"{tmp_path}/logs/*/*/*.log" if fmt == "cri" else f"{tmp_path}/logs/*.log"
-    c = base_config(tmp_path, [glob], watch=watch, rescan_interval="60s", format=fmt)
-    c["outputs"] = [{"type": "blackhole"}]
-    import yaml
-
-    return config.parse(yaml.safe_dump(c))
-
-
 async def _steady_state_counts(
     tmp_path: Path, watch: str, files: int, rate: float, seconds: float, fmt: str = "plain"
 ) -> dict[str, int]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    # The files exist (one line each) before start, so discovery is over before counting.
-    names = kube_paths(str(logs), files) if fmt == "cri" else [str(logs / f"w{i:04d}.log") for i in range(files)]
-    for name in names:
-        os.makedirs(os.path.dirname(name), exist_ok=True)
-        with open(name, "w") as f:  # noqa: ASYNC230 (set-up before the pipeline starts)
-            f.write("2026-12-01T10:00:00Z stdout F hello\n" if fmt == "cri" else "hello\n")
-    p = Pipeline(_cfg(tmp_path, watch, fmt))
-    async with trio.open_nursery() as n:
-        await n.start(p.run)
-        with trio.fail_after(30):
-            while p.records_delivered < files:  # noqa: ASYNC110 - the pipeline's own counter
-                await trio.sleep(0.05)
-        before = p.stats()
-        t0 = trio.current_time()
-        kube = ["0", "kubernetes"] if fmt == "cri" else []
-        writer = await trio.lowlevel.open_process(
-            [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds), *kube], stdout=subprocess.DEVNULL
-        )
-        assert await writer.wait() == 0
-        expected = files + int(files * rate * seconds)
-        with trio.fail_after(120):
-            while p.records_delivered < expected:  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        after = p.stats()
-        elapsed = trio.current_time() - t0
-        p.request_stop()
-    assert p.records_delivered == expected, "every line delivered, none twice"
-    # Which watcher ran: `auto` polls files on filesystems it does not trust (overlay, NFS, …);
-    # counts from such a run would judge polling, not inotify.
-    return {k: after[k] - before[k] for k in after} | {"elapsed_ms": int(elapsed * 1000),
-                                                       "files_polled_end": after["files_polled"]}
+    """The core's counters over an appends workload after start-up (tests/budget.py's runner)."""
+    return await budget.run(tmp_path, budget.Workload(files=files, rate=rate, seconds=seconds, fmt=fmt), watch)
 
 
 @pytest.mark.parametrize("watch", ["inotify", "auto"])
@@ -105,12 +63,6 @@ async def test_the_guard_holds_for_cri_container_logs(tmp_path: Path) -> None:
     assert stat_family(d) <= 0.01 * d["lines"], d
     assert d["syscalls_read"] <= 1.1 * d["lines"], d
     assert (d["inotify_overflows"], d["parse_errors"], d["split_lines"]) == (0, 0, 0), d
-
-
-async def test_naive_mode_trips_the_guard(tmp_path: Path) -> None:
-    d = await _steady_state_counts(tmp_path, "naive", files=200, rate=50, seconds=5)
-    assert d["lines"] == 50_000
-    assert stat_family(d) >= 2 * d["lines"], d
 
 
 STAT_CALLS = ("fstat", "newfstatat", "fstatat64", "statx", "stat", "lstat")

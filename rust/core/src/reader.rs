@@ -9,6 +9,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::counters::Counters;
+
+/// A test-only regression on purpose: one `lseek` before every read, so the syscall budget's
+/// test can show that an extra call per read fails it (set through the binding's
+/// `_inject_regression("lseek")`; one relaxed load per read otherwise).
+pub static INJECT_LSEEK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 use crate::discovery::Roots;
 use crate::identity::{FileKey, Fingerprint, FINGERPRINT_MAX};
 use crate::parser::{Format, Parser};
@@ -139,6 +144,8 @@ pub struct FileReader {
     /// Reads in a row, one per read pass, that found new bytes (a file that is written at
     /// every read turns steady: read on the cadence, without write events).
     pub streak: u8,
+    /// Reads in a row that found nothing while steady (at `STEADY_IDLE` it turns back).
+    pub idle: u8,
 }
 
 pub struct ReadResult {
@@ -207,6 +214,7 @@ impl FileReader {
             fp_sent: 0,
             max_message: usize::MAX,
             streak: 0,
+            idle: 0,
         };
         Ok((reader, truncated))
     }
@@ -377,6 +385,7 @@ impl FileReader {
         sink: &mut dyn LineSink,
         c: &mut Counters,
     ) -> std::io::Result<ReadResult> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::FileExt;
         #[cfg(test)]
         if self.source.path.ends_with("panic.log") {
@@ -388,6 +397,11 @@ impl FileReader {
         while total < budget.max(1) {
             let Some(file) = self.file.as_ref() else { break };
             c.syscalls.read += 1;
+            if INJECT_LSEEK.load(std::sync::atomic::Ordering::Relaxed) {
+                c.syscalls.lseek += 1;
+                // SAFETY: an lseek on a descriptor we own; the result is not used (preads ignore it).
+                unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
+            }
             let at = if head_check { 0 } else { self.pos };
             let n = match file.read_at(buf, at) {
                 Ok(n) => n,

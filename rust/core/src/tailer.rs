@@ -36,6 +36,12 @@ use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
 /// Reads in a row that found new bytes before a file turns steady (see `Watcher::set_steady`).
 pub(crate) const STEADY_AFTER: u8 = 3;
+/// Reads in a row that found nothing before a steady file turns back. More than one: a file
+/// written about once per read period (thousands of files at a modest rate) finds nothing at
+/// some reads, and turning it back and forth costs two mask changes (`inotify_add_watch`
+/// through `/proc/self/fd/N`, a path lookup each) where an empty read costs a `pread` and an
+/// `lseek`.
+pub(crate) const STEADY_IDLE: u8 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
@@ -800,10 +806,11 @@ impl Drop for Tailer {
 }
 
 /// A file with new bytes at `STEADY_AFTER` reads in a row turns steady (no write events, read
-/// on the cadence); the first read that finds nothing turns it back.
+/// on the cadence); `STEADY_IDLE` reads in a row that find nothing turn it back.
 fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &mut FileReader, res: &ReadResult) {
     let Some(fd) = r.raw_fd() else { return };
     if res.bytes > 0 {
+        r.idle = 0;
         r.streak = r.streak.saturating_add(1);
         if r.streak == STEADY_AFTER && r.state == FileState::Active && watcher.set_steady(key, fd, true, c) {
             c.steady_on += 1;
@@ -813,6 +820,14 @@ fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &
         // fresh reader (0) of a file that was. (A file never written says nothing yet: a busy
         // file's successor is read as it is found, often before its first line. One emptied
         // and left so is read on the cadence until `close_inactive`.)
+        if r.streak >= STEADY_AFTER && r.state == FileState::Active {
+            // (A file rotated away turns back at once: its writer has moved on.)
+            r.idle += 1;
+            if r.idle < STEADY_IDLE {
+                return; // still steady: written about once per period, not stopped
+            }
+        }
+        r.idle = 0;
         let was = std::mem::take(&mut r.streak);
         if (was == 0 || was >= STEADY_AFTER) && watcher.set_steady(key, fd, false, c) {
             c.steady_off += 1;
@@ -928,7 +943,24 @@ mod tests {
         now += ms(100);
         assert_eq!(records(&t.step(now)), 1);
         assert_eq!(t.counters.inotify_events, events);
-        // The first read that finds nothing turns it back; then a write is an event again.
+        // A read that finds nothing keeps it steady (a file written about once per period
+        // would flap otherwise), and so do the next three, with no mask change; the fifth in a
+        // row turns it back, and a write is an event again.
+        for _ in 1..STEADY_IDLE {
+            now += ms(100);
+            assert_eq!(records(&t.step(now)), 0);
+            assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (0, 1));
+        }
+        // A write in between resets the count of empty reads (a read with bytes).
+        f.write_all(b"v\n").unwrap();
+        now += ms(100);
+        assert_eq!(records(&t.step(now)), 1);
+        assert_eq!(t.counters.inotify_events, events);
+        for _ in 1..STEADY_IDLE {
+            now += ms(100);
+            assert_eq!(records(&t.step(now)), 0);
+        }
+        assert_eq!(t.counters.steady_off, 0);
         now += ms(100);
         assert_eq!(records(&t.step(now)), 0);
         assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (1, 2));

@@ -560,6 +560,17 @@ fn survey<'py>(py: Python<'py>, paths: Vec<String>, exclude: Vec<String>, allowe
     Ok(out)
 }
 
+/// Test-only: turn a deliberate regression on or off (`lseek`: one more call per read), so the
+/// syscall budget's test shows that it fails on one.
+#[pyfunction]
+fn _inject_regression(kind: &str, on: bool) -> PyResult<()> {
+    match kind {
+        "lseek" => tailrace_core::reader::INJECT_LSEEK.store(on, Ordering::Relaxed),
+        other => return Err(PyValueError::new_err(format!("no injectable regression {other:?} (lseek)"))),
+    }
+    Ok(())
+}
+
 /// Raise the open-files soft limit to the hard limit; returns the new soft limit.
 #[pyfunction]
 fn raise_nofile_limit() -> u64 {
@@ -606,6 +617,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_globs, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(survey, m)?)?;
+    m.add_function(wrap_pyfunction!(_inject_regression, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add("BUILD_COMMIT", env!("TAILRACE_COMMIT"))?;
     m.add("BUILD_RUSTC", env!("TAILRACE_RUSTC"))?;
