@@ -227,11 +227,13 @@ def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tm
         "inputs:\n"
         "  - paths: ['/var/log/*.log']\n"
         "    watch: inotfy\n"
+        "    read_from: start\n"
         "  - pahts: ['/x']\n"
         "outputs:\n"
         "  - type: otlp_htp\n"
         "batch:\n"
         "  max_age: soon\n"
+        "  max_records: lots\n"
         "state_dirr: /tmp\n"
     )
     r = check_config(tmp_path, text)
@@ -240,12 +242,17 @@ def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tm
     assert r.stderr.splitlines() == [
         f"tailrace: configuration error: {f}:3: $.inputs[0].watch: Invalid enum value 'inotfy' "
         "(one of: auto, inotify, poll, naive; did you mean `inotify`?)",
-        f"tailrace: configuration error: {f}:4: $.inputs[1]: Object contains unknown field `pahts` "
+        # A second error in the same input, and in the same section, is not hidden by the first;
+        # `pahts` is not followed by "missing `paths`" (its near match says that already).
+        f"tailrace: configuration error: {f}:4: $.inputs[0].read_from: Invalid enum value 'start' "
+        "(one of: beginning, end)",
+        f"tailrace: configuration error: {f}:5: $.inputs[1]: Object contains unknown field `pahts` "
         "(did you mean `paths`?)",
-        f"tailrace: configuration error: {f}:6: $.outputs[0].type: Invalid value 'otlp_htp' "
+        f"tailrace: configuration error: {f}:7: $.outputs[0].type: Invalid value 'otlp_htp' "
         "(one of: file, stdout, blackhole, otlp_http; did you mean `otlp_http`?)",
-        f"tailrace: configuration error: {f}:8: $.batch.max_age: expected a duration like 250ms, 5s or 1m, got 'soon'",
-        f"tailrace: configuration error: {f}:9: $: Object contains unknown field `state_dirr` "
+        f"tailrace: configuration error: {f}:9: $.batch.max_age: expected a duration like 250ms, 5s or 1m, got 'soon'",
+        f"tailrace: configuration error: {f}:10: $.batch.max_records: Expected `int`, got `str`",
+        f"tailrace: configuration error: {f}:11: $: Object contains unknown field `state_dirr` "
         "(did you mean `state_dir`?)",
     ]
 

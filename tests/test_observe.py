@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.observe.profiler import Profile, is_stat_frame
+from collector.observe.profiler import Profile, is_stat_frame, syscall_of
 from tests.conftest import ROOT, base_config, require_tool, wait_for
 
 
@@ -62,6 +62,18 @@ def test_profile_parsing_share_and_renderings() -> None:
     assert Profile().svg("t").endswith("t: no samples</text></svg>\n")
     sp = p.speedscope("t")
     assert sum(sp["profiles"][0]["weights"]) == 100  # type: ignore[index]
+    # Samples by syscall: the leaf-most wrapper frame, names normalised; unnamed frames and
+    # libc's non-syscalls are not syscalls; idle samples are not counted.
+    assert p.syscall_samples() == {"statx": 30, "pread": 60}
+    assert p.syscall_shares() == {"pread": 0.6, "statx": 0.3}
+    for frame, name in (("posix_fadvise64 (libc.so.6)", "posix_fadvise"), ("__GI___fstatat64 (libc.so.6)", "fstatat"),
+                        ("__libc_read (libc.so.6)", "read"), ("lseek64 (libc.so.6)", "lseek"),
+                        ("0x7f99f7f278ec (libc.so.6)", None), ("pthread_mutex_lock (libc.so.6)", None),
+                        ("read (reader.py:3)", None)):
+        assert syscall_of(frame) == name, frame
+
+
+STAT_SYSCALLS = {"fstat", "fstatat", "newfstatat", "statx", "stat", "lstat", "fxstat", "xstat", "lxstat"}
 
 
 def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any], str]:
@@ -83,9 +95,11 @@ def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any]
     # The first profile may include start-up; judge a profile taken wholly under the workload.
     prof = wait_for(lambda: (p := profiles())["profiles"] >= first["profiles"] + 1 and p, 30, "a second profile")
     w.communicate(timeout=60)
+    prof["metrics"] = t.get("/metrics")[1].decode()
     assert t.stop() == 0
     # Warnings of the judged profile only: the first one may have caught start-up's opens.
     prof["warnings_under_load"] = prof["warnings"] - first["warnings"]
+    prof["syscall_warnings_under_load"] = prof["syscall_warnings"] - first["syscall_warnings"]
     return prof, t.log()
 
 
@@ -95,6 +109,13 @@ def test_profiler_catches_the_fstat_regression_in_naive_mode(tmp_path: Path, tai
     assert prof["last_samples"] >= 200
     assert prof["last_share"] > 0.10
     assert prof["warnings_under_load"] == 1 and "stat-family syscalls (threshold 10%)" in log
+    # Any hot syscall is named, not only the stat family: Fluent Bit's second one, fadvise, too
+    # (the data path's own preads are reported, never warned about).
+    hot = set(prof["hot_syscalls"])
+    assert hot & STAT_SYSCALLS and "posix_fadvise" in hot and "pread" not in hot, prof["syscall_shares"]
+    assert prof["syscall_warnings_under_load"] == 1 and "hot syscalls above the threshold of 10%" in log
+    fadvise = re.search(r'^tailrace_profiler_syscall_share\{syscall="posix_fadvise"\} (\S+)$', prof["metrics"], re.M)
+    assert fadvise and float(fadvise.group(1)) > 0.10
     svgs = sorted((tmp_path / "state" / "profiles").glob("*.svg"))
     assert svgs and "fstat" in svgs[-1].read_text()
 
@@ -105,6 +126,8 @@ def test_profiler_stays_quiet_for_inotify(tmp_path: Path, tailrace: Any) -> None
     assert prof["last_share"] is not None and prof["last_share"] < 0.10
     assert prof["last_samples"] >= 20, "a profile big enough to be judged"
     assert prof["warnings_under_load"] == 0
+    assert prof["hot_syscalls"] == [] and prof["syscall_warnings_under_load"] == 0, prof["syscall_shares"]
+    assert not set(prof["syscall_shares"]) & (STAT_SYSCALLS | {"posix_fadvise"}), prof["syscall_shares"]
 
 
 def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None:

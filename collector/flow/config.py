@@ -5,6 +5,7 @@ is expanded in string values; durations are `250ms`, `5s`, `1m`, `2h`; sizes are
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -485,25 +486,67 @@ _PROBE: dict[str, Any] = {"inputs": [{"paths": ["/"]}], "outputs": [{"type": "bl
 
 
 def _every_error(raw: dict[str, Any]) -> list[str]:
-    """One error per input, per output and per other section, each with its absolute path."""
+    """Every error of every input, output and other section, each with its absolute path: a
+    key found wrong is left out and the rest checked again, so one error does not hide the next."""
     out: list[str] = []
 
-    def check(doc: dict[str, Any]) -> None:
-        try:
-            msgspec.convert(doc, Config, dec_hook=_dec_hook)
-        except msgspec.ValidationError as e:
-            out.append(str(e))
+    def check(doc: dict[str, Any], where: str, drop: Any) -> None:
+        """Check `doc`; after an error under `where` (a key of the item at `where`), `drop(key)`
+        gives the doc without that key, checked again (at most 50 times)."""
+        unknown_keys: list[str] = []
+        for _ in range(50):
+            try:
+                msgspec.convert(doc, Config, dec_hook=_dec_hook)
+                return
+            except msgspec.ValidationError as e:
+                missing = re.search(r"missing required field `([^`]+)`", str(e))
+                if missing and difflib.get_close_matches(missing.group(1), unknown_keys, n=1):
+                    return  # `pahts` was reported, with `paths` as its near match: not again
+                out.append(str(e))
+                path = str(e).rpartition(" - at `")[2].rstrip("`")
+                unknown = re.search(r"unknown field `([^`]+)`", str(e))
+                if unknown:
+                    unknown_keys.append(unknown.group(1))
+                key = (unknown.group(1) if unknown and path == where
+                       else m.group(1) if (m := re.match(re.escape(where) + r"\.([^.\[]+)", path)) else None)
+                # (A wrong `type` says which struct to check against: nothing after it is judged.)
+                nxt = drop(key) if key is not None and key != "type" else None
+                if nxt is None:
+                    return
+                doc = nxt
+
+    def without(value: Any, key: str) -> Any:
+        return {k: v for k, v in value.items() if k != key} if isinstance(value, dict) and key in value else None
 
     for key in ("inputs", "outputs"):
         items = raw.get(key)
         if not isinstance(items, list) or not items:
-            check({**_PROBE, key: items} if key in raw else {k: v for k, v in _PROBE.items() if k != key})
+            check({**_PROBE, key: items} if key in raw else {k: v for k, v in _PROBE.items() if k != key}, "", None)
             continue
         for i, item in enumerate(items):
-            check({**_PROBE, key: [*_PROBE[key] * i, item]})  # valid items before it: its index holds
+            head = [*_PROBE[key] * i]  # valid items before it: its index holds
+            current = [item]
+
+            def drop_item(k: str, key: str = key, head: list[Any] = head, current: list[Any] = current) -> Any:
+                smaller = without(current[0], k)
+                if smaller is None:
+                    return None
+                current[0] = smaller
+                return {**_PROBE, key: [*head, smaller]}
+
+            check({**_PROBE, key: [*head, item]}, f"$.{key}[{i}]", drop_item)
     for key, value in raw.items():
         if key not in ("inputs", "outputs"):
-            check({**_PROBE, key: value})
+            section = [value]
+
+            def drop_section(k: str, key: str = key, section: list[Any] = section) -> Any:
+                smaller = without(section[0], k)
+                if smaller is None:
+                    return None
+                section[0] = smaller
+                return {**_PROBE, key: smaller}
+
+            check({**_PROBE, key: value}, f"$.{key}", drop_section)
     return out
 
 

@@ -52,6 +52,8 @@ class Admin:
             "profiler": None if prof is None else {
                 "profiles": prof.profiles, "last_share": prof.last_share, "last_samples": prof.last_samples,
                 "warnings": prof.warnings, "unavailable": prof.unavailable,
+                "syscall_shares": prof.last_syscall_shares, "hot_syscalls": prof.last_hot,
+                "syscall_warnings": prof.syscall_warnings,
             },
         }
 

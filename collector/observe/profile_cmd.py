@@ -1,7 +1,7 @@
 """`tailrace profile`: a py-spy flamegraph of a running tailrace (`--pid`) or of one started on
 a configuration (`--config`, stopped afterwards), for performance investigations. Writes an SVG
-flamegraph, a speedscope JSON and the collapsed stacks into `--out`, prints the top frames and
-the stat-family share."""
+flamegraph, a speedscope JSON and the collapsed stacks into `--out`, prints the stat-family
+share, the share of samples in each syscall (the hot ones marked) and the top frames."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from collector.observe.profiler import Profile, record
+from collector.observe.profiler import DATA_PATH, Profile, record
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,7 +50,12 @@ def main(args: argparse.Namespace) -> int:
     total = max(prof.samples, 1)
     print(f"{prof.samples} samples; stat-family share {100 * prof.stat_share():.1f}% "
           f"({prof.stat_samples()} samples)")
-    print(f"{'total%':>7} {'self%':>6}  frame")
+    counts = prof.syscall_samples()
+    print(f"\n{'share%':>7} {'samples':>8}  syscall (leaf-most wrapper frame; * over 10%, not the data path)")
+    for name, n in counts.most_common():
+        hot = "*" if n / total > 0.10 and name not in DATA_PATH else " "
+        print(f"{100 * n / total:7.1f} {n:8d} {hot} {name}")
+    print(f"\n{'total%':>7} {'self%':>6}  frame")
     for frame, self_n, total_n in prof.top(20):
         print(f"{100 * total_n / total:7.1f} {100 * self_n / total:6.1f}  {frame[:110]}")
     print(f"\nflamegraph: {svg}\nspeedscope: {speedscope}\nstacks:     {raw}")

@@ -47,6 +47,38 @@ IDLE_FRAME = re.compile(
 )
 
 
+# Syscall wrappers, by the name a sample's native frame gives them (`pread64 (libc.so.6)`),
+# normalised (`__`, `64`, `_nocancel` dropped). A sample's syscall is its leaf-most such frame.
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+SYSCALLS = _words(
+    "read pread readv preadv write pwrite writev pwritev open openat close fstat fstatat newfstatat statx stat "
+    "lstat fxstat xstat lxstat lseek llseek posix_fadvise fadvise getdents readdir inotify_add_watch "
+    "inotify_rm_watch inotify_init inotify_init1 readlink readlinkat statfs fstatfs fsync fdatasync rename "
+    "renameat renameat2 unlink unlinkat mkdir ftruncate truncate mmap munmap mremap madvise mprotect brk "
+    "futex sched_yield getrusage clock_gettime gettimeofday sendto recvfrom sendmsg recvmsg send recv "
+    "connect accept accept4 socket bind listen getsockopt setsockopt ioctl fcntl dup dup2 dup3 pipe pipe2 "
+    "epoll_ctl eventfd prctl kill tgkill getpid gettid syscall"
+)
+# The work itself (reading files, sending batches): reported, never a warning.
+DATA_PATH = _words("read pread readv preadv write pwrite writev pwritev sendto recvfrom sendmsg recvmsg send recv "
+                   "futex syscall")
+_NATIVE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*) \((?P<module>[^)]*)\)$")
+
+
+def syscall_of(frame: str) -> str | None:
+    """The syscall a native frame is the wrapper of (`posix_fadvise64 (libc.so.6)` →
+    `posix_fadvise`), or None."""
+    m = _NATIVE.match(frame)
+    if not m or not re.match(r"(libc|libpthread|ld-linux)", m.group("module")):
+        return None
+    name = re.sub(r"^_*(GI_+)?(libc_)?|_nocancel$|(64|_l64|_time64)$", "", m.group("name"))
+    name = re.sub(r"64$", "", name)
+    return name if name in SYSCALLS else None
+
+
 def is_stat_frame(frame: str) -> bool:
     return bool(STAT_FRAME.search(frame))
 
@@ -84,6 +116,21 @@ class Profile:
     def stat_share(self) -> float:
         total = self.samples
         return self.stat_samples() / total if total else 0.0
+
+    def syscall_samples(self) -> Counter[str]:
+        """Non-idle samples by the syscall they were in (their leaf-most wrapper frame)."""
+        out: Counter[str] = Counter()
+        for stack, n in self.stacks.items():
+            for frame in reversed(stack.split(";")):
+                name = syscall_of(frame)
+                if name:
+                    out[name] += n
+                    break
+        return out
+
+    def syscall_shares(self) -> dict[str, float]:
+        total = self.samples
+        return {k: v / total for k, v in self.syscall_samples().most_common()} if total else {}
 
     def top(self, n: int = 15) -> list[tuple[str, int, int]]:
         """(frame, self samples, total samples), by total."""
@@ -197,7 +244,10 @@ class Profiler:
         self.last_share: float | None = None
         self.last_samples = 0
         self.last_stat_samples = 0
+        self.last_syscall_shares: dict[str, float] = {}
+        self.last_hot: list[str] = []  # the last profile's hot syscalls (warned about)
         self.warnings = 0
+        self.syscall_warnings = 0
         self.latest_svg: Path | None = None
         self.unavailable: str | None = None
 
@@ -228,6 +278,7 @@ class Profiler:
         self.profiles += 1
         self.last_samples, self.last_stat_samples = prof.samples, prof.stat_samples()
         self.last_share = prof.stat_share()
+        self.last_syscall_shares = prof.syscall_shares()
         raw.write_text(prof.collapsed())
         svg = self.dir / f"{stamp}.svg"
         svg.write_text(prof.svg(f"tailrace pid {os.getpid()} {stamp}"))
@@ -240,7 +291,24 @@ class Profiler:
                 f"(threshold {100 * self.threshold:.0f}%): the fstat regression? see {svg}",
                 samples=prof.samples, stat_samples=self.last_stat_samples,
             )
+        hot = self.hot_syscalls(prof)
+        self.last_hot = [name for name, _ in hot]
+        if hot:
+            self.syscall_warnings += 1
+            log.warning(
+                "profiler: hot syscalls above the threshold of "
+                f"{100 * self.threshold:.0f}% of samples: "
+                + ", ".join(f"{name} {100 * share:.1f}%" for name, share in hot)
+                + f"; see {svg}", samples=prof.samples,
+            )
         return prof
+
+    def hot_syscalls(self, prof: Profile) -> list[tuple[str, float]]:
+        """Syscalls over `threshold` of a profile's samples (enough samples to judge), the data
+        path's own (reads, sends) left out."""
+        if prof.samples < self.min_samples:
+            return []
+        return [(k, v) for k, v in prof.syscall_shares().items() if v > self.threshold and k not in DATA_PATH]
 
     def _prune(self) -> None:
         for suffix in (".collapsed", ".svg"):

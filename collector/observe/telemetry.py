@@ -128,6 +128,8 @@ class Telemetry:
             ("tailrace_spool_bytes", "By", "Bytes in the spool", self._spool_bytes),
             ("tailrace_profiler_stat_share", "1", "Share of the last profile's samples in stat-family syscalls",
              self._stat_share),
+            ("tailrace_profiler_syscall_share", "1",
+             "Share of the last profile's samples in each syscall (its leaf-most wrapper frame)", self._syscall_share),
             ("tailrace_event_loop_lag_seconds", "s", "How late the trio loop woke a 1 s sleep",
              lambda: [Observation(self.loop_lag)]),
             ("tailrace_process_rss_bytes", "By", "Resident memory of the tailrace process",
@@ -191,6 +193,10 @@ class Telemetry:
     def _stat_share(self) -> Iterable[Observation]:
         share = self.profiler.last_share if self.profiler else None
         return [] if share is None else [Observation(share)]
+
+    def _syscall_share(self) -> Iterable[Observation]:
+        shares = self.profiler.last_syscall_shares if self.profiler else {}
+        return [Observation(v, {"syscall": k}) for k, v in shares.items()]
 
     def observe_export(self, output: str, seconds: float, status: int | str) -> None:
         self.export_latency.record(seconds, {"output": output, "status": str(status)})
