@@ -6,7 +6,11 @@ The file is written once and read once beforehand so the page cache is warm; eac
 from empty state and ends when every byte is committed (acknowledged).
 
     python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200] [--outputs otlp_http,blackhole]
-                               [--content repetitive|varied]
+                               [--content repetitive|varied] [--corpus DIR]
+
+`--corpus DIR` replays the lines of the files under DIR (any directory of log files: your own)
+instead of generated lines, repeated in order until `--gib` (a period of the whole corpus, so a
+batch never sees a repeat when the corpus is larger than a batch).
 
 Writes bench/results/throughput-<UTC time>.json and prints a Markdown table."""
 
@@ -75,6 +79,28 @@ def make_file(path: Path, total: int, line_bytes: int, content: str = "repetitiv
                 chunk.clear()
         f.write(b"".join(chunk))
     return lines
+
+
+def make_corpus_file(path: Path, total: int, corpus: str) -> int:
+    """Write the lines of the files under `corpus` in order, again and again, to `total` bytes
+    (whole lines); returns the line count."""
+    from tests.appender import corpus_lines
+
+    lines = corpus_lines(corpus)
+    one = b"".join(ln + b"\n" for ln in lines)
+    written = n = 0
+    with open(path, "wb", buffering=1 << 20) as f:
+        while written + len(one) <= total:
+            f.write(one)
+            written += len(one)
+            n += len(lines)
+        for ln in lines:
+            if written + len(ln) + 1 > total:
+                break
+            f.write(ln + b"\n")
+            written += len(ln) + 1
+            n += 1
+    return n
 
 
 def warm(path: Path) -> None:
@@ -165,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"))
     ap.add_argument("--outputs", default="otlp_http,blackhole")
     ap.add_argument("--content", choices=["repetitive", "varied"], default="repetitive")
+    ap.add_argument("--corpus", default=None, help="a directory of log files to replay instead of generated lines")
     ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -172,10 +199,17 @@ def main(argv: list[str] | None = None) -> None:
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.content == "repetitive" else f"-{args.content}"
-    data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B{suffix}.log"
-    print(f"writing {data} …", file=sys.stderr, flush=True)
-    lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes, args.content)
+    if args.corpus:
+        data = data_dir / f"corpus-{Path(args.corpus).resolve().name}-{args.gib:g}GiB.log"
+        print(f"writing {data} from {args.corpus} …", file=sys.stderr, flush=True)
+        lines = make_corpus_file(data, int(args.gib * (1 << 30)), args.corpus)
+        content = f"corpus {Path(args.corpus).resolve()}"
+    else:
+        suffix = "" if args.content == "repetitive" else f"-{args.content}"
+        data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B{suffix}.log"
+        print(f"writing {data} …", file=sys.stderr, flush=True)
+        lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes, args.content)
+        content = f"{args.line_bytes}-byte {args.content} lines"
     size = data.stat().st_size
     warm(data)
     outputs = args.outputs.split(",")
@@ -193,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m bench.throughput " + " ".join(argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "input": {"bytes": size, "lines": lines, "line_bytes": args.line_bytes, "content": args.content},
+        "input": {"bytes": size, "lines": lines, "content": content},
         "runs": runs,
         "median": med,
     }
@@ -209,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         spread = [r["mb_per_cpu_s"] for r in rs]
         m = med[o]
         rows.append(
-            f"| {o} | {size / 2**30:.2f} GiB, {args.line_bytes}-byte {args.content} lines | {len(rs)} | "
+            f"| {o} | {size / 2**30:.2f} GiB, {content} | {len(rs)} | "
             f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {m['peak_rss_mib']:.0f} | "
             f"{m['wall_s']:.1f} |"
         )

@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 
 from bench.trees import trees
-from tests.appender import kube_paths
+from tests.appender import corpus_lines, kube_paths
 from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,9 +205,10 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                 # A backlog at once (what a read from head sees): RATE × SECONDS lines in all,
                 # written to each file in one go, then read as fast as each mode can.
                 per_file = int(args.rate * args.seconds / files)
+                corpus = corpus_lines(args.corpus) if args.corpus else [b"p" * 160]
                 for f in range(files):
                     with open(logs / f"w{f:04d}.log", "ab") as fh:
-                        fh.write(b"".join(b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n, b"p" * 160)
+                        fh.write(b"".join(b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n, corpus[n % len(corpus)])
                                           for n in range(per_file)))
                 expected = files * per_file
             else:
@@ -217,7 +218,8 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                     cmd.append(str(args.rotate_kib))
                 if kube:
                     cmd.append("kubernetes")
-                subprocess.run(cmd, check=True, capture_output=True)
+                env = {**os.environ, "APPENDER_CORPUS": args.corpus} if args.corpus else None
+                subprocess.run(cmd, check=True, capture_output=True, env=env)
                 expected = int(files * per_file * args.seconds)
             delivered = wait_delivered(run, base["records_delivered"] + expected, time.monotonic() + args.drain_timeout)
             wall = time.monotonic() - t0
@@ -259,6 +261,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
             "flamegraph": _shown(flamegraph) if flamegraph else None,
             "stat_family_share_pct": flamegraph_share,
             "coalesce": args.coalesce,
+            "corpus": args.corpus,
             "output": args.output,
             "workload": args.workload,
             "files": files,
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="tailrace's own profiler sampling continuously (on), or side by side with off (both); "
                     "keeps each cell's flamegraph beside the results")
     ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON (and plots, flamegraphs)")
+    ap.add_argument("--corpus", default=None,
+                    help="a directory of log files whose lines the writers replay (real content instead of padding)")
     ap.add_argument("--tree", action="append", default=[],
                     help="run tailrace from this checkout (its collector and build; repeat to compare versions "
                     "side by side, runs interleaved); default: this one")

@@ -1,7 +1,9 @@
 """A workload writer for tests and benchmarks: N files, one `write(2)` per line, at a steady
 total rate; each line starts with its write time (ns) so latency can be measured. With
 ROTATE_KIB, each file is rotated by rename (`wNNNN.log` → `wNNNN.log.<k>`) every ROTATE_KIB.
-Prints `started` when its files exist and `done <lines>` at the end.
+Prints `started` when its files exist and `done <lines>` at the end. With APPENDER_CORPUS=DIR
+in the environment, each line's text after its time and position is the next line of the
+files under DIR (real content), not padding.
 
     python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB [kubernetes]]
 
@@ -52,6 +54,22 @@ def kubelet_rotate(path: str, generation: int, rotated: list[str], keep: int = 4
         os.unlink(rotated.pop(0))
 
 
+def corpus_lines(directory: str) -> list[bytes]:
+    """The lines of every file under `directory` (sorted by path; README and LICENSE files left
+    out), without their newlines, empty lines skipped: real content to replay."""
+    out: list[bytes] = []
+    for root, dirs, names in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(names):
+            if name.split(".")[0].upper() in ("README", "LICENSE", "NOTICE", "COPYING"):
+                continue
+            with open(os.path.join(root, name), "rb") as f:
+                out.extend(ln for ln in f.read().splitlines() if ln.strip())
+    if not out:
+        raise SystemExit(f"no lines under {directory}")
+    return out
+
+
 def cri(line: bytes, n: int) -> list[bytes]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()).encode() + b".%09dZ" % (time.time_ns() % 1_000_000_000)
     if n % 1000 == 999:
@@ -72,13 +90,15 @@ def main() -> None:
     fds = [os.open(p, flags, 0o644) for p in paths]
     written = [0] * files
     generation = [0] * files
+    corpus = corpus_lines(os.environ["APPENDER_CORPUS"]) if os.environ.get("APPENDER_CORPUS") else None
     print("started", flush=True)
     total = int(files * rate * seconds)
     interval = 1.0 / (files * rate)
     t0 = time.monotonic()
     for n in range(total):
         f = n % files
-        line = b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, b"p" * 160)
+        body = corpus[n % len(corpus)] if corpus else b"p" * 160
+        line = b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, body)
         for out in cri(line, n) if kube else [line]:
             written[f] += os.write(fds[f], out)
         if rotate and written[f] >= rotate:

@@ -222,3 +222,27 @@ def test_debug_logs_say_what_a_look_changed(tmp_path: Path, tailrace) -> None:  
                     30, "a debug line for the rotation")
     assert t.stop() == 0
     assert " tailrace debug: files changed input=test " in line[0] and "files_opened=1" in line[0], line
+
+
+def test_file_attributes_name_by_default_and_path_opt_in(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """The semantic conventions' rule (and the filelog receiver's defaults): `log.file.name` on
+    every record, `log.file.path` (absolute) only with `include_file_path`; with neither, a
+    record has no file attribute and its JSON stays valid (a stray comma would not parse)."""
+    got = {}
+    for name, opts in (("default", {}), ("both", {"include_file_path": True}),
+                       ("neither", {"include_file_name": False}), ("path", {"include_file_path": True,
+                                                                             "include_file_name": False})):
+        logs = tmp_path / name / "logs"
+        logs.mkdir(parents=True)
+        (logs / "a.log").write_bytes(b"one\n\xfftwo\n")  # the second is flagged invalid_utf8
+        cfg = base_config(tmp_path / name, [f"{logs}/*.log"], **opts)
+        out = tmp_path / name / "out" / "logs.jsonl"
+        t = tailrace(cfg).start()
+        wait_for(lambda out=out: count_records(out) == 2, 30, "two records")  # type: ignore[misc]
+        assert t.stop() == 0
+        got[name] = [attrs(r) for r in records(out)]
+    path = str(tmp_path / "path" / "logs" / "a.log")
+    assert got["default"] == [{"log.file.name": "a.log"}, {"log.file.name": "a.log", "tailrace.invalid_utf8": True}]
+    assert got["both"][0] == {"log.file.path": str(tmp_path / "both" / "logs" / "a.log"), "log.file.name": "a.log"}
+    assert got["neither"] == [{}, {"tailrace.invalid_utf8": True}]
+    assert got["path"] == [{"log.file.path": path}, {"log.file.path": path, "tailrace.invalid_utf8": True}]

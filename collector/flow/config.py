@@ -130,6 +130,10 @@ class InputConfig(_Strict):
     partial_flush: Duration = duration("5s")
     rotate_wait: Duration = duration("5s")
     close_inactive: Duration = duration("5m")
+    # The file attributes of each record (the OpenTelemetry Collector's filelog names): the
+    # semantic conventions recommend `log.file.name` and make `log.file.path` opt-in.
+    include_file_name: bool = True
+    include_file_path: bool = False
 
     def __post_init__(self) -> None:
         if not self.paths or not all(isinstance(p, str) and p.strip() for p in self.paths):
@@ -379,6 +383,8 @@ class TailerOptions(msgspec.Struct, kw_only=True, frozen=True):
     coalesce: float | None
     outputs: int
     max_pending_bytes: int
+    include_file_name: bool = True
+    include_file_path: bool = False
 
 
 def tailer_options(
@@ -420,6 +426,8 @@ def tailer_options(
         coalesce=None if math.isinf(inp.coalesce) else float(inp.coalesce),
         outputs=outputs,
         max_pending_bytes=int(cfg.memory.max_pending_bytes),
+        include_file_name=inp.include_file_name,
+        include_file_path=inp.include_file_path,
     )
 
 

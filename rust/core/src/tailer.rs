@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batcher::{Batch, BatchLimits, Batcher, Encodings};
+use crate::batcher::{Batch, BatchLimits, Batcher, Encodings, FileAttrs};
 use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::counters::Counters;
 use crate::discovery::{self, Discoverer};
@@ -117,6 +117,8 @@ pub struct TailerConfig {
     pub host: String,
     /// `k8s.node.name` of every resource, when known (the downward API's `K8S_NODE_NAME`).
     pub node_name: Option<String>,
+    /// Which file attributes records carry (`log.file.name` by default; the path opt-in).
+    pub file_attrs: FileAttrs,
     /// Stop reading in a step once this many batches are ready (backpressure).
     pub max_ready_batches: usize,
     /// How long files said to be written wait before they are read, so that many writes become
@@ -272,7 +274,8 @@ impl Tailer {
             WatchMode::Naive => Box::new(NaiveWatcher::new(cfg.poll_interval).map_err(no_inotify)?),
             WatchMode::Auto => Box::new(InotifyWatcher::new(cfg.poll_interval, false, true).map_err(no_inotify)?),
         };
-        let batcher = Batcher::with_compression(cfg.batch.clone(), cfg.encodings, &cfg.host, cfg.node_name.as_deref(), first_batch_id, codec.clone());
+        let mut batcher = Batcher::with_compression(cfg.batch.clone(), cfg.encodings, &cfg.host, cfg.node_name.as_deref(), first_batch_id, codec.clone());
+        batcher.set_file_attrs(cfg.file_attrs);
         let ledger = Arc::new(Ledger::new(&cfg.name, cfg.outputs, checkpoints.clone()));
         let buf = vec![0u8; cfg.buffer_size.max(4096)];
         let mut t = Tailer {
@@ -866,6 +869,7 @@ mod tests {
             encodings: Encodings { proto: false, json: true },
             host: "localhost".into(),
             node_name: None,
+            file_attrs: FileAttrs { name: true, path: true },
             max_ready_batches: 4,
             coalesce: Some(Duration::ZERO),
             outputs: 1,

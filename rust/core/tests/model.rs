@@ -119,6 +119,7 @@ fn cfg(dir: &Path, max_line: usize, watch: WatchMode, deferred: bool) -> TailerC
         encodings: Encodings { proto: false, json: true },
         host: "localhost".into(),
         node_name: None,
+        file_attrs: Default::default(),
         max_ready_batches: 4,
         outputs: 1,
         max_pending_bytes: usize::MAX,

@@ -246,7 +246,7 @@ impl Tailer {
     #[pyo3(signature = (checkpointer, *, name, paths, exclude, allowed_roots, watch, poll_interval, rescan_interval, read_from,
         format, max_line_bytes, read_budget, buffer_size, partial_flush, rotate_wait, close_inactive, batch_max_bytes,
         batch_max_records, batch_max_age, host, node_name, first_batch_id, encodings, compression, compression_level,
-        coalesce, max_ready_batches, outputs, max_pending_bytes))]
+        coalesce, max_ready_batches, outputs, max_pending_bytes, include_file_name=true, include_file_path=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -279,6 +279,8 @@ impl Tailer {
         max_ready_batches: usize,
         outputs: u32,
         max_pending_bytes: usize,
+        include_file_name: bool,
+        include_file_path: bool,
     ) -> PyResult<Self> {
         let choice = match compression {
             Some(c) => Some((codec(c)?, compression_level)),
@@ -315,6 +317,7 @@ impl Tailer {
             encodings: enc,
             host,
             node_name,
+            file_attrs: tailrace_core::batcher::FileAttrs { name: include_file_name, path: include_file_path },
             max_ready_batches: max_ready_batches.max(1),
             coalesce: coalesce.map(secs),
             outputs,
