@@ -1,6 +1,6 @@
 """Duplicates after `kill -9`: N files appended at a total rate, tailrace killed with SIGKILL at
 random moments and restarted, K times; then every line is accounted for at a loopback OTLP/HTTP
-receiver (tests/receiver.py, a thread of this process): lost, duplicated, and the duplicates as
+receiver (collector/harness/receiver.py, a thread of this process): lost, duplicated, and the duplicates as
 a share of the lines written. The figure issue 12 starts from (10 files, 10,000 lines/s, 5 kills).
 
     python -m bench.crash [--files 10] [--rate 10000] [--kills 5] [--runs 3] [--tree DIR]
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.trees import RESULTS, ROOT, save, start, trees
-from tests.receiver import Receiver
+from collector.harness.receiver import Receiver
 
 
 def wait(cond: Any, timeout: float, what: str) -> None:

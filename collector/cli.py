@@ -162,17 +162,10 @@ async def _run(
 
 
 def _bench(harness: str, argv: list[str]) -> int:
-    """The harnesses live in the repository (with the test receiver and appender they drive),
-    not in the installed package: run them from a source checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / f"{harness}.py").exists() or not (root / "tests" / "receiver.py").exists():
-        print(f"tailrace: bench needs a source checkout (bench/{harness}.py and tests/ beside collector/); "
-              f"{root} has none", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(root))
+    """The harnesses ship in the package (`collector.harness`): they run from a wheel too."""
     import importlib
 
-    importlib.import_module(f"bench.{harness}").main(argv)
+    importlib.import_module(f"collector.harness.{harness}").main(argv)
     return 0
 
 
@@ -295,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--once", action="store_true", help="print one view (two samples `interval` apart) and exit")
     bench = sub.add_parser(
         "bench",
-        help="the benchmark harnesses (a source checkout): watchmodes or throughput",
-        description="Runs bench/watchmodes.py (watch modes side by side, and the OpenTelemetry "
-        "Collector's filelog receiver with --modes ...,otelcol) or bench/throughput.py (bulk read). "
+        help="the benchmark harnesses: watchmodes or throughput",
+        description="Runs the watch-mode harness (watch modes side by side; --quick --dir DIR recommends one "
+        "for DIR's filesystem; the OpenTelemetry Collector's filelog receiver with --modes ...,otelcol from a "
+        "checkout) or the bulk-read throughput harness (--corpus DIR replays your logs). "
         "`tailrace bench watchmodes --help` lists the workloads and options.",
         formatter_class=fmt,
-        epilog="example:\n  tailrace bench watchmodes --workload appends --files 200 --modes inotify,poll",
+        epilog="example:\n  tailrace bench watchmodes --quick --dir /var/log/bench\n"
+               "  tailrace bench watchmodes --workload appends --files 200 --modes inotify,poll",
     )
     bench.add_argument("harness", choices=["watchmodes", "throughput"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the harness")

@@ -27,10 +27,10 @@ import yaml
 
 from collector.flow import config
 from collector.flow.pipeline import Pipeline
-from tests.appender import kube_paths
+from collector.harness import appender
+from collector.harness.appender import kube_paths
 from tests.conftest import ROOT, base_config
 
-APPENDER = str(ROOT / "tests" / "appender.py")
 BUDGETS = ROOT / "tests" / "budgets.yaml"
 # Every kind of call the core counts (`stat_family` = fstat + stat: the fstat guard's count).
 KINDS = ("read", "stat_family", "open", "close", "lseek", "readdir", "inotify_read", "inotify_remask", "fadvise",
@@ -122,7 +122,7 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             trio.lowlevel.add_instrument(wakeups)
             t0 = trio.current_time()
             writer = await trio.lowlevel.open_process(
-                [sys.executable, APPENDER, str(logs), str(w.files), str(w.rate), str(w.seconds), *args],
+                [*appender.COMMAND, str(logs), str(w.files), str(w.rate), str(w.seconds), *args],
                 stdout=subprocess.DEVNULL)
             assert await writer.wait() == 0
             # Wakeups while lines are written (the wait below polls, and is not counted).

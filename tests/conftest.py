@@ -172,7 +172,7 @@ class Otelcol:
     (OTLP JSON lines, appended, flushed every 10 ms)."""
 
     def __init__(self, binary: Path, workdir: Path) -> None:
-        from tests.receiver import free_port
+        from collector.harness.receiver import free_port
 
         self.binary = binary
         self.port = free_port()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.appender import PIECE, kubelet_rotate
+from collector.harness.appender import PIECE, kubelet_rotate
 
 
 def split(data: bytes, whole_chars: bool) -> list[bytes]:

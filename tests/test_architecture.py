@@ -21,10 +21,10 @@ from collector import _native
 from collector.flow import config
 from collector.flow.outputs import Output, build
 from collector.flow.pipeline import Pipeline, lock_state_dir, standalone_tailer, tailer_options_for
+from collector.harness.receiver import Receiver
 from collector.observe.admin import Admin
 from collector.observe.telemetry import Telemetry
 from tests.conftest import ROOT
-from tests.receiver import Receiver
 
 
 async def until(cond: Callable[[], Any], deadline_s: float, what: str) -> None:

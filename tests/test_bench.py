@@ -33,3 +33,41 @@ def test_tailrace_bench_watchmodes_accounts_for_every_line(tmp_path: Path) -> No
 def test_tailrace_bench_names_the_harnesses(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "bench", "nope"], capture_output=True, text=True)
     assert r.returncode == 64 and "watchmodes" in r.stderr and "throughput" in r.stderr  # a usage error
+
+
+def test_both_harnesses_replay_a_corpus_of_real_logs(tmp_path: Path) -> None:
+    """`--corpus DIR`: the writers replay the lines of DIR's files (README/LICENSE left out);
+    every line is accounted for, and the bulk file is whole lines of the corpus in order."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.log").write_text("GET /index 200\n\nPOST /login 401\n")
+    (corpus / "b.log").write_text("kernel: eth0 up\n")
+    (corpus / "LICENSE").write_text("not a log line\n")
+    from collector.harness.appender import corpus_lines
+    from collector.harness.throughput import make_corpus_file
+
+    assert corpus_lines(str(corpus)) == [b"GET /index 200", b"POST /login 401", b"kernel: eth0 up"]
+    one = b"GET /index 200\nPOST /login 401\nkernel: eth0 up\n"
+    data = tmp_path / "bulk.log"
+    # 2.5 periods of the corpus, cut at a whole line (the half period holds one line of 15 bytes
+    # + newline, not the second, which would pass the limit).
+    assert make_corpus_file(data, 2 * len(one) + 20, str(corpus)) == 7
+    assert data.read_bytes() == one * 2 + b"GET /index 200\n"
+    results = tmp_path / "results"
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "bench", "watchmodes", "--workload", "appends", "--files", "2",
+         "--rate", "200", "--seconds", "1", "--modes", "inotify", "--runs", "1", "--results", str(results),
+         "--corpus", str(corpus)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = orjson.loads(next(results.glob("watchmodes-appends-*.json")).read_bytes())["rows"]
+    assert (row["expected_lines"], row["lost"], row["duplicated"], row["corpus"]) == (200, 0, 0, str(corpus))
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "bench", "throughput", "--gib", "0.0001", "--runs", "1", "--outputs",
+         "otlp_http", "--corpus", str(corpus), "--dir", str(tmp_path / "work"), "--results", str(results)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]  # the receiver counted every line of the file, or it exits non-zero
+    (res,) = [orjson.loads(p.read_bytes()) for p in results.glob("throughput-*.json")]
+    assert res["input"]["content"] == f"corpus {corpus}" and res["input"]["lines"] == 107_374 // len(one) * 3 + 1

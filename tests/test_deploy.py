@@ -143,13 +143,25 @@ def test_the_dockerfile_install_steps_in_a_fresh_virtualenv(tmp_path: Path) -> N
     subprocess.run([str(pip), "install", "--quiet", "--disable-pip-version-check", str(wheel)], check=True, timeout=900)
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     run = lambda *a: subprocess.run(  # noqa: E731
-        [str(env_dir / "bin" / a[0]), *a[1:]], capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=120
+        [str(env_dir / "bin" / a[0]), *a[1:]], capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=300
     )
     v = run("tailrace", "--version")
     assert v.returncode == 0 and v.stdout.startswith("tailrace "), v.stderr
     chk = run("tailrace", "check-config", str(ROOT / "configs" / "kubernetes.yaml"))
     assert chk.returncode == 0 and "ok (1 inputs, 1 outputs)" in chk.stdout, chk.stderr
     assert run("py-spy", "--version").returncode == 0
+    # The harness runs from the wheel: a quick comparison on a directory of our choosing, with
+    # every line accounted for in each mode and a recommendation; and a small bulk read.
+    (tmp_path / "judged").mkdir()
+    q = run("tailrace", "bench", "watchmodes", "--quick", "--dir", str(tmp_path / "judged"), "--results",
+            str(tmp_path / "res"))
+    assert q.returncode == 0, q.stderr
+    for mode in ("auto", "inotify", "poll"):
+        assert re.search(rf"^  {mode}: [0-9.]+ µs of CPU per line, .* lost 0, duplicated 0$", q.stdout, re.M), q.stdout
+    assert "Recommendation: watch: auto (" in q.stdout and not list((tmp_path / "judged").iterdir())
+    b = run("tailrace", "bench", "throughput", "--gib", "0.01", "--runs", "1", "--outputs", "otlp_http",
+            "--dir", str(tmp_path / "bulk"), "--results", str(tmp_path / "res"))
+    assert b.returncode == 0 and re.search(r"^\| otlp_http \| 0\.01 GiB", b.stdout, re.M), b.stderr
     # The demo's example is inside the package; nothing but the package lands in site-packages.
     (site,) = (env_dir / "lib").glob("python3*/site-packages")
     assert (site / "collector" / "local.yaml").read_text() == (ROOT / "configs" / "local.yaml").read_text()

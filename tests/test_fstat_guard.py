@@ -12,16 +12,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from collector.harness.appender import COMMAND
 from tests import budget
-from tests.conftest import ROOT, base_config, count_records, require_tool, wait_for
-
-APPENDER = str(ROOT / "tests" / "appender.py")
+from tests.conftest import base_config, count_records, require_tool, wait_for
 
 
 def stat_family(s: dict[str, int]) -> int:
@@ -116,7 +114,7 @@ def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line
         wait_for(lambda: _attached(trace_log.read_text()) >= threads, 10, f"strace attached to {threads} threads")
         before = _stats_dump(t, 1)
         subprocess.run(
-            [sys.executable, APPENDER, str(logs), str(files), str(rate), str(seconds)], check=True, capture_output=True
+            [*COMMAND, str(logs), str(files), str(rate), str(seconds)], check=True, capture_output=True
         )
         lines = int(files * rate * seconds)
         wait_for(lambda: count_records(out) == files + lines, 60, "every line delivered")

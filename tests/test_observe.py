@@ -16,15 +16,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector.harness.appender import spawn
 from collector.observe.profiler import Profile, is_stat_frame, syscall_of
 from tests.conftest import ROOT, base_config, require_tool, wait_for
-
-
-def appender(directory: Path, files: int, rate: float, seconds: float) -> subprocess.Popen[str]:
-    args = [sys.executable, str(ROOT / "tests" / "appender.py"), str(directory), str(files), str(rate), str(seconds)]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "started"
-    return p
 
 
 def test_profile_parsing_share_and_renderings() -> None:
@@ -89,7 +83,7 @@ def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any]
     cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": 100, "min_samples": 20}
     t = tailrace(cfg).start()
     wait_for(lambda: t.get("/stats")[0] == 200, 30, "the admin endpoint")
-    w = appender(logs, 200, 50, 14)  # 10,000 one-line appends per second
+    w = spawn(logs, 200, 50, 14)  # 10,000 one-line appends per second
     profiles = lambda: json.loads(t.get("/stats")[1])["profiler"]  # noqa: E731
     first = wait_for(lambda: profiles()["profiles"] >= 1 and profiles(), 30, "a first profile")
     # The first profile may include start-up; judge a profile taken wholly under the workload.
@@ -188,7 +182,7 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
 
 
 def test_readyz_says_why_an_output_is_not_ready(tmp_path: Path, tailrace: Any) -> None:
-    from tests.receiver import RefusingPort
+    from collector.harness.receiver import RefusingPort
 
     refusing = RefusingPort()  # held for the whole test: nobody can listen there
     logs = tmp_path / "logs"
@@ -318,7 +312,7 @@ def test_tailrace_profile_command_writes_a_flamegraph(tmp_path: Path, tailrace: 
 
 
 def test_metrics_are_pushed_as_otlp_when_configured(tmp_path: Path, tailrace: Any) -> None:
-    from tests.receiver import Receiver
+    from collector.harness.receiver import Receiver
 
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -1,5 +1,5 @@
 """otlp_http end to end: the real OpenTelemetry Collector as the receiver, and the tests' own
-loopback receiver (tests/receiver.py) for faults it cannot make. Every line written is
+loopback receiver (collector/harness/receiver.py) for faults it cannot make. Every line written is
 accounted for: delivered exactly once, or (where the issue allows) duplicated within a bound
 the test computes and reports."""
 
@@ -10,7 +10,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 import pytest
 
 from collector._native import read_checkpoints
-from tests.conftest import ROOT, Otelcol, stopped_stats, wait_for
-from tests.receiver import Receiver
+from collector.harness.appender import spawn
+from collector.harness.receiver import Receiver
+from tests.conftest import Otelcol, stopped_stats, wait_for
 
 
 def otlp_config(tmp_path: Path, endpoint: str, paths: list[str] | None = None, **out: Any) -> dict[str, Any]:
@@ -60,11 +60,7 @@ def all_lines(directory: Path) -> collections.Counter[str]:
 
 
 def appender(directory: Path, files: int, rate: float, seconds: float, rotate_kib: int = 0) -> subprocess.Popen[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, str(ROOT / "tests" / "appender.py"), str(directory), str(files), str(rate), str(seconds)]
-    p = subprocess.Popen([*args, *([str(rotate_kib)] if rotate_kib else [])], stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "started"
-    return p
+    return spawn(directory, files, rate, seconds, rotate_kib)
 
 
 def finish(p: subprocess.Popen[str]) -> int:
@@ -439,7 +435,7 @@ def test_header_files_are_reread_and_never_logged(tmp_path: Path, tailrace) -> N
 
 
 def test_spool_survives_a_restart_and_replays_exactly_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
-    from tests.receiver import RefusingPort
+    from collector.harness.receiver import RefusingPort
 
     refusing = RefusingPort()  # nobody listens until the receiver below
     port = refusing.port

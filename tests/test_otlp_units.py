@@ -18,9 +18,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from collector.flow import config
 from collector.flow.outputs.otlp_http import logs_url, partial_success, retry_after, server_message, transcode
 from collector.flow.spool import Spool
+from collector.harness.receiver import Receiver
 from collector.http import Response, Target, proxy_for
 from tests.conftest import require_tool, stopped_stats, wait_for
-from tests.receiver import Receiver
 from tests.test_otlp import account, otlp_config, write_files
 
 

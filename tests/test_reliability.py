@@ -39,7 +39,7 @@ def proc_io(pid: int) -> dict[str, int]:
 def unreachable(tmp_path: Path, lines: list[str], top: dict[str, Any], **output: Any) -> tuple[Any, dict[str, Any]]:
     """`lines` in logs/a.log, shipped by OTLP/HTTP to a port where nobody listens yet (held:
     `RefusingPort`, released for the receiver a test starts there): the port and the config."""
-    from tests.receiver import RefusingPort
+    from collector.harness.receiver import RefusingPort
 
     refusing = RefusingPort()
     logs = tmp_path / "logs"
@@ -157,7 +157,7 @@ def test_readyz_turns_503_on_a_full_spool_and_back_once_delivered(tmp_path: Path
     """The README's readiness claim: an output that cannot deliver and whose spool is full makes
     /readyz answer 503 naming it; once the receiver is back, everything is delivered exactly
     once and /readyz answers 200."""
-    from tests.receiver import Receiver
+    from collector.harness.receiver import Receiver
 
     refusing, cfg = unreachable(tmp_path, [f"line {i:05d} {'x' * 200}" for i in range(2000)],
                                 {"batch": {"max_records": 100}}, spool={"after": "100ms", "max_bytes": "4KiB"})
@@ -179,7 +179,7 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
     so the next start sends it."""
     import signal
 
-    from tests.receiver import Receiver
+    from collector.harness.receiver import Receiver
 
     refusing, cfg = unreachable(tmp_path, [f"line {i}" for i in range(500)], {"shutdown_grace": "120s"},
                                 spool={"enabled": False})
@@ -208,8 +208,8 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     waits behind it; once there is room and the receiver is back, every line arrives once."""
     import subprocess
 
+    from collector.harness.receiver import Receiver
     from tests.conftest import require_tool
-    from tests.receiver import Receiver
 
     prlimit = require_tool("prlimit", "to make the spool's writes fail as on a full disk")
     refusing, cfg = unreachable(tmp_path, [f"line {i:04d} {'y' * 1000}" for i in range(400)],

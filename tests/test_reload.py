@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from collector.harness.receiver import Receiver
 from tests.conftest import wait_for
-from tests.receiver import Receiver
 from tests.test_otlp import account, all_lines, appender, finish
 
 

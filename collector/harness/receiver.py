@@ -1,10 +1,10 @@
-"""A loopback OTLP/HTTP logs receiver of the tests' own, for what the OpenTelemetry Collector
-cannot do on demand: 503 storms with `Retry-After`, slow answers, 413 above a body size, 415 to
+"""A loopback OTLP/HTTP logs receiver (the tests' and the benchmark harness's), for what the
+OpenTelemetry Collector cannot do on demand: 503 storms with `Retry-After`, slow answers, 413 above a body size, 415 to
 zstd, 400/401 answers, partial success. Decodes every request with the official generated
 classes (opentelemetry-proto), so it is an independent check of tailrace's encoder.
 
 In a test: `with Receiver() as r: ...` (a thread). As a process (benchmarks):
-`python -m tests.receiver --port N [--count-only]` prints `listening PORT`, then one JSON line
+`python -m collector.harness.receiver --port N [--count-only]` prints `listening PORT`, then one JSON line
 of totals when it gets SIGTERM."""
 
 from __future__ import annotations

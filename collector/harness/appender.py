@@ -5,7 +5,7 @@ Prints `started` when its files exist and `done <lines>` at the end. With APPEND
 in the environment, each line's text after its time and position is the next line of the
 files under DIR (real content), not padding.
 
-    python tests/appender.py DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB [kubernetes]]
+    python -m collector.harness.appender DIR FILES LINES_PER_FILE_PER_SECOND SECONDS [ROTATE_KIB [kubernetes]]
 
 `kubernetes`: the files are containers of a node (`kube_paths`: 3 namespaces × pods × 2
 containers, the kubelet's layout), each line a CRI line (`<time> stdout F <message>`), every
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 PIECE = 16 * 1024
 
@@ -52,6 +54,29 @@ def kubelet_rotate(path: str, generation: int, rotated: list[str], keep: int = 4
     rotated.append(f"{path}.{stamp}")
     while len(rotated) > keep - 1:
         os.unlink(rotated.pop(0))
+
+
+COMMAND = [sys.executable, "-m", "collector.harness.appender"]
+
+
+def spawn(directory: Path, files: int, rate: float, seconds: float, rotate_kib: int = 0, kubernetes: bool = False,
+          corpus: str | None = None, wait_started: bool = True) -> subprocess.Popen[str]:
+    """This writer in a process of its own (its CPU is not the measured one's), once its files
+    exist (`started` read) unless `wait_started` is False; `done <lines>` is its last output."""
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [*COMMAND, str(directory), str(files), str(rate), str(seconds)]
+    if rotate_kib or kubernetes:
+        args.append(str(rotate_kib))
+    if kubernetes:
+        args.append("kubernetes")
+    env = {**os.environ, "APPENDER_CORPUS": corpus} if corpus else None
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    if wait_started:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "started":
+            raise RuntimeError(f"the appender did not start: {line!r} (exit {p.wait()})")
+    return p
 
 
 def corpus_lines(directory: str) -> list[bytes]:
