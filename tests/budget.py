@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                 entry[unit][kind] = {"measured": float(f"{m:.4g}"), "allowed": _allowed(m, floor)}
         doc[name] = entry
     BUDGETS.write_text(HEADER.format(runs=args.runs, floor_calls=FLOOR_CALLS, second_floor=PER_SECOND_FLOOR)
-                       + yaml.safe_dump(doc, sort_keys=False))
+                       + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120))
     print(f"wrote {BUDGETS}", file=sys.stderr)
 
 
