@@ -127,9 +127,17 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             assert await writer.wait() == 0
             # Wakeups while lines are written (the wait below polls, and is not counted).
             woke, elapsed = wakeups.n, trio.current_time() - t0
-            with trio.fail_after(120):
+            with trio.move_on_after(180):
                 while p.records_delivered < w.files + w.written:  # noqa: ASYNC110
                     await trio.sleep(0.05)
+            if p.records_delivered < w.files + w.written:  # say what is missing, not only "too slow"
+                s = p.stats()
+                raise AssertionError(
+                    f"{p.records_delivered} of {w.files + w.written} records delivered after 180 s: "
+                    + " ".join(f"{k}={s[k]}" for k in ("lines", "records_delivered", "rotations", "deletions",
+                                                       "truncations", "open_errors", "read_errors", "parse_errors",
+                                                       "files_open", "recovered_from_gzip", "inotify_overflows")
+                               if k in s))
         trio.lowlevel.remove_instrument(wakeups)
         after = p.stats()
         p.request_stop()
