@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.harness.appender import spawn
-from collector.observe.profiler import Profile, is_stat_frame, syscall_of
+from collector.observe.profiler import Profile, Profiler, is_stat_frame, syscall_of
 from tests.conftest import ROOT, base_config, require_tool, wait_for
 
 
@@ -60,6 +60,11 @@ def test_profile_parsing_share_and_renderings() -> None:
     # libc's non-syscalls are not syscalls; idle samples are not counted.
     assert p.syscall_samples() == {"statx": 30, "pread": 60}
     assert p.syscall_shares() == {"pread": 0.6, "statx": 0.3}
+    # Hot: over the threshold with HOT_MIN_SAMPLES of its own, not the data path's reads.
+    judge = Profiler(Path("/nonexistent"), every=1, duration=1, rate=1, threshold=0.10, min_samples=20)
+    small = Profile.parse("a;accept4 (libc.so.6) 3\na;x (y.py:1) 22\n")
+    big = Profile.parse("a;posix_fadvise64 (libc.so.6) 15\na;pread64 (libc.so.6) 40\na;x (y.py:1) 45\n")
+    assert judge.hot_syscalls(small) == [] and judge.hot_syscalls(big) == [("posix_fadvise", 0.15)]
     for frame, name in (("posix_fadvise64 (libc.so.6)", "posix_fadvise"), ("__GI___fstatat64 (libc.so.6)", "fstatat"),
                         ("__libc_read (libc.so.6)", "read"), ("lseek64 (libc.so.6)", "lseek"),
                         ("0x7f99f7f278ec (libc.so.6)", None), ("pthread_mutex_lock (libc.so.6)", None),
@@ -85,6 +90,8 @@ def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any]
     wait_for(lambda: t.get("/stats")[0] == 200, 30, "the admin endpoint")
     w = spawn(logs, 200, 50, 14)  # 10,000 one-line appends per second
     profiles = lambda: json.loads(t.get("/stats")[1])["profiler"]  # noqa: E731
+    # (The test's own requests are samples too: accept4 and the admin's work; a syscall needs
+    # HOT_MIN_SAMPLES of its own to be hot, so a few of them are not a finding.)
     first = wait_for(lambda: profiles()["profiles"] >= 1 and profiles(), 30, "a first profile")
     # The first profile may include start-up; judge a profile taken wholly under the workload.
     prof = wait_for(lambda: (p := profiles())["profiles"] >= first["profiles"] + 1 and p, 30, "a second profile")

@@ -65,6 +65,7 @@ SYSCALLS = _words(
 # The work itself (reading files, sending batches): reported, never a warning.
 DATA_PATH = _words("read pread readv preadv write pwrite writev pwritev sendto recvfrom sendmsg recvmsg send recv "
                    "futex syscall")
+HOT_MIN_SAMPLES = 10
 _NATIVE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*) \((?P<module>[^)]*)\)$")
 
 
@@ -304,11 +305,14 @@ class Profiler:
         return prof
 
     def hot_syscalls(self, prof: Profile) -> list[tuple[str, float]]:
-        """Syscalls over `threshold` of a profile's samples (enough samples to judge), the data
-        path's own (reads, sends) left out."""
+        """Syscalls over `threshold` of a profile's samples (enough samples to judge, and at
+        least `HOT_MIN_SAMPLES` of its own: 3 samples of 25 are not a finding), the data path's
+        own (reads, sends) left out."""
         if prof.samples < self.min_samples:
             return []
-        return [(k, v) for k, v in prof.syscall_shares().items() if v > self.threshold and k not in DATA_PATH]
+        counts = prof.syscall_samples()
+        return [(k, n / prof.samples) for k, n in counts.most_common()
+                if n / prof.samples > self.threshold and n >= HOT_MIN_SAMPLES and k not in DATA_PATH]
 
     def _prune(self) -> None:
         for suffix in (".collapsed", ".svg"):
