@@ -83,7 +83,8 @@ async def _run(
 
         pc = cfg.profiler
         profiler = Profiler(Path(cfg.state_dir) / "profiles", every=pc.every, duration=pc.duration,
-                            rate=pc.rate, threshold=pc.threshold, min_samples=pc.min_samples, keep=pc.keep)
+                            rate=pc.rate, threshold=pc.threshold, syscall_threshold=pc.syscall_threshold,
+                            min_samples=pc.min_samples, keep=pc.keep)
     from collector.observe.telemetry import Telemetry
 
     telemetry = Telemetry(pipeline, profiler, reloads)

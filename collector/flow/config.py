@@ -262,6 +262,9 @@ class ProfilerConfig(_Strict):
     rate: int = 50
     # Warn when more than this share of samples is in stat-family syscalls (with >= min_samples).
     threshold: float = 0.10
+    # Warn when more than this share of samples is in any one other syscall (with >= min_samples,
+    # and 10 samples of its own; the data path's reads and sends are not judged).
+    syscall_threshold: float = 0.05
     min_samples: int = 200
     keep: int = 12
 
@@ -272,6 +275,8 @@ class ProfilerConfig(_Strict):
             raise ValueError("rate: between 1 and 1000 (Hz)")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold: a share between 0 and 1, like 0.10")
+        if not 0 < self.syscall_threshold < 1:
+            raise ValueError("syscall_threshold: a share between 0 and 1, like 0.05")
         if self.keep < 1:
             raise ValueError("keep: at least 1")
 

@@ -236,10 +236,12 @@ class Profiler:
     """The trio service: a profile every `every`, the newest `keep` kept on disk."""
 
     def __init__(self, directory: Path, *, every: float, duration: float, rate: int, threshold: float,
+                 syscall_threshold: float = 0.05,
                  min_samples: int = 200, keep: int = 12) -> None:
         self.dir = directory
         self.every, self.duration, self.rate = every, duration, rate
         self.threshold, self.min_samples, self.keep = threshold, min_samples, keep
+        self.syscall_threshold = syscall_threshold
         self.profiles = 0
         self.failures = 0
         self.last_share: float | None = None
@@ -298,21 +300,21 @@ class Profiler:
             self.syscall_warnings += 1
             log.warning(
                 "profiler: hot syscalls above the threshold of "
-                f"{100 * self.threshold:.0f}% of samples: "
+                f"{100 * self.syscall_threshold:.0f}% of samples: "
                 + ", ".join(f"{name} {100 * share:.1f}%" for name, share in hot)
                 + f"; see {svg}", samples=prof.samples,
             )
         return prof
 
     def hot_syscalls(self, prof: Profile) -> list[tuple[str, float]]:
-        """Syscalls over `threshold` of a profile's samples (enough samples to judge, and at
+        """Syscalls over `syscall_threshold` of a profile's samples (enough samples to judge, and at
         least `HOT_MIN_SAMPLES` of its own: 3 samples of 25 are not a finding), the data path's
         own (reads, sends) left out."""
         if prof.samples < self.min_samples:
             return []
         counts = prof.syscall_samples()
         return [(k, n / prof.samples) for k, n in counts.most_common()
-                if n / prof.samples > self.threshold and n >= HOT_MIN_SAMPLES and k not in DATA_PATH]
+                if n / prof.samples > self.syscall_threshold and n >= HOT_MIN_SAMPLES and k not in DATA_PATH]
 
     def _prune(self) -> None:
         for suffix in (".collapsed", ".svg"):
