@@ -82,11 +82,13 @@ def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any]
     logs.mkdir()
     for i in range(200):
         (logs / f"w{i:04d}.log").write_bytes(b"")
-    cfg = base_config(tmp_path, [str(logs / "*.log")], watch=watch)
+    # The default look cadence for inotify (the test config's 200 ms would stat all 200 files five
+    # times a second: the profile would judge the test's setting, not the watcher).
+    cfg = base_config(tmp_path, [str(logs / "*.log")], watch=watch, rescan_interval="60s")
     cfg["outputs"] = [{"type": "blackhole"}]
-    # min_samples 20: a profile of the inotify run (~80 samples) is judged too, so its silence
+    # min_samples 20: a profile of the inotify run (~50-100 samples at 250 Hz) is judged too, so its silence
     # is a finding, not a profile too small to warn about.
-    cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": 100, "min_samples": 20}
+    cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": 250, "min_samples": 20}
     t = tailrace(cfg).start()
     wait_for(lambda: t.get("/stats")[0] == 200, 30, "the admin endpoint")
     w = spawn(logs, 200, 50, 14)  # 10,000 one-line appends per second
