@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from collector.harness.watchmodes import CHECKOUT, RESULTS, ROOT, _shown
+from collector.harness.watchmodes import CHECKOUT, RESULTS, ROOT, _shown, trees
 
 WORDS = (
     "request", "served", "cache", "miss", "upstream", "timeout", "retry", "user", "session",
@@ -130,7 +130,7 @@ class LoopbackReceiver:
         return dict(orjson.loads(out.strip().splitlines()[-1]))
 
 
-def one_run(data: Path, size: int, lines: int, work: Path, output: str) -> dict[str, float]:
+def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Path | None = None) -> dict[str, float]:
     state = work / "state"
     cfg = work / "bench.yaml"
     receiver = LoopbackReceiver() if output == "otlp_http" else None
@@ -144,7 +144,7 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str) -> dict[
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(cfg)],
-        cwd=work,
+        cwd=tree or work, env={**os.environ, "PYTHONPATH": str(tree)} if tree else None,
     )
     last = 0.0
     while (done := committed(state)) < size:
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--content", choices=["repetitive", "varied"], default="repetitive")
     ap.add_argument("--corpus", default=None, help="a directory of log files to replay instead of generated lines")
     ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON")
+    ap.add_argument("--tree", action="append", default=[],
+                    help="run tailrace from this checkout (repeat to compare versions side by side)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     results = Path(args.results)
@@ -211,15 +213,17 @@ def main(argv: list[str] | None = None) -> None:
         content = f"{args.line_bytes}-byte {args.content} lines"
     size = data.stat().st_size
     warm(data)
-    outputs = args.outputs.split(",")
-    runs: dict[str, list[dict[str, float]]] = {o: [] for o in outputs}
-    for i in range(args.runs):
-        for output in outputs:
+    several = len(args.tree) > 1
+    cells = [(o, t, f"{o} ({t.name})" if several and t else o) for o in args.outputs.split(",")
+             for t in trees(args.tree)]
+    runs: dict[str, list[dict[str, float]]] = {label: [] for _, _, label in cells}
+    for i in range(args.runs):  # interleaved: run i of every cell, then run i + 1
+        for output, tree, label in cells:
             with tempfile.TemporaryDirectory() as work:
-                print(f"run {i + 1}/{args.runs}: {output}", file=sys.stderr, flush=True)
-                r = one_run(data, size, lines, Path(work), output)
+                print(f"run {i + 1}/{args.runs}: {label}", file=sys.stderr, flush=True)
+                r = one_run(data, size, lines, Path(work), output, tree)
                 print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
-                runs[output].append(r)
+                runs[label].append(r)
     med = {o: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for o, rs in runs.items()}
     result = {
         "benchmark": "bulk read-from-head, per output",
@@ -246,12 +250,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {m['peak_rss_mib']:.0f} | "
             f"{m['wall_s']:.1f} |"
         )
-    if "otlp_http" in med:
-        m = med["otlp_http"]
-        rows.append(
-            f"\notlp_http: {m['wire_bytes'] / 1e6:.0f} MB on the wire (zstd, {size / m['wire_bytes']:.1f}x), "
-            f"{m['requests']:.0f} requests"
-        )
+    for label, m in med.items():
+        if "wire_bytes" in m:
+            rows.append(f"\n{label}: {m['wire_bytes'] / 1e6:.0f} MB on the wire (zstd, {size / m['wire_bytes']:.1f}x), "
+                        f"{m['requests']:.0f} requests")
     print("\n".join(rows) + f"\n\nraw: {_shown(out)}")
 
 
