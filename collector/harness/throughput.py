@@ -130,11 +130,14 @@ class LoopbackReceiver:
         return dict(orjson.loads(out.strip().splitlines()[-1]))
 
 
-def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Path | None = None) -> dict[str, float]:
+def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Path | None = None,
+            level: int | None = None) -> dict[str, float]:
     state = work / "state"
     cfg = work / "bench.yaml"
     receiver = LoopbackReceiver() if output == "otlp_http" else None
-    out = f"{{type: otlp_http, endpoint: 'http://127.0.0.1:{receiver.port}'}}" if receiver else "{type: blackhole}"
+    lvl = f", compression_level: {level}" if level is not None else ""
+    out = (f"{{type: otlp_http, endpoint: 'http://127.0.0.1:{receiver.port}'{lvl}}}" if receiver
+           else "{type: blackhole}")
     cfg.write_text(
         f"state_dir: {state}\n"
         f"inputs: [{{name: bulk, paths: ['{data}']}}]\n"
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", default=str(RESULTS), help="directory for the raw JSON")
     ap.add_argument("--tree", action="append", default=[],
                     help="run tailrace from this checkout (repeat to compare versions side by side)")
+    ap.add_argument("--levels", default="", help="otlp_http compression levels side by side, e.g. 1,-1,-3 "
+                    "(zstd's negative levels are its fast modes); default: the output's default")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     results = Path(args.results)
@@ -214,14 +219,16 @@ def main(argv: list[str] | None = None) -> None:
     size = data.stat().st_size
     warm(data)
     several = len(args.tree) > 1
-    cells = [(o, t, f"{o} ({t.name})" if several and t else o) for o in args.outputs.split(",")
-             for t in trees(args.tree)]
-    runs: dict[str, list[dict[str, float]]] = {label: [] for _, _, label in cells}
+    levels: list[int | None] = [int(v) for v in args.levels.split(",")] if args.levels else [None]
+    cells = [(o, t, lv, f"{o}{f' ({t.name})' if several and t else ''}{f' level {lv}' if lv is not None else ''}")
+             for o in args.outputs.split(",") for t in trees(args.tree)
+             for lv in (levels if o == "otlp_http" else [None])]
+    runs: dict[str, list[dict[str, float]]] = {label: [] for *_, label in cells}
     for i in range(args.runs):  # interleaved: run i of every cell, then run i + 1
-        for output, tree, label in cells:
+        for output, tree, level, label in cells:
             with tempfile.TemporaryDirectory() as work:
                 print(f"run {i + 1}/{args.runs}: {label}", file=sys.stderr, flush=True)
-                r = one_run(data, size, lines, Path(work), output, tree)
+                r = one_run(data, size, lines, Path(work), output, tree, level)
                 print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
                 runs[label].append(r)
     med = {o: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for o, rs in runs.items()}
