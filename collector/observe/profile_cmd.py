@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import trio
 
-from collector.observe.profiler import DATA_PATH, Profile, record
+from collector.observe.profiler import NOT_JUDGED, Profile, record
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,9 +51,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{prof.samples} samples; stat-family share {100 * prof.stat_share():.1f}% "
           f"({prof.stat_samples()} samples)")
     counts = prof.syscall_samples()
-    print(f"\n{'share%':>7} {'samples':>8}  syscall (leaf-most wrapper frame; * over 10%, not the data path)")
+    print(f"\n{'share%':>7} {'samples':>8}  syscall (leaf-most wrapper frame; * over 10%, not data path or disk wait)")
     for name, n in counts.most_common():
-        hot = "*" if n / total > 0.10 and name not in DATA_PATH else " "
+        hot = "*" if n / total > 0.10 and name not in NOT_JUDGED else " "
         print(f"{100 * n / total:7.1f} {n:8d} {hot} {name}")
     print(f"\n{'total%':>7} {'self%':>6}  frame")
     for frame, self_n, total_n in prof.top(20):
