@@ -114,6 +114,17 @@ class Tailrace:
             self.proc = None
 
 
+@pytest.fixture(autouse=True)
+def _collect_what_the_test_left() -> Iterator[None]:
+    """A cycle collection after each test: an object a test left unclosed (a socket, a file) is
+    reported (as an error: `filterwarnings = error`) in the test that left it, not in whichever
+    test the collector happens to run in later."""
+    yield
+    import gc
+
+    gc.collect()
+
+
 @pytest.fixture
 def tailrace(tmp_path: Path) -> Iterator[Callable[..., Tailrace]]:
     started: list[Tailrace] = []

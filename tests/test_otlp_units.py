@@ -253,8 +253,11 @@ class ConnectProxy:
             except OSError:
                 return
             head = b""
-            while b"\r\n\r\n" not in head:
-                head += client.recv(4096)
+            while b"\r\n\r\n" not in head and (chunk := client.recv(4096)):
+                head += chunk
+            if b"\r\n\r\n" not in head:  # the client went away before asking
+                client.close()
+                continue
             method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
             if method != "CONNECT":
                 client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
@@ -272,9 +275,14 @@ class ConnectProxy:
                 except OSError:
                     pass
                 finally:
+                    # Both ends shut (the other direction's recv ends too), then this direction's
+                    # source closed: each socket is the source of one direction, so both are
+                    # closed once both are done (left to the garbage collector, an unclosed
+                    # socket is a ResourceWarning in whatever test runs then).
                     for s in (a, b):
                         with contextlib.suppress(OSError):
                             s.shutdown(socket.SHUT_RDWR)
+                    a.close()
 
             threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
             threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
