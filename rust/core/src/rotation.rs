@@ -101,6 +101,7 @@ impl Tailer {
         // (readers it created were timed as they were held).
         if dirs.is_none() {
             looked_at = self.readers.keys().copied().collect();
+            looked_at.sort_unstable(); // the journal in key order, whatever the map's
         }
         let ns = unix_ns(wall);
         for k in &looked_at {
@@ -143,12 +144,13 @@ impl Tailer {
     /// new log is as busy. Returns the files that left.
     fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, dirs: Option<&BTreeSet<PathBuf>>, now: Instant) -> Vec<FileKey> {
         let looked_at = |p: &Path| dirs.is_none_or(|d| p.parent().is_some_and(|parent| d.contains(parent)));
-        let moved: Vec<FileKey> = self
+        let mut moved: Vec<FileKey> = self
             .readers
             .values()
             .filter(|r| r.state == FileState::Active && at_path.get(Path::new(&r.source.path)) != Some(&r.key()) && looked_at(Path::new(&r.source.path)))
             .map(|r| r.key())
             .collect();
+        moved.sort_unstable(); // in key order, whatever the map's
         for &key in &moved {
             let r = self.readers.get_mut(&key).expect("listed above");
             r.state = FileState::Draining { since: now };

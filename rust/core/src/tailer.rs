@@ -16,7 +16,7 @@
 //! checkpoints. Every option comes from `TailerConfig`, built by the owner from the
 //! configuration (the one place defaults are written: `collector/flow/config.py`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +26,7 @@ use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::counters::Counters;
 use crate::discovery::{self, Discoverer};
 use crate::error::{Error, Result};
-use crate::identity::{FileKey, Fingerprint};
+use crate::identity::{FileKey, Fingerprint, KeyMap};
 use crate::ledger::{FileEnd, Ledger};
 use crate::naive::NaiveWatcher;
 use crate::otlp::CodecChoice;
@@ -189,7 +189,7 @@ pub struct Tailer {
     pub(crate) cfg: TailerConfig,
     pub(crate) discoverer: Discoverer,
     pub(crate) watcher: Box<dyn Watcher>,
-    pub(crate) readers: BTreeMap<FileKey, FileReader>,
+    pub(crate) readers: KeyMap<FileKey, FileReader>,
     pub(crate) checkpoints: Arc<Mutex<Checkpointer>>,
     ledger: Arc<Ledger>,
     pub(crate) batcher: Batcher,
@@ -282,7 +282,7 @@ impl Tailer {
             cfg,
             discoverer,
             watcher,
-            readers: BTreeMap::new(),
+            readers: KeyMap::default(),
             checkpoints,
             ledger,
             batcher,
@@ -548,19 +548,21 @@ impl Tailer {
                 }
                 let key = pass[i];
                 i += 1;
-                let before = self.readers.get(&key).map_or(0, FileReader::held_bytes);
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady)));
-                let outcome = outcome.unwrap_or_else(|panic| self.contain_panic(key, panic.as_ref()));
+                // One lookup of the reader per file in the common case: it says what it held
+                // before and after its read (a truncation or a contained panic looks again).
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady)));
+                let (outcome, before, mut after) = read.unwrap_or_else(|panic| (self.contain_panic(key, panic.as_ref()), 0, None));
                 match outcome {
                     Outcome::Read(bytes) => progress |= bytes,
                     Outcome::Truncated(bytes) => {
                         progress |= bytes;
                         self.truncated(key, now);
                         pass.append(&mut self.more); // the copy, if any, then the file from 0: now
+                        after = None;
                     }
                     Outcome::Skipped => {}
                 }
-                let after = self.readers.get(&key).map_or(0, FileReader::held_bytes);
+                let after = after.unwrap_or_else(|| self.readers.get(&key).map_or(0, FileReader::held_bytes));
                 held = (held + after).saturating_sub(before);
                 if after != before {
                     self.publish_held(held);
@@ -640,8 +642,12 @@ impl Tailer {
     }
 
     /// Read one file within its budget; files with more to read join `more`.
-    fn read_file(&mut self, key: FileKey, now: Instant, steady: bool) -> Outcome {
-        let Some(r) = self.readers.get_mut(&key) else { return Outcome::Skipped };
+    /// Read one file; returns the outcome with the bytes its reader held for unfinished lines
+    /// before the read and after it (one lookup of the reader: this runs for every file at
+    /// every pass).
+    fn read_file(&mut self, key: FileKey, now: Instant, steady: bool) -> (Outcome, usize, Option<usize>) {
+        let Some(r) = self.readers.get_mut(&key) else { return (Outcome::Skipped, 0, Some(0)) };
+        let before = r.held_bytes();
         self.watcher.before_read(r, &mut self.counters);
         let res = r.read(&mut self.buf, self.cfg.read_budget, self.line_cap, now, &mut self.batcher, &mut self.counters);
         self.watcher.after_read(r, &mut self.counters);
@@ -649,7 +655,7 @@ impl Tailer {
             update_steady(self.watcher.as_mut(), &mut self.counters, key, r, res);
         }
         retime(&mut self.timed, key, r);
-        match res {
+        let outcome = match res {
             Ok(res) if res.replaced => Outcome::Truncated(res.bytes > 0),
             Ok(res) if !res.eof => {
                 self.more.push(key);
@@ -666,10 +672,12 @@ impl Tailer {
                 self.counters.read_errors += 1;
                 let msg = format!("read {}: {e}", r.source.path);
                 r.close(&mut self.counters);
+                let after = r.held_bytes();
                 self.report(format!("read:{}", key.ino), msg);
-                Outcome::Skipped
+                return (Outcome::Skipped, before, Some(after));
             }
-        }
+        };
+        (outcome, before, Some(r.held_bytes()))
     }
 
     // ---- phase 4: timers of single files ----
