@@ -153,6 +153,9 @@ pub struct ReadResult {
     pub eof: bool,
     /// The head no longer matches, or the file is shorter than our position: truncated.
     pub replaced: bool,
+    /// Past the fingerprint: the file is shorter than our position (the first read of the call
+    /// overlapped our last byte and found nothing there). Truncated, if nothing else explains it.
+    pub shrunk: bool,
 }
 
 impl FileReader {
@@ -252,17 +255,6 @@ impl FileReader {
         use std::os::unix::fs::MetadataExt;
         c.syscalls.fstat += 1;
         self.file.as_ref()?.metadata().ok().map(|m| m.size())
-    }
-
-    /// Shorter than our position? Asked with `lseek(fd, 0, SEEK_END)`, the cheapest way to learn
-    /// a size (reads are preads, so moving the file offset costs nothing); not a stat call.
-    pub fn shrunk(&self, c: &mut Counters) -> bool {
-        use std::os::fd::AsRawFd;
-        let Some(f) = self.file.as_ref() else { return false };
-        c.syscalls.lseek += 1;
-        // SAFETY: plain syscall on a descriptor we own.
-        let end = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
-        end >= 0 && (end as u64) < self.pos
     }
 
     /// Through the descriptor: is the file now shorter than our position, or does its head no
@@ -375,7 +367,11 @@ impl FileReader {
     /// Reads are `pread`s at our own position. While that position is within the fingerprint
     /// (a small file), the first read starts at 0 instead: the same one syscall also checks that
     /// the head is still ours, so a truncation followed by new writes past our offset (between
-    /// two reads) is caught as `replaced` instead of read from the middle of a line.
+    /// two reads) is caught as `replaced` instead of read from the middle of a line. Past the
+    /// fingerprint, the first read starts one byte early, at the last byte already read: a read
+    /// that returns nothing at all says the file is now shorter than our position (`shrunk`),
+    /// where an `lseek` per empty read used to ask (one per line for files written about once
+    /// per read period).
     pub fn read(
         &mut self,
         buf: &mut [u8],
@@ -394,6 +390,7 @@ impl FileReader {
         let mut total = 0usize;
         let mut eof = false;
         let mut head_check = !self.fp.bytes.is_empty() && (self.pos as usize) < FINGERPRINT_MAX && buf.len() >= FINGERPRINT_MAX;
+        let mut overlap = !head_check && self.pos > 0 && buf.len() > 1;
         while total < budget.max(1) {
             let Some(file) = self.file.as_ref() else { break };
             c.syscalls.read += 1;
@@ -402,7 +399,7 @@ impl FileReader {
                 // SAFETY: an lseek on a descriptor we own; the result is not used (preads ignore it).
                 unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
             }
-            let at = if head_check { 0 } else { self.pos };
+            let at = if head_check { 0 } else if overlap { self.pos - 1 } else { self.pos };
             let n = match file.read_at(buf, at) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -414,12 +411,19 @@ impl FileReader {
                 let k = self.fp.bytes.len().min(n);
                 if (n as u64) < self.pos || data[..k] != self.fp.bytes[..k] {
                     self.eof = true;
-                    return Ok(ReadResult { bytes: total, eof: true, replaced: true });
+                    return Ok(ReadResult { bytes: total, eof: true, replaced: true, shrunk: false });
                 }
                 data = &data[self.pos as usize..];
                 if n == buf.len() && data.is_empty() {
                     continue;
                 }
+            } else if overlap {
+                overlap = false;
+                if n == 0 {
+                    self.eof = true;
+                    return Ok(ReadResult { bytes: 0, eof: true, replaced: false, shrunk: true });
+                }
+                data = &data[1..];
             }
             if data.is_empty() {
                 eof = true;
@@ -442,7 +446,7 @@ impl FileReader {
             self.last_data = now;
         }
         self.eof = eof;
-        Ok(ReadResult { bytes: total, eof, replaced: false })
+        Ok(ReadResult { bytes: total, eof, replaced: false, shrunk: false })
     }
 
     fn split(&mut self, data: &[u8], start: u64, max_line: usize, now: Instant, sink: &mut dyn LineSink, c: &mut Counters) {
@@ -598,5 +602,49 @@ mod tests {
         // 72 bytes left: one full read of 64, one short read of 8, and no read returning 0.
         assert_eq!((res.bytes, res.eof, sink.0.len()), (72, true, 100));
         assert_eq!(c.syscalls.read - reads, 2);
+    }
+
+    #[test]
+    fn an_empty_read_past_the_fingerprint_tells_a_shrunk_file_without_lseek() {
+        // Past the fingerprint a read starts at the last byte already read: nothing at all
+        // there means the file is shorter than our position. Catches an overlap byte emitted
+        // twice or lost, a shrink missed, and an lseek (or stat) back on the empty read.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        let body: String = (0..100).map(|i| format!("line {i:04}\n")).collect(); // 1,000 bytes
+        std::fs::write(&p, format!("{body}{body}")).unwrap();
+        let mut c = Counters::default();
+        let mut r = open(&p, &mut c);
+        let mut buf = vec![0u8; FINGERPRINT_MAX];
+        let mut sink = Collect::default();
+        let now = Instant::now();
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.eof, res.shrunk, sink.0.len(), r.pos), (2000, true, false, 200, 2000));
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.eof, res.replaced, res.shrunk), (0, true, false, false), "at EOF, not shrunk");
+        // One more byte, then one more line: each read exactly once, the overlap never emitted.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"x").unwrap();
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, r.pos, r.carried(), sink.0.len()), (1, 2001, 1, 200));
+        f.write_all(b"y\n").unwrap();
+        r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!(sink.0.last().unwrap(), &(b"xy".to_vec(), 2003, Flags::default()));
+        // A buffer's worth and more past our position: the overlap is only the first read's.
+        let more = "z".repeat(3000) + "\n";
+        f.write_all(more.as_bytes()).unwrap();
+        let res = r.read(&mut buf, 1 << 20, 1 << 20, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, r.pos), (3001, 5004));
+        assert_eq!(sink.0.last().unwrap(), &(more.trim_end().as_bytes().to_vec(), 5004, Flags::default()));
+        // Truncated below our position: the empty read says so, with no lseek and no stat.
+        f.set_len(1500).unwrap();
+        let (lseeks, stats) = (c.syscalls.lseek, c.syscalls.fstat + c.syscalls.stat);
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.eof, res.shrunk), (0, true, true));
+        assert_eq!((c.syscalls.lseek - lseeks, c.syscalls.fstat + c.syscalls.stat - stats), (0, 0));
+        // Cut to exactly our position is not shorter.
+        r.pos = 1500;
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.shrunk), (0, false));
     }
 }

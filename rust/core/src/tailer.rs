@@ -39,8 +39,7 @@ pub(crate) const STEADY_AFTER: u8 = 3;
 /// Reads in a row that found nothing before a steady file turns back. More than one: a file
 /// written about once per read period (thousands of files at a modest rate) finds nothing at
 /// some reads, and turning it back and forth costs two mask changes (`inotify_add_watch`
-/// through `/proc/self/fd/N`, a path lookup each) where an empty read costs a `pread` and an
-/// `lseek`.
+/// through `/proc/self/fd/N`, a path lookup each) where an empty read costs one `pread`.
 pub(crate) const STEADY_IDLE: u8 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -661,10 +660,11 @@ impl Tailer {
                 self.more.push(key);
                 Outcome::Read(res.bytes > 0)
             }
-            // An event said "written", there was nothing to read, and the file is now shorter
-            // than our position: truncated. (Nothing to read is usually just an event for
-            // bytes an earlier read already took; lseek tells, without a stat.)
-            Ok(res) if res.bytes == 0 && self.watcher.event_driven() && r.state == FileState::Active && r.shrunk(&mut self.counters) => {
+            // An event said "written" (or the file is steady), there was nothing to read, and
+            // the file is now shorter than our position: truncated. (Nothing to read is usually
+            // just an event for bytes an earlier read already took; the read itself tells, see
+            // `FileReader::read`, without a stat or an lseek.)
+            Ok(res) if res.shrunk && self.watcher.event_driven() && r.state == FileState::Active => {
                 Outcome::Truncated(false)
             }
             Ok(res) => Outcome::Read(res.bytes > 0),
