@@ -85,6 +85,22 @@ def _names(logs: Path, w: Workload) -> list[str]:
     return kube_paths(str(logs), w.files) if w.fmt == "cri" else [str(logs / f"w{i:04d}.log") for i in range(w.files)]
 
 
+async def _delivered(p: Pipeline, n: int, seconds: float, what: str) -> None:
+    """Wait until `n` records are delivered; past `seconds`, fail saying what is missing and the
+    pipeline's counters (a bare timeout in CI said nothing of why)."""
+    with trio.move_on_after(seconds):
+        while p.records_delivered < n:  # noqa: ASYNC110 (the pipeline's own counter)
+            await trio.sleep(0.05)
+    if p.records_delivered < n:
+        s = p.stats()
+        raise AssertionError(
+            f"{what}: {p.records_delivered} of {n} records delivered after {seconds:g} s: "
+            + " ".join(f"{k}={s[k]}" for k in ("lines", "records_delivered", "batches_delivered", "files_open",
+                                               "rotations", "deletions", "truncations", "open_errors",
+                                               "read_errors", "parse_errors", "recovered_from_gzip",
+                                               "inotify_overflows", "steps") if k in s))
+
+
 async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str, Any]:
     """The core's counters over the workload (after start-up and discovery for appends; the
     whole read for bulk), plus `wakeups` of the event loop and `elapsed_ms`, and the count of
@@ -108,15 +124,11 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             trio.lowlevel.add_instrument(wakeups)
             t0 = trio.current_time()
             await n.start(p.run)
-            with trio.fail_after(300):
-                while p.records_delivered < w.written:  # noqa: ASYNC110 (the pipeline's own counter)
-                    await trio.sleep(0.05)
+            await _delivered(p, w.written, 300, "the bulk read")
             woke, elapsed = wakeups.n, trio.current_time() - t0
         else:
             await n.start(p.run)
-            with trio.fail_after(60):
-                while p.records_delivered < w.files:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+            await _delivered(p, w.files, 60, "the files' first lines")
             before = p.stats()
             args = [str(w.rotate_kib), "kubernetes"] if w.fmt == "cri" else [str(w.rotate_kib)] if w.rotate_kib else []
             trio.lowlevel.add_instrument(wakeups)
@@ -127,17 +139,7 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             assert await writer.wait() == 0
             # Wakeups while lines are written (the wait below polls, and is not counted).
             woke, elapsed = wakeups.n, trio.current_time() - t0
-            with trio.move_on_after(180):
-                while p.records_delivered < w.files + w.written:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            if p.records_delivered < w.files + w.written:  # say what is missing, not only "too slow"
-                s = p.stats()
-                raise AssertionError(
-                    f"{p.records_delivered} of {w.files + w.written} records delivered after 180 s: "
-                    + " ".join(f"{k}={s[k]}" for k in ("lines", "records_delivered", "rotations", "deletions",
-                                                       "truncations", "open_errors", "read_errors", "parse_errors",
-                                                       "files_open", "recovered_from_gzip", "inotify_overflows")
-                               if k in s))
+            await _delivered(p, w.files + w.written, 180, "every line written")
         trio.lowlevel.remove_instrument(wakeups)
         after = p.stats()
         p.request_stop()
