@@ -550,7 +550,16 @@ impl Tailer {
                 // One lookup of the reader per file in the common case: it says what it held
                 // before and after its read (a truncation or a contained panic looks again).
                 let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady)));
-                let (outcome, before, mut after) = read.unwrap_or_else(|panic| (self.contain_panic(key, panic.as_ref()), 0, None));
+                let (outcome, before, mut after) = match read {
+                    Ok(read) => read,
+                    Err(panic) => {
+                        // What the reader held before is unknown now: count every holder again.
+                        let outcome = self.contain_panic(key, panic.as_ref());
+                        held = self.held_bytes();
+                        self.publish_held(held);
+                        (outcome, 0, Some(0))
+                    }
+                };
                 match outcome {
                     Outcome::Read(bytes) => progress |= bytes,
                     Outcome::Truncated(bytes) => {
@@ -640,10 +649,9 @@ impl Tailer {
         Outcome::Skipped
     }
 
-    /// Read one file within its budget; files with more to read join `more`.
-    /// Read one file; returns the outcome with the bytes its reader held for unfinished lines
-    /// before the read and after it (one lookup of the reader: this runs for every file at
-    /// every pass).
+    /// Read one file within its budget (files with more to read join `more`); returns the
+    /// outcome with the bytes its reader held for unfinished lines before the read and after it
+    /// (one lookup of the reader: this runs for every file at every pass).
     fn read_file(&mut self, key: FileKey, now: Instant, steady: bool) -> (Outcome, usize, Option<usize>) {
         let Some(r) = self.readers.get_mut(&key) else { return (Outcome::Skipped, 0, Some(0)) };
         let before = r.held_bytes();
