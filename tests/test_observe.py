@@ -81,7 +81,7 @@ def test_profile_parsing_share_and_renderings() -> None:
 STAT_SYSCALLS = {"fstat", "fstatat", "newfstatat", "statx", "stat", "lstat", "fxstat", "xstat", "lxstat"}
 
 
-def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any], str]:
+def _profiled(tmp_path: Path, tailrace: Any, watch: str, rate: int = 250) -> tuple[dict[str, Any], str]:
     require_tool("py-spy", "the profiler")
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -91,18 +91,21 @@ def _profiled(tmp_path: Path, tailrace: Any, watch: str) -> tuple[dict[str, Any]
     # times a second: the profile would judge the test's setting, not the watcher).
     cfg = base_config(tmp_path, [str(logs / "*.log")], watch=watch, rescan_interval="60s")
     cfg["outputs"] = [{"type": "blackhole"}]
-    # min_samples 20: a profile of the inotify run (~50-100 samples at 250 Hz) is judged too, so its silence
-    # is a finding, not a profile too small to warn about.
-    cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": 250, "min_samples": 20}
+    # min_samples 20: a profile of the inotify run is judged too, so its silence is a finding, not
+    # a profile too small to warn about (inotify is sampled at 500 Hz: 27-63 non-idle samples at
+    # 250 Hz here once the test's own requests were no longer most of them).
+    cfg["profiler"] = {"every": "0s", "duration": "6s", "rate": rate, "min_samples": 20}
     t = tailrace(cfg).start()
     wait_for(lambda: t.get("/stats")[0] == 200, 30, "the admin endpoint")
     w = spawn(logs, 200, 50, 14)  # 10,000 one-line appends per second
     profiles = lambda: json.loads(t.get("/stats")[1])["profiler"]  # noqa: E731
-    # (The test's own requests are samples too: accept4 and the admin's work; a syscall needs
-    # HOT_MIN_SAMPLES of its own to be hot, so a few of them are not a finding.)
-    first = wait_for(lambda: profiles()["profiles"] >= 1 and profiles(), 30, "a first profile")
+    # (The test's own requests are samples too: accept4, getrusage — slow while py-spy holds the
+    # threads — and the admin's work. Asked once a second, not twenty times: at 20/s they were
+    # ~10 % of an inotify profile's samples on CI, a share that could cross the threshold.)
+    first = wait_for(lambda: (p := profiles())["profiles"] >= 1 and p, 30, "a first profile", interval=1.0)
     # The first profile may include start-up; judge a profile taken wholly under the workload.
-    prof = wait_for(lambda: (p := profiles())["profiles"] >= first["profiles"] + 1 and p, 30, "a second profile")
+    prof = wait_for(lambda: (p := profiles())["profiles"] >= first["profiles"] + 1 and p, 30, "a second profile",
+                    interval=1.0)
     w.communicate(timeout=60)
     prof["metrics"] = t.get("/metrics")[1].decode()
     assert t.stop() == 0
@@ -130,7 +133,7 @@ def test_profiler_catches_the_fstat_regression_in_naive_mode(tmp_path: Path, tai
 
 
 def test_profiler_stays_quiet_for_inotify(tmp_path: Path, tailrace: Any) -> None:
-    prof, log = _profiled(tmp_path, tailrace, "inotify")
+    prof, log = _profiled(tmp_path, tailrace, "inotify", rate=500)
     print(f"inotify: {prof}")
     assert prof["last_share"] is not None and prof["last_share"] < 0.10
     assert prof["last_samples"] >= 20, "a profile big enough to be judged"
