@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from collector.harness.receiver import free_port
 from tests.conftest import ROOT, require_tool
 
 
@@ -33,12 +34,6 @@ def logs(directory: Path, n: int) -> Path:
     for i in range(n):
         (directory / f"f{i:03d}.log").write_text("x\n")
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def doctor(tmp_path: Path, cfg: dict[str, Any], proc: Path, prefix: list[str] | None = None,

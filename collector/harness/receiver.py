@@ -269,9 +269,27 @@ class Receiver:
 
 def free_port() -> int:
     """A port free now, for a server started next (the OpenTelemetry Collector's config needs
-    it before it binds: a small window another process could take; `refusing_port` where
-    nobody must listen)."""
-    with socket.socket() as s:
+    it before it binds; `RefusingPort` where nobody must listen). Chosen below the kernel's
+    ephemeral range (`ip_local_port_range`), so no outgoing connection — tailrace's own, while
+    the server starts — can be given it in the window before the server binds; only a port
+    bound on purpose could take it."""
+    import random
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every one tried was taken: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
