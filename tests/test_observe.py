@@ -324,6 +324,9 @@ def test_tailrace_profile_command_writes_a_flamegraph(tmp_path: Path, tailrace: 
     )
     assert r.returncode == 0, r.stderr
     assert "stat-family share" in r.stdout and "flamegraph:" in r.stdout
+    # The table marks hot syscalls by the continuous profiler's rule and default threshold (a
+    # table with a threshold of its own said 10 % where the warning said 5 %).
+    assert "* hot: over 5%, 10+ samples" in r.stdout, r.stdout
     svg = next(out.glob("*.svg"))
     assert "<svg" in svg.read_text() and "samples" in svg.read_text()
     sp = json.loads(next(out.glob("*.speedscope.json")).read_text())

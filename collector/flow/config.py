@@ -263,7 +263,7 @@ class ProfilerConfig(_Strict):
     # Warn when more than this share of samples is in stat-family syscalls (with >= min_samples).
     threshold: float = 0.10
     # Warn when more than this share of samples is in any one other syscall (with >= min_samples,
-    # and 10 samples of its own; the data path's reads and sends are not judged).
+    # and 10 samples of its own; the data path's reads and sends and the disk waits are not judged).
     syscall_threshold: float = 0.05
     min_samples: int = 200
     keep: int = 12

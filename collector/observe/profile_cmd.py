@@ -16,7 +16,8 @@ from pathlib import Path
 import orjson
 import trio
 
-from collector.observe.profiler import NOT_JUDGED, Profile, record
+from collector.flow.config import ProfilerConfig
+from collector.observe.profiler import HOT_MIN_SAMPLES, Profile, record
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,10 +52,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"{prof.samples} samples; stat-family share {100 * prof.stat_share():.1f}% "
           f"({prof.stat_samples()} samples)")
     counts = prof.syscall_samples()
-    print(f"\n{'share%':>7} {'samples':>8}  syscall (leaf-most wrapper frame; * over 10%, not data path or disk wait)")
+    threshold = ProfilerConfig().syscall_threshold  # the continuous profiler's default, and its rule
+    hot = {name for name, _ in prof.hot_syscalls(threshold)}
+    print(f"\n{'share%':>7} {'samples':>8}  syscall (leaf-most wrapper frame; * hot: over {100 * threshold:.0f}%, "
+          f"{HOT_MIN_SAMPLES}+ samples, not data path or disk wait)")
     for name, n in counts.most_common():
-        hot = "*" if n / total > 0.10 and name not in NOT_JUDGED else " "
-        print(f"{100 * n / total:7.1f} {n:8d} {hot} {name}")
+        print(f"{100 * n / total:7.1f} {n:8d} {'*' if name in hot else ' '} {name}")
     print(f"\n{'total%':>7} {'self%':>6}  frame")
     for frame, self_n, total_n in prof.top(20):
         print(f"{100 * total_n / total:7.1f} {100 * self_n / total:6.1f}  {frame[:110]}")

@@ -67,7 +67,7 @@ DATA_PATH = _words("read pread readv preadv write pwrite writev pwritev sendto r
                    "futex syscall")
 # Waits on the disk: a thread in fdatasync sleeps uninterruptibly (state D), which py-spy counts
 # as active, so their samples measure the disk under `state_dir`, not tailrace's CPU (CI's disk
-# put fdatasync at 11 % of an inotify run's samples, 0.4 % here). Reported, never a warning:
+# put fdatasync at 11 % of an inotify run's samples, 6-16 % here). Reported, never a warning:
 # how often they happen is bounded by `checkpoint_interval` and guarded as a count (the
 # budget's `fsyncs` per second, tests/budgets.yaml).
 DISK_WAIT = _words("fsync fdatasync syncfs sync_file_range")
@@ -124,6 +124,14 @@ class Profile:
     def stat_share(self) -> float:
         total = self.samples
         return self.stat_samples() / total if total else 0.0
+
+    def hot_syscalls(self, threshold: float) -> list[tuple[str, float]]:
+        """Syscalls over `threshold` of the samples with at least `HOT_MIN_SAMPLES` of their own
+        (3 samples of 25 are not a finding), the data path's own (reads, sends) and the disk
+        waits (fsync) left out; the one rule for the continuous profiler and `tailrace profile`."""
+        counts = self.syscall_samples()
+        return [(k, n / self.samples) for k, n in counts.most_common()
+                if n / self.samples > threshold and n >= HOT_MIN_SAMPLES and k not in NOT_JUDGED]
 
     def syscall_samples(self) -> Counter[str]:
         """Non-idle samples by the syscall they were in (their leaf-most wrapper frame)."""
@@ -243,8 +251,7 @@ class Profiler:
     """The trio service: a profile every `every`, the newest `keep` kept on disk."""
 
     def __init__(self, directory: Path, *, every: float, duration: float, rate: int, threshold: float,
-                 syscall_threshold: float = 0.05,
-                 min_samples: int = 200, keep: int = 12) -> None:
+                 syscall_threshold: float, min_samples: int = 200, keep: int = 12) -> None:
         self.dir = directory
         self.every, self.duration, self.rate = every, duration, rate
         self.threshold, self.min_samples, self.keep = threshold, min_samples, keep
@@ -314,14 +321,8 @@ class Profiler:
         return prof
 
     def hot_syscalls(self, prof: Profile) -> list[tuple[str, float]]:
-        """Syscalls over `syscall_threshold` of a profile's samples (enough samples to judge, and at
-        least `HOT_MIN_SAMPLES` of its own: 3 samples of 25 are not a finding), the data path's
-        own (reads, sends) and the disk waits (fsync) left out."""
-        if prof.samples < self.min_samples:
-            return []
-        counts = prof.syscall_samples()
-        return [(k, n / prof.samples) for k, n in counts.most_common()
-                if n / prof.samples > self.syscall_threshold and n >= HOT_MIN_SAMPLES and k not in NOT_JUDGED]
+        """`Profile.hot_syscalls` at this profiler's threshold, for profiles big enough to judge."""
+        return prof.hot_syscalls(self.syscall_threshold) if prof.samples >= self.min_samples else []
 
     def _prune(self) -> None:
         for suffix in (".collapsed", ".svg"):
