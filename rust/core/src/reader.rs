@@ -117,6 +117,10 @@ pub struct FileReader {
     file: Option<File>,
     /// Next read position in the file.
     pub pos: u64,
+    /// The byte at `pos - 1` as this reader read it (`None` when the position came from
+    /// elsewhere: a checkpoint, a copy, a restart at 0). The overlapping first read past the
+    /// fingerprint compares it: another byte there means the file was rewritten under us.
+    last_byte: Option<u8>,
     /// End of the last emitted record; `pos - emitted` bytes are carried.
     pub emitted: u64,
     carry: Vec<u8>,
@@ -202,6 +206,7 @@ impl FileReader {
             fp,
             file: Some(file),
             pos: offset,
+            last_byte: None,
             emitted: offset,
             carry: Vec::new(),
             carry_split: false,
@@ -235,6 +240,7 @@ impl FileReader {
     /// preads at `pos`: no lseek, nothing that can fail.
     pub fn start_at(&mut self, offset: u64) {
         self.pos = offset;
+        self.last_byte = None;
         self.emitted = offset;
     }
 
@@ -314,6 +320,7 @@ impl FileReader {
         self.carry_split = false;
         self.carry_since = None;
         self.pos = 0;
+        self.last_byte = None;
         self.emitted = 0;
         self.fp = Fingerprint::default();
         self.eof = false;
@@ -371,7 +378,8 @@ impl FileReader {
     /// fingerprint, the first read starts one byte early, at the last byte already read: a read
     /// that returns nothing at all says the file is now shorter than our position (`shrunk`),
     /// where an `lseek` per empty read used to ask (one per line for files written about once
-    /// per read period).
+    /// per read period); another byte there than the one read says it was rewritten
+    /// (`replaced`: truncated, then written past our position before this read).
     pub fn read(
         &mut self,
         buf: &mut [u8],
@@ -423,6 +431,13 @@ impl FileReader {
                     self.eof = true;
                     return Ok(ReadResult { bytes: 0, eof: true, replaced: false, shrunk: true });
                 }
+                if self.last_byte.is_some_and(|b| b != data[0]) {
+                    // Not the byte we read there: truncated and written past our position
+                    // again between two reads (copytruncate racing a busy writer). Read from
+                    // the middle of someone else's line, this would lose the new head.
+                    self.eof = true;
+                    return Ok(ReadResult { bytes: 0, eof: true, replaced: true, shrunk: false });
+                }
                 data = &data[1..];
             }
             if data.is_empty() {
@@ -435,6 +450,7 @@ impl FileReader {
             }
             let len = data.len();
             self.pos += len as u64;
+            self.last_byte = Some(data[len - 1]);
             total += len;
             self.split(data, start, max_line, now, sink, c);
             if n < buf.len() {
@@ -646,5 +662,33 @@ mod tests {
         r.pos = 1500;
         let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
         assert_eq!((res.bytes, res.shrunk), (0, false));
+    }
+
+    #[test]
+    fn another_byte_before_our_position_says_the_file_was_rewritten() {
+        // Past the fingerprint the first read overlaps the last byte read: a different byte
+        // there is a file truncated and written past our position again between two reads.
+        // Catches reading on from the middle of the new content, and a false alarm on a
+        // position that came from a checkpoint (whose byte this reader never saw).
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        let old: String = (0..200).map(|i| format!("old {i:05}\n")).collect(); // 2,000 bytes
+        std::fs::write(&p, &old).unwrap();
+        let mut c = Counters::default();
+        let mut r = open(&p, &mut c);
+        let mut buf = vec![0u8; FINGERPRINT_MAX];
+        let mut sink = Collect::default();
+        let now = Instant::now();
+        assert_eq!(r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap().bytes, 2000);
+        let new: String = (0..300).map(|i| format!("renewed {i:04}\n")).collect(); // byte 1,999: '0'
+        std::fs::write(&p, &new).unwrap();
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.eof, res.replaced, res.shrunk, sink.0.len(), r.pos), (0, true, true, false, 200, 2000));
+        // Resumed at a checkpointed offset: no byte to compare, the read goes on from there.
+        let mut r = open(&p, &mut c);
+        r.start_at(2002); // 2,002 = 154 lines of 13 bytes
+        let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
+        assert_eq!((res.bytes, res.replaced, sink.0.len()), (3900 - 2002, false, 200 + 146));
+        assert_eq!(sink.0[200].0, b"renewed 0154".to_vec());
     }
 }

@@ -1044,6 +1044,38 @@ mod tests {
         assert_eq!(t.counters.syscalls.inotify_remask, 2);
     }
 
+    #[test]
+    fn a_file_truncated_and_written_past_our_position_between_two_reads_is_read_from_its_start() {
+        // copytruncate racing a busy writer: by the next read the file is longer than our
+        // offset again, so neither its size nor an empty read tells. The byte before our offset
+        // does: the first read past the fingerprint overlaps it. Catches reading on from the
+        // middle of the new content (a broken line, the new head lost).
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        let old: String = (0..200).map(|i| format!("old {i:05}\n")).collect(); // 2,000 bytes
+        std::fs::write(&p, &old).unwrap();
+        // Through inotify, with no look in between (a poll's look would see the new head).
+        let mut t = tailer(d.path(), |c| {
+            c.watch = WatchMode::Inotify;
+            c.rescan_interval = Duration::from_secs(3600);
+        });
+        let mut now = Instant::now();
+        let mut got = bodies(&t.step(now));
+        assert_eq!(got.len(), 200);
+        // 13-byte lines: the byte at 1,999 is a digit where we read a newline.
+        let new: String = (0..300).map(|i| format!("renewed {i:04}\n")).collect();
+        std::fs::write(&p, &new).unwrap(); // O_TRUNC, then 3,900 bytes
+        for _ in 0..3 {
+            now += Duration::from_millis(10);
+            got.extend(bodies(&t.step(now)));
+        }
+        got.extend(bodies(&t.flush(now)));
+        let want: Vec<(String, String)> =
+            old.lines().chain(new.lines()).map(|l| (l.to_string(), String::new())).collect();
+        assert_eq!(got, want);
+        assert_eq!(t.counters.truncations, 1);
+    }
+
     /// (body, flags as a string) of every record of `batches`, from their OTLP/JSON.
     fn bodies(batches: &[Batch]) -> Vec<(String, String)> {
         let mut out = Vec::new();
