@@ -108,6 +108,37 @@ def test_doctor_names_each_limit_to_change_with_the_numbers(tmp_path: Path) -> N
     assert checks["filesystems"][0]["status"] == "ok"
 
 
+def test_doctor_judges_descriptors_by_the_running_tailraces_limit(tmp_path: Path) -> None:
+    # A service's limit is its unit's LimitNOFILE, not the shell's where doctor runs: with a
+    # tailrace holding the state_dir, its /proc/PID/limits count. Catches a doctor that checks
+    # only its own limit (ok here: it runs with the machine's) while the service would run out.
+    prlimit = require_tool("prlimit", "a lowered RLIMIT_NOFILE")
+    d = logs(tmp_path / "logs", 30)
+    cfg = config(tmp_path, [f"{d}/*.log"])
+    holder = subprocess.Popen(
+        [prlimit, "--nofile=64:80", sys.executable, "-c",
+         "import sys, time; from collector.flow.pipeline import lock_state_dir; lock_state_dir(sys.argv[1]); "
+         "print('locked', flush=True); time.sleep(120)", cfg["state_dir"]],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = fake_proc(tmp_path, 100_000, 128, 1)
+    assert holder.stdout is not None
+    with holder.stdout:
+        try:
+            assert holder.stdout.readline() == "locked\n"
+            code, doc = doctor(tmp_path, cfg, proc)
+        finally:
+            holder.kill()
+            holder.wait()
+    fds = by_check(doc)["open_files"][0]
+    assert fds["status"] == "problem" and (code, doc["ok"]) == (1, False)
+    assert fds["values"] == {"needed": 30 + 1 + 64, "soft": 64, "hard": 80, "pid": holder.pid}
+    assert f"the running tailrace's (pid {holder.pid}) hard limit of 80" in fds["message"]
+    # Without it, doctor's own limit (prlimit's 200 here) is the one judged.
+    code, doc = doctor(tmp_path, cfg, proc, prefix=[prlimit, "--nofile=150:200"])
+    fds = by_check(doc)["open_files"][0]
+    assert (fds["status"], fds["values"]) == ("ok", {"needed": 95, "soft": 150, "hard": 200})
+
+
 def test_doctor_yama_2_needs_cap_sys_ptrace(tmp_path: Path) -> None:
     require_tool("py-spy", "the profiler check")
     setpriv = require_tool("setpriv", "dropping CAP_SYS_PTRACE")

@@ -86,6 +86,23 @@ def inotify_in_use(proc: Path, euid: int, skip_pid: int) -> tuple[int, int, bool
     return instances, watches, complete
 
 
+def open_files_limit(pid: str, lock: str) -> tuple[int, int] | None:
+    """The (soft, hard) open-files limit of process `pid` from `/proc/PID/limits`, if it is the
+    one holding `lock` open in this PID namespace (the lock file names its holder by the pid
+    it had where it runs: another namespace's pid is not trusted)."""
+    proc = Path("/proc") / pid
+    try:
+        held = any(os.readlink(proc / "fd" / fd) == os.path.realpath(lock) for fd in os.listdir(proc / "fd"))
+        text = (proc / "limits").read_text() if held else ""
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return tuple(resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard))  # type: ignore[return-value]
+    return None
+
+
 def mount_of(path: str, mountinfo: str) -> tuple[str, str]:
     """(mount point, filesystem type) of the mount holding `path` (its longest mount prefix)."""
     best = ("/", "unknown")
@@ -188,13 +205,21 @@ def examine(cfg: config.Config, proc: Path = Path("/proc")) -> list[Finding]:
             else:
                 out.append(Finding(f"inotify_{what}", "ok", msg, values=values))
 
-    # Descriptors: every open file, each input's inotify descriptor, a reserve.
+    # Descriptors: every open file, each input's inotify descriptor, a reserve; against the
+    # limit of the tailrace running on this state_dir when there is one (a service has its
+    # unit's LimitNOFILE, not the shell's), else this process's own.
     total_files = sum(len(s["files"]) for _, _, s in surveys)
     need_fds = total_files + len(cfg.inputs) + RESERVE_FDS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    holder = state_dir_holder(cfg.state_dir)
+    running = open_files_limit(holder, os.path.join(cfg.state_dir, "lock")) if holder and holder.isdigit() else None
+    soft, hard = running or resource.getrlimit(resource.RLIMIT_NOFILE)
     values = {"needed": need_fds, "soft": soft, "hard": hard}
+    whose = "a hard limit"
+    if running:
+        values["pid"] = int(str(holder))
+        whose = f"the running tailrace's (pid {holder}) hard limit"
     msg = (f"open files: {need_fds} needed ({total_files} files + {len(cfg.inputs)} inputs + {RESERVE_FDS} reserve) "
-           f"of a hard limit of {hard} (soft {soft}; tailrace raises the soft one to it)")
+           f"of {whose} of {hard} (soft {soft}; tailrace raises the soft one to it)")
     if hard != resource.RLIM_INFINITY and need_fds > hard:
         out.append(Finding("open_files", "problem", msg,
                            f"raise the limit: LimitNOFILE={max(2 * need_fds, 65536)} in the unit (or ulimit -Hn)",
@@ -268,7 +293,6 @@ def examine(cfg: config.Config, proc: Path = Path("/proc")) -> list[Finding]:
                            "(every file is read again after one)", values=values))
     else:
         out.append(Finding("state_dir", "ok", msg, values=values))
-    holder = state_dir_holder(cfg.state_dir)
     if holder:
         out.append(Finding("state_dir", "note", f"state_dir {state} is held by a running tailrace ({holder})",
                            values={"holder": holder}))
