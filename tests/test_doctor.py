@@ -108,7 +108,7 @@ def test_doctor_names_each_limit_to_change_with_the_numbers(tmp_path: Path) -> N
     assert checks["filesystems"][0]["status"] == "ok"
 
 
-def test_doctor_judges_descriptors_by_the_running_tailraces_limit(tmp_path: Path) -> None:
+def test_doctor_judges_a_running_tailraces_limit_and_port(tmp_path: Path) -> None:
     # A service's limit is its unit's LimitNOFILE, not the shell's where doctor runs: with a
     # tailrace holding the state_dir, its /proc/PID/limits count. Catches a doctor that checks
     # only its own limit (ok here: it runs with the machine's) while the service would run out.
@@ -117,8 +117,9 @@ def test_doctor_judges_descriptors_by_the_running_tailraces_limit(tmp_path: Path
     cfg = config(tmp_path, [f"{d}/*.log"])
     holder = subprocess.Popen(
         [prlimit, "--nofile=64:80", sys.executable, "-c",
-         "import sys, time; from collector.flow.pipeline import lock_state_dir; lock_state_dir(sys.argv[1]); "
-         "print('locked', flush=True); time.sleep(120)", cfg["state_dir"]],
+         "import socket, sys, time; from collector.flow.pipeline import lock_state_dir; lock_state_dir(sys.argv[1]); "
+         "s = socket.create_server(('127.0.0.1', int(sys.argv[2]))); print('locked', flush=True); time.sleep(120)",
+         cfg["state_dir"], cfg["admin"]["address"].rsplit(":", 1)[1]],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     proc = fake_proc(tmp_path, 100_000, 128, 1)
     assert holder.stdout is not None
@@ -129,6 +130,13 @@ def test_doctor_judges_descriptors_by_the_running_tailraces_limit(tmp_path: Path
         finally:
             holder.kill()
             holder.wait()
+    # Its admin port is taken by it, as it should be: not a problem (doctor run beside the
+    # tailrace it checks, `kubectl exec` into the pod). Catches a doctor that flags its own
+    # service's listener, and one that trusts any listener there (the next test's is not it).
+    admin = by_check(doc)["admin"][0]
+    assert (admin["status"], admin["message"]) == (
+        "ok", f"admin: {cfg['admin']['address']} is served by the running tailrace (pid {holder.pid})")
+    assert [c["check"] for c in doc["checks"] if c["status"] == "problem"] == ["open_files"]
     fds = by_check(doc)["open_files"][0]
     assert fds["status"] == "problem" and (code, doc["ok"]) == (1, False)
     assert fds["values"] == {"needed": 30 + 1 + 64, "soft": 64, "hard": 80, "pid": holder.pid}
