@@ -554,6 +554,15 @@ impl FileReader {
     }
 }
 
+/// A test's file rewritten under its reader: 2,000 bytes of 10-byte lines, then the 3,900 bytes
+/// of 13-byte lines that replace them (byte 1,999 a digit where the old content had a newline).
+#[cfg(test)]
+pub(crate) fn rewrite_fixture() -> (String, String) {
+    let old = (0..200).map(|i| format!("old {i:05}\n")).collect();
+    let new = (0..300).map(|i| format!("renewed {i:04}\n")).collect();
+    (old, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,7 +681,7 @@ mod tests {
         // position that came from a checkpoint (whose byte this reader never saw).
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.log");
-        let old: String = (0..200).map(|i| format!("old {i:05}\n")).collect(); // 2,000 bytes
+        let (old, new) = rewrite_fixture();
         std::fs::write(&p, &old).unwrap();
         let mut c = Counters::default();
         let mut r = open(&p, &mut c);
@@ -680,7 +689,6 @@ mod tests {
         let mut sink = Collect::default();
         let now = Instant::now();
         assert_eq!(r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap().bytes, 2000);
-        let new: String = (0..300).map(|i| format!("renewed {i:04}\n")).collect(); // byte 1,999: '0'
         std::fs::write(&p, &new).unwrap();
         let res = r.read(&mut buf, 1 << 20, 1024, now, &mut sink, &mut c).unwrap();
         assert_eq!((res.bytes, res.eof, res.replaced, res.shrunk, sink.0.len(), r.pos), (0, true, true, false, 200, 2000));

@@ -1052,7 +1052,7 @@ mod tests {
         // middle of the new content (a broken line, the new head lost).
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.log");
-        let old: String = (0..200).map(|i| format!("old {i:05}\n")).collect(); // 2,000 bytes
+        let (old, new) = crate::reader::rewrite_fixture();
         std::fs::write(&p, &old).unwrap();
         // Through inotify, with no look in between (a poll's look would see the new head).
         let mut t = tailer(d.path(), |c| {
@@ -1062,8 +1062,6 @@ mod tests {
         let mut now = Instant::now();
         let mut got = bodies(&t.step(now));
         assert_eq!(got.len(), 200);
-        // 13-byte lines: the byte at 1,999 is a digit where we read a newline.
-        let new: String = (0..300).map(|i| format!("renewed {i:04}\n")).collect();
         std::fs::write(&p, &new).unwrap(); // O_TRUNC, then 3,900 bytes
         for _ in 0..3 {
             now += Duration::from_millis(10);
