@@ -26,7 +26,7 @@ import trio
 import yaml
 
 from collector.flow import config
-from collector.flow.pipeline import Pipeline
+from collector.flow.pipeline import Pipeline, Wakeups
 from collector.harness import appender
 from collector.harness.appender import kube_paths
 from tests.conftest import ROOT, base_config
@@ -61,17 +61,6 @@ WORKLOADS = {
     "kubernetes": Workload(files=120, rate=50, seconds=5, rotate_kib=16, fmt="cri"),
     "bulk": Workload(files=10, bulk_lines=40_000),
 }
-
-
-class Wakeups(trio.abc.Instrument):
-    """Times the event loop slept and woke (an I/O wait with a timeout: not a busy pass)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def after_io_wait(self, timeout: float) -> None:
-        if timeout > 0:
-            self.n += 1
 
 
 def _config(tmp_path: Path, w: Workload, watch: str) -> config.Config:
@@ -117,6 +106,8 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             else:
                 f.write(line)  # the files exist (one line each) before start: discovery is over before counting
     p = Pipeline(_config(tmp_path, w, watch or w.watch))
+    # The pipeline counts its loop's wakeups (`loop_wakeups`); an instrument of the test's own,
+    # over the same window, must agree exactly (catches a count not kept, or not for the whole run).
     wakeups = Wakeups()
     async with trio.open_nursery() as n:
         if w.bulk_lines:
@@ -126,11 +117,13 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             await n.start(p.run)
             await _delivered(p, w.written, 300, "the bulk read")
             woke, elapsed = wakeups.n, trio.current_time() - t0
+            counted = p.stats()["loop_wakeups"]
         else:
             await n.start(p.run)
             await _delivered(p, w.files, 60, "the files' first lines")
             before = p.stats()
             args = [str(w.rotate_kib), "kubernetes"] if w.fmt == "cri" else [str(w.rotate_kib)] if w.rotate_kib else []
+            counted = -p.stats()["loop_wakeups"]
             trio.lowlevel.add_instrument(wakeups)
             t0 = trio.current_time()
             writer = await trio.lowlevel.open_process(
@@ -139,11 +132,13 @@ async def run(tmp_path: Path, w: Workload, watch: str | None = None) -> dict[str
             assert await writer.wait() == 0
             # Wakeups while lines are written (the wait below polls, and is not counted).
             woke, elapsed = wakeups.n, trio.current_time() - t0
+            counted += p.stats()["loop_wakeups"]
             await _delivered(p, w.files + w.written, 180, "every line written")
         trio.lowlevel.remove_instrument(wakeups)
         after = p.stats()
         p.request_stop()
     assert p.records_delivered == w.files * (0 if w.bulk_lines else 1) + w.written, "every line delivered, none twice"
+    assert counted == woke, f"the pipeline counted {counted} wakeups, the test's instrument {woke}"
     return {k: after[k] - before.get(k, 0) for k in after} | {
         "wakeups": woke, "elapsed_ms": int(elapsed * 1000), "files_polled_end": after["files_polled"]}
 

@@ -169,6 +169,10 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
     assert "tailrace_inotify_events" in families
     assert families["tailrace_lag_bytes"].samples[0].value == 0
     assert {s.labels["kind"] for s in families["tailrace_syscalls"].samples} >= {"read", "fstat", "open"}
+    # The loop's wakeups: it slept and woke to read these lines (a metric never fed is 0), and
+    # the metric is the counter /stats shows (not above what /stats says after it).
+    woke = [s.value for s in families["tailrace_event_loop_wakeups"].samples if s.name.endswith("_total")]
+    assert len(woke) == 1 and 1 <= woke[0] <= json.loads(t.get("/stats")[1])["totals"]["loop_wakeups"]
     # What alerts are built on: per input error counts (zero here), every output's drops and
     # retries (the file output's too), build info, the process's start and descriptors.
     for name in ("open_errors", "read_errors", "inotify_overflows", "deletions", "parse_errors", "panics"):
