@@ -197,6 +197,7 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)},
     )
     assert top.returncode == 0, top.stderr
+    assert re.search(r"CPU \d+\.\d%  wakeups/s \d+\.\d  RSS \d+ MiB", top.stdout), top.stdout
     row = next(ln for ln in top.stdout.splitlines() if ln.strip("│ ").startswith("test "))
     cells = [c.strip() for c in row.strip("│").split("│")]
     assert cells[0] == "test" and cells[3] == f"{n:,}" and cells[4] == "0" and cells[5] == "1"

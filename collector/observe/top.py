@@ -1,7 +1,7 @@
 """`tailrace top`: a live terminal view of a running tailrace through its admin endpoint
 (`/stats`, polled every `interval`): per input the line and byte rates and the lag (bytes read
-but not yet acknowledged), CPU, syscalls per line, the profiler's stat-family share, and each
-output's state and spool."""
+but not yet acknowledged), CPU, the event loop's wakeups per second, syscalls per line, the
+profiler's stat-family share, and each output's state and spool."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def view(prev: dict[str, Any], now: dict[str, Any]) -> Group:
     cpu = 100 * (now["cpu_s"] - prev["cpu_s"]) / dt
     prof = now.get("profiler") or {}
     share = prof.get("last_share")
+    woke = now["totals"].get("loop_wakeups", 0) - prev["totals"].get("loop_wakeups", 0)
     head = Text(
-        f"tailrace {now['version']}  up {now['uptime_s']:.0f}s  CPU {cpu:.1f}%  "
+        f"tailrace {now['version']}  up {now['uptime_s']:.0f}s  CPU {cpu:.1f}%  wakeups/s {woke / dt:.1f}  "
         f"RSS {now['rss_bytes'] / 2**20:.0f} MiB  "
         f"stat-family share {'-' if share is None else f'{100 * share:.1f}%'}"
         f"{'  (profiler: ' + prof['unavailable'] + ')' if prof.get('unavailable') else ''}"
