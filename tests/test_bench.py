@@ -71,3 +71,9 @@ def test_both_harnesses_replay_a_corpus_of_real_logs(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]  # the receiver counted every line of the file, or it exits non-zero
     (res,) = [orjson.loads(p.read_bytes()) for p in results.glob("throughput-*.json")]
     assert res["input"]["content"] == f"corpus {corpus}" and res["input"]["lines"] == 107_374 // len(one) * 3 + 1
+    # Each run is paired with one on an empty input (start-up and shutdown), and that is what the
+    # reading-only figure leaves out (catches no idle run, or another figure subtracted).
+    (idle,) = res["startup_shutdown_runs_cpu_s"]["otlp_http"]
+    (run,) = res["runs"]["otlp_http"]
+    assert idle > 0 and run["startup_shutdown_cpu_s"] == idle
+    assert run["mb_per_reading_cpu_s"] == res["input"]["bytes"] / 1e6 / max(run["cpu_s"] - idle, 1e-9)

@@ -3,7 +3,10 @@
 interleaved: `otlp_http` (protobuf, zstd level 1, into a loopback receiver: collector/harness/receiver.py in
 its own process, which checks the record count) and `blackhole` (encoding without shipping).
 The file is written once and read once beforehand so the page cache is warm; each run starts
-from empty state and ends when every byte is committed (acknowledged).
+from empty state and ends when every byte is committed (acknowledged). Each run is paired with
+one of the same process on an empty input (start-up, the first look, shutdown: ~0.4 s of CPU
+here, whatever the size); "reading only" is the run's CPU less their median, what a
+long-running tailrace pays per MB.
 
     python -m bench.throughput [--gib 1] [--runs 3] [--line-bytes 200] [--outputs otlp_http,blackhole]
                                [--content repetitive|varied] [--corpus DIR]
@@ -150,7 +153,9 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Pa
         cwd=tree or work, env={**os.environ, "PYTHONPATH": str(tree)} if tree else None,
     )
     last = 0.0
-    while (done := committed(state)) < size:
+    # An empty input (`size` 0) measures start-up and shutdown: it ends once the first look is
+    # made and the first checkpoints written (a snapshot even of nothing).
+    while (done := committed(state)) < size or (size == 0 and not (state / "checkpoints.json").exists()):
         if proc.poll() is not None:
             raise SystemExit(f"tailrace exited early with {proc.returncode}")
         if time.monotonic() - last > 2:
@@ -224,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
              for o in args.outputs.split(",") for t in trees(args.tree)
              for lv in (levels if o == "otlp_http" else [None])]
     runs: dict[str, list[dict[str, float]]] = {label: [] for *_, label in cells}
+    idle: dict[str, list[float]] = {label: [] for *_, label in cells}
+    empty = data_dir / "empty.log"
+    empty.write_bytes(b"")
     for i in range(args.runs):  # interleaved: run i of every cell, then run i + 1
         for output, tree, level, label in cells:
             with tempfile.TemporaryDirectory() as work:
@@ -231,6 +239,15 @@ def main(argv: list[str] | None = None) -> None:
                 r = one_run(data, size, lines, Path(work), output, tree, level)
                 print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
                 runs[label].append(r)
+            with tempfile.TemporaryDirectory() as work:  # the same process on an empty input
+                idle[label].append(one_run(empty, 0, 0, Path(work), output, tree, level)["cpu_s"])
+    # What reading costs: each run's CPU less the median start-up and shutdown of its cell (a
+    # fixed ~0.4 s here, whatever the input's size; a node's tailrace pays it once).
+    for label, rs in runs.items():
+        fixed = statistics.median(idle[label])
+        for r in rs:
+            r["startup_shutdown_cpu_s"] = fixed
+            r["mb_per_reading_cpu_s"] = size / 1e6 / max(r["cpu_s"] - fixed, 1e-9)
     med = {o: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for o, rs in runs.items()}
     result = {
         "benchmark": "bulk read-from-head, per output",
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "input": {"bytes": size, "lines": lines, "content": content},
         "runs": runs,
+        "startup_shutdown_runs_cpu_s": idle,
         "median": med,
     }
     results.mkdir(parents=True, exist_ok=True)
@@ -246,16 +264,19 @@ def main(argv: list[str] | None = None) -> None:
     out = results / f"throughput-{when.replace(':', '')}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     rows = [
-        "| output | input | runs | MB per CPU-second (median; min-max) | peak RSS MiB (median) | wall s (median) |",
-        "|---|---|---|---|---|---|",
+        "| output | input | runs | MB per CPU-second (median; min-max) | the same, reading only "
+        "(median; min-max) | start-up + shutdown CPU s | peak RSS MiB (median) | wall s (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for o, rs in runs.items():
         spread = [r["mb_per_cpu_s"] for r in rs]
+        reading = [r["mb_per_reading_cpu_s"] for r in rs]
         m = med[o]
         rows.append(
             f"| {o} | {size / 2**30:.2f} GiB, {content} | {len(rs)} | "
-            f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {m['peak_rss_mib']:.0f} | "
-            f"{m['wall_s']:.1f} |"
+            f"{m['mb_per_cpu_s']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | "
+            f"{m['mb_per_reading_cpu_s']:.1f} ({min(reading):.1f}-{max(reading):.1f}) | "
+            f"{m['startup_shutdown_cpu_s']:.2f} | {m['peak_rss_mib']:.0f} | {m['wall_s']:.1f} |"
         )
     for label, m in med.items():
         if "wire_bytes" in m:
