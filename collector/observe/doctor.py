@@ -20,6 +20,7 @@ another `/proc` (the host's, mounted into a container)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -86,20 +87,31 @@ def inotify_in_use(proc: Path, euid: int, skip_pid: int) -> tuple[int, int, bool
     return instances, watches, complete
 
 
+def _fd_links(proc: Path) -> list[str]:
+    """What each descriptor of the process at `proc` (`/proc/PID`) points to; one closed while
+    listed is skipped (a running tailrace opens and closes files all the time)."""
+    links = []
+    for fd in os.listdir(proc / "fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(proc / "fd" / fd))
+    return links
+
+
 def open_files_limit(pid: str, lock: str) -> tuple[int, int] | None:
     """The (soft, hard) open-files limit of process `pid` from `/proc/PID/limits`, if it is the
     one holding `lock` open in this PID namespace (the lock file names its holder by the pid
     it had where it runs: another namespace's pid is not trusted)."""
     proc = Path("/proc") / pid
     try:
-        held = any(os.readlink(proc / "fd" / fd) == os.path.realpath(lock) for fd in os.listdir(proc / "fd"))
-        text = (proc / "limits").read_text() if held else ""
+        if os.path.realpath(lock) not in _fd_links(proc):
+            return None
+        text = (proc / "limits").read_text()
     except OSError:
         return None
     for line in text.splitlines():
         if line.startswith("Max open files"):
-            soft, hard = line.split()[3:5]
-            return tuple(resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard))  # type: ignore[return-value]
+            soft, hard = (resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in line.split()[3:5])
+            return soft, hard
     return None
 
 
@@ -108,10 +120,9 @@ def serves_port(pid: str, port: int) -> bool:
     inodes against `/proc/PID/net/tcp` and `tcp6`, state 0A: LISTEN)."""
     proc = Path("/proc") / pid
     try:
-        links = [os.readlink(proc / "fd" / fd) for fd in os.listdir(proc / "fd")]
+        inodes = {link[8:-1] for link in _fd_links(proc) if link.startswith("socket:[")}
     except OSError:
         return False
-    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
     for table in ("tcp", "tcp6"):
         try:
             rows = (proc / "net" / table).read_text().splitlines()[1:]
