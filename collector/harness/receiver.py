@@ -3,21 +3,18 @@ OpenTelemetry Collector cannot do on demand: 503 storms with `Retry-After`, slow
 zstd, 400/401 answers, partial success. Decodes every request with the official generated
 classes (opentelemetry-proto), so it is an independent check of tailrace's encoder.
 
-In a test: `with Receiver() as r: ...` (a thread). As a process (benchmarks):
-`python -m collector.harness.receiver --port N [--count-only]` prints `listening PORT`, then one JSON line
-of totals when it gets SIGTERM.
-
-An exception to the house rule (trio in `collector/`): this is the peer, not tailrace — a
-`http.server` in a thread, as it was in `tests/` before the harness moved into the package, so
-synchronous tests can drive it and it never shares tailrace's event loop. Rewriting it on trio
-is left for a round of its own (its fault injection and graceful stop are what the delivery
-tests rest on)."""
+In a test: `with Receiver() as r: ...`: a trio server on a loop of its own, run off the test's
+thread through trio's own thread API (`trio.lowlevel.start_thread_soon`), so synchronous tests
+can drive it and it never shares tailrace's event loop; the tests' state (`got`, `held`,
+`attempts`) is read under `lock`, and `gate` is a `threading.Event` a test sets. As a process
+(benchmarks): `python -m collector.harness.receiver --port N [--count-only]` prints
+`listening PORT`, then one JSON line of totals when it gets SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
-import http.server
+import http
 import signal
 import socket
 import ssl
@@ -29,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import trio
 import zstandard
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
@@ -57,6 +55,73 @@ def _value(v: Any) -> Any:
     return getattr(v, kind) if kind else None
 
 
+MAX_HEAD = 64 * 1024
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class _RequestReader:
+    """HTTP/1.1 requests off one stream: the head, then a body by Content-Length or chunked."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def _fill(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        self.buf += data
+        return bool(data)
+
+    async def _line(self) -> bytes:
+        while (i := self.buf.find(b"\r\n")) < 0:
+            if len(self.buf) > MAX_HEAD or not await self._fill():
+                raise ValueError("no line")
+        line = bytes(self.buf[:i])
+        del self.buf[: i + 2]
+        return line
+
+    async def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not await self._fill():
+                raise ValueError("the body ended early")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def request(self) -> tuple[str, dict[str, str], bytes, bool] | None:
+        """(path, headers, body, keep the connection), or None when the client closed."""
+        while not self.buf:
+            if not await self._fill():
+                return None
+        parts = (await self._line()).decode("latin-1").split()
+        if len(parts) != 3:
+            raise ValueError("not a request line")
+        _, path, version = parts
+        headers: dict[str, str] = {}
+        while line := await self._line():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip()] = value.strip()
+        low = {k.lower(): v for k, v in headers.items()}
+        if low.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while n := int((await self._line()).split(b";", 1)[0] or b"0", 16):
+                chunks.append(await self._exactly(n))
+                await self._exactly(2)
+            while await self._line():  # trailers, then the blank line
+                pass
+            body = b"".join(chunks)
+        else:
+            body = await self._exactly(int(low.get("content-length", "0")))
+        conn = low.get("connection", "").lower()
+        keep = "keep-alive" in conn if version == "HTTP/1.0" else "close" not in conn
+        return path, headers, body, keep
+
+
 class Receiver:
     def __init__(
         self,
@@ -77,10 +142,12 @@ class Receiver:
         self.partial_reject = 0  # reject this many records (partial_success) per request
         self.got = Received()
         self.lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.port = port
-        self._conns: set[socket.socket] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stopped = threading.Event()  # the server's loop has ended
+        self._listening: trio.CancelScope | None = None
+        self._listeners_closed = threading.Event()
+        self._connections: trio.CancelScope | None = None
         self.metrics: list[Any] = []  # ExportMetricsServiceRequest messages (telemetry push)
         # Open: answers go out. Closed: requests are accepted (their records counted) but not
         # answered until it opens, their records kept in `held`: batches in flight, for as long
@@ -95,58 +162,45 @@ class Receiver:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> Receiver:
-        receiver = self
         self._closing = False
+        self._stopped.clear()
+        ready: list[BaseException | None] = []
+        started = threading.Event()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def serve() -> None:
+            trio.run(self._serve, ready, started)
 
-            def log_message(self, *args: Any) -> None:
-                pass
+        def ended(result: object) -> None:
+            if not started.is_set():  # the server never came up (the port is taken, ...)
+                ready.append(getattr(result, "error", None) or RuntimeError("receiver stopped"))
+                started.set()
+            self._stopped.set()
 
-            def do_POST(self) -> None:  # noqa: N802
-                with receiver.lock:
-                    receiver._active += 1
-                try:
-                    n = int(self.headers.get("Content-Length", "0"))
-                    raw = self.rfile.read(n)
-                    answer: Fault = (503, {}, b"stopping")  # going down: refused uncounted, retried
-                    if not receiver._closing:
-                        answer = receiver.handle(self.path, dict(self.headers.items()), raw)
-                    status, headers, body = answer
-                    with contextlib.suppress(OSError):  # a sender killed while its answer was held
-                        self.send_response(status)
-                        for k, v in headers.items():
-                            self.send_header(k, v)
-                        self.send_header("Content-Length", str(len(body)))
-                        self.end_headers()
-                        self.wfile.write(body)
-                finally:
-                    with receiver.lock:
-                        receiver._active -= 1
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-            def get_request(self) -> tuple[socket.socket, Any]:
-                conn, addr = super().get_request()
-                with receiver.lock:
-                    receiver._conns.add(conn)
-                return conn, addr
-
-            def shutdown_request(self, request: Any) -> None:
-                with receiver.lock:
-                    receiver._conns.discard(request)
-                super().shutdown_request(request)
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        if self.tls is not None:
-            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        trio.lowlevel.start_thread_soon(serve, ended, name="receiver")
+        started.wait(30)
+        if not ready:
+            raise RuntimeError("the receiver did not start within 30 s")
+        if ready[0] is not None:
+            raise ready[0]  # as binding the port raised it
         return self
+
+    async def _serve(self, ready: list[BaseException | None], started: threading.Event) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        listeners: list[Any] = list(await trio.open_tcp_listeners(self.port, host="127.0.0.1"))
+        self.port = int(listeners[0].socket.getsockname()[1])
+        if self.tls is not None:
+            listeners = [trio.SSLListener(ln, self.tls, https_compatible=True) for ln in listeners]
+        self._listeners_closed.clear()
+        async with trio.open_nursery() as connections:
+            self._connections = connections.cancel_scope
+            with trio.CancelScope() as self._listening:
+                ready.append(None)
+                started.set()
+                await trio.serve_listeners(self._connection, listeners, handler_nursery=connections)
+            for ln in listeners:
+                await ln.aclose()
+            self._listeners_closed.set()
+            await trio.sleep_forever()  # connections stay until `stop` closes them
 
     def stop(self) -> None:
         """Stop listening (connections are refused until `start` again on the same port). A
@@ -154,18 +208,57 @@ class Receiver:
         send it again: a duplicate the test did not cause); one arriving meanwhile is refused
         uncounted."""
         self._closing = True
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        token = self._token
+        if token is None:
+            return
+        self._token = None
+        # (From any thread, a test's trio loop included: the calls are queued on the server's
+        # loop, and what they did is waited for here.)
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self._cancel, self._listening)
+        self._listeners_closed.wait(10)
         deadline = time.monotonic() + 10
         while self._active and time.monotonic() < deadline and self.gate.is_set():
             time.sleep(0.01)
-        with self.lock:
-            conns, self._conns = list(self._conns), set()
-        for c in conns:  # keep-alive connections too: the receiver is down
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(trio.RunFinishedError):  # keep-alive connections too: it is down
+            token.run_sync_soon(self._cancel, self._connections)
+        self._stopped.wait(30)
+
+    @staticmethod
+    def _cancel(scope: trio.CancelScope | None) -> None:
+        assert scope is not None
+        scope.cancel()
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        """One client: requests answered in order on the same connection (HTTP/1.1 keep-alive)
+        until it closes, asks to close, or the receiver stops."""
+        reader = _RequestReader(stream)
+        try:
+            while True:
+                request = await reader.request()
+                if request is None:
+                    return
+                path, headers, raw, keep = request
+                with self.lock:
+                    self._active += 1
+                try:
+                    answer: Fault = (503, {}, b"stopping")  # going down: refused uncounted, retried
+                    if not self._closing:
+                        answer = await self.handle(path, headers, raw)
+                    status, hdrs, body = answer
+                    head = [f"HTTP/1.1 {status} {_phrase(status)}", *(f"{k}: {v}" for k, v in hdrs.items()),
+                            f"Content-Length: {len(body)}", "", ""]
+                    await stream.send_all("\r\n".join(head).encode("latin-1") + body)
+                finally:
+                    with self.lock:
+                        self._active -= 1
+                if not keep:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            return  # a sender killed while its answer was held, a TLS handshake refused, garbage
+        finally:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError), trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -178,7 +271,7 @@ class Receiver:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     # -- requests ---------------------------------------------------------------------
-    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> Fault:
+    async def handle(self, path: str, headers: dict[str, str], raw: bytes) -> Fault:
         arrived = time.time_ns()
         h = {k.lower(): v for k, v in headers.items()}
         with self.lock:
@@ -186,8 +279,12 @@ class Receiver:
             self.got.wire_bytes += len(raw)
             self.got.headers.append(h)
         if self.delay:
-            time.sleep(self.delay)
-        answer = self._answer(path, h, raw, arrived)
+            await trio.sleep(self.delay)
+        # A test's fault may block (a slow answer): on a worker thread, as a request of its own.
+        fault = await trio.to_thread.run_sync(self.fault, h) if self.fault and path == "/v1/logs" else None
+        answer, held = self._answer(path, h, raw, arrived, fault)
+        if held:  # batches in flight: answered once the test opens the gate
+            await trio.to_thread.run_sync(self.gate.wait, abandon_on_cancel=True)
         with self.lock:
             self.got.statuses[answer[0]] = self.got.statuses.get(answer[0], 0) + 1
             # Each attempt: when it arrived, which body (a batch sent again is the same bytes),
@@ -195,7 +292,9 @@ class Receiver:
             self.attempts.append((arrived / 1e9, hash(raw), answer[0]))
         return answer
 
-    def _answer(self, path: str, h: dict[str, str], raw: bytes, arrived: int) -> Fault:
+    def _answer(self, path: str, h: dict[str, str], raw: bytes, arrived: int, fault: Fault | None
+                ) -> tuple[Fault, bool]:
+        """The answer, and whether it waits for the gate (its records accepted and held)."""
         if path == "/v1/metrics":
             from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
@@ -203,19 +302,18 @@ class Receiver:
             mreq.ParseFromString(raw)
             with self.lock:
                 self.metrics.append(mreq)
-            return 200, {"Content-Type": "application/x-protobuf"}, b""
+            return (200, {"Content-Type": "application/x-protobuf"}, b""), False
         if path != "/v1/logs":
-            return 404, {"Content-Type": "text/plain"}, b"no such path"
-        fault = self.fault(h) if self.fault else None
+            return (404, {"Content-Type": "text/plain"}, b"no such path"), False
         if fault is not None:
-            return fault
+            return fault, False
         enc = h.get("content-encoding", "identity")
         if enc == "zstd" and not self.accept_zstd:
-            return 415, {"Content-Type": "text/plain"}, b"zstd is not supported"
+            return (415, {"Content-Type": "text/plain"}, b"zstd is not supported"), False
         if self.max_body is not None and len(raw) > self.max_body:
-            return 413, {"Content-Type": "text/plain"}, b"too large"
+            return (413, {"Content-Type": "text/plain"}, b"too large"), False
         if h.get("content-type") != "application/x-protobuf":
-            return 415, {"Content-Type": "text/plain"}, b"protobuf only"
+            return (415, {"Content-Type": "text/plain"}, b"protobuf only"), False
         if enc == "zstd":
             data = zstandard.ZstdDecompressor().decompress(raw)
         elif enc == "gzip":
@@ -223,7 +321,7 @@ class Receiver:
         elif enc == "identity":
             data = raw
         else:
-            return 415, {}, b"unknown encoding"
+            return (415, {}, b"unknown encoding"), False
         req = logs_service_pb2.ExportLogsServiceRequest()
         req.ParseFromString(data)
         bodies: list[bytes] = []
@@ -250,13 +348,11 @@ class Receiver:
                 self.got.attributes.extend(attributes[reject:])
                 self.got.observed_ns.extend(observed[reject:])
                 self.got.arrived_ns.extend([arrived] * (len(bodies) - reject))
-        if held:
-            self.gate.wait()
         resp = logs_service_pb2.ExportLogsServiceResponse()
         if reject:
             resp.partial_success.rejected_log_records = reject
             resp.partial_success.error_message = "rejected by the test"
-        return 200, {"Content-Type": "application/x-protobuf"}, resp.SerializeToString()
+        return (200, {"Content-Type": "application/x-protobuf"}, resp.SerializeToString()), held
 
     def bodies(self) -> list[bytes]:
         with self.lock:

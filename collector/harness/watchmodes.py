@@ -8,7 +8,7 @@ own counters, dumped with SIGUSR1), delivery latency p50/p99 (the write time emb
 line → the arrival of its request at the receiver; with `--output file`, → the record's
 observedTimeUnixNano, i.e. read latency), peak RSS, lost and duplicated lines, and the backlog when
 a mode cannot keep up (reported, not hung). `--output otlp_http` (the default) ships OTLP/HTTP
-protobuf with zstd into a loopback receiver (collector/harness/receiver.py, a thread of this harness, not
+protobuf with zstd into a loopback receiver (collector/harness/receiver.py, a trio server of this harness, not
 of tailrace); `--output file` writes OTLP JSON. Either way every line is accounted for.
 
     tailrace bench watchmodes --quick --dir /var/log/bench   # which mode for this filesystem?
