@@ -8,8 +8,15 @@ Measured outside tailrace, so they bound what any change inside it can reach:
   of many files (struct file, inode, page cache tree, page).
 - CPU per wakeup of a sleeping loop: `time.sleep`, and `trio.sleep` (tailrace's event loop),
   from the process's own CPU clock.
+- Bulk (a read from head): the core's reading, framing and encoding alone (a tailer stepped by
+  hand into no output: no pipeline, no HTTP, no checkpoints), zstd at `--level` alone on the
+  very batches it made (the codec's cost on the wire format: a floor for any change in
+  tailrace), per MB of input; and the CPU of a whole `tailrace run` on an empty input (Python,
+  imports, the first look, the last snapshot: paid once per process, whatever the input).
+  `--corpus DIR` replays a directory of log files (as `bench.throughput` does), else generated
+  access-log-like lines.
 
-    python -m bench.floors --files 1000,5000 --runs 3
+    python -m bench.floors --files 1000,5000 --runs 3 [--bulk-gib 0.25] [--corpus DIR]
 
 Each figure is the median of `--runs`; writes `bench/results/floors-<time>.json`."""
 
@@ -25,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bench.trees import RESULTS, save
+from bench.trees import RESULTS, ROOT, save
 
 LINE = b"2026-12-02T13:00:00.000Z app[1234]: request served in 12 ms, status 200, bytes 5120 path /api/v1/items\n"
 
@@ -58,6 +65,45 @@ def pread_round_robin(files: int, passes: int) -> dict[str, float]:
             "cold_files_us": round(many - one, 3)}
 
 
+def bulk_floor(data: Path, level: int) -> dict[str, float]:
+    """ms of CPU per MB of `data` (warm in the page cache) for the core's read + frame + encode
+    and for zstd at `level` on the batches it made, each timed alone by the process's CPU clock."""
+    from collector.flow import config
+    from collector.flow.pipeline import standalone_tailer
+
+    size = data.stat().st_size
+    with tempfile.TemporaryDirectory(prefix="floors-") as d:
+        cfg = config.parse(f"state_dir: {d}\ninputs: [{{name: bulk, paths: ['{data}']}}]\n"
+                           "outputs: [{type: blackhole}]\n")
+        _, tailer = standalone_tailer(cfg)
+        step = codec = 0.0
+        proto = wire = done = 0
+        while done < size:
+            t0 = time.process_time()
+            batches = tailer.step() if tailer.bytes_read() < size else tailer.flush()
+            step += time.process_time() - t0
+            for b in batches:
+                t0 = time.process_time()
+                wire += len(b.encode("zstd", level))
+                codec += time.process_time() - t0
+                proto += b.proto_bytes
+                done += b.input_bytes
+                tailer.commit(b.id)
+    mb = size / 1e6
+    return {"read_frame_encode_ms_per_mb": round(step / mb * 1e3, 3), "zstd_ms_per_mb": round(codec / mb * 1e3, 3),
+            "proto_per_input": round(proto / size, 3), "zstd_ratio": round(proto / wire, 2)}
+
+
+def startup_shutdown_cpu_s(work: Path) -> float:
+    """CPU seconds of a whole `tailrace run` on an empty input, to its first snapshot and exit."""
+    from collector.harness.throughput import one_run
+
+    empty = work / "empty.log"
+    empty.write_bytes(b"")
+    with tempfile.TemporaryDirectory(prefix="floors-") as d:
+        return one_run(empty, 0, 0, Path(d), "blackhole")["cpu_s"]
+
+
 def sleep_wakeup_us(period: float, n: int) -> float:
     t0 = time.process_time()
     for _ in range(n):
@@ -82,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--period", type=float, default=0.2, help="seconds between wakeups")
     ap.add_argument("--wakeups", type=int, default=25)
+    ap.add_argument("--bulk-gib", type=float, default=0.25, help="bulk input size (0: no bulk floor)")
+    ap.add_argument("--corpus", default=None, help="a directory of log files to replay for the bulk floor")
+    ap.add_argument("--level", type=int, default=1, help="zstd level of the bulk floor")
+    ap.add_argument("--data-dir", default=str(ROOT / "bench" / "work"), help="where the bulk input is written")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
@@ -98,7 +148,38 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"measure": f"wakeup {name}", "period_s": args.period, "runs_us": runs_us,
                      "us_per_wakeup": statistics.median(runs_us)})
         print(f"{name} every {args.period}s: {statistics.median(runs_us)} µs of CPU per wakeup ({runs_us})")
+    if args.bulk_gib > 0:
+        rows.append(bulk_rows(args))
     print(f"raw: {save('floors', 'floors', argv, rows, args.results)}")
+
+
+def bulk_rows(args: argparse.Namespace) -> dict[str, Any]:
+    from collector.harness.throughput import make_corpus_file, make_file, warm
+
+    work = Path(args.data_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    total = int(args.bulk_gib * (1 << 30))
+    if args.corpus:
+        data = work / f"corpus-{Path(args.corpus).resolve().name}-{args.bulk_gib:g}GiB.log"
+        make_corpus_file(data, total, args.corpus)
+    else:
+        data = work / f"bulk-{args.bulk_gib:g}GiB-200B-varied.log"
+        make_file(data, total, 200, "varied")
+    warm(data)
+    runs = [bulk_floor(data, args.level) for _ in range(args.runs)]
+    row: dict[str, Any] = {"measure": "bulk", "input": str(data), "bytes": data.stat().st_size,
+                           "zstd_level": args.level, "runs": runs}
+    for k in runs[0]:
+        row[k] = statistics.median(r[k] for r in runs)
+    row["startup_shutdown_runs_cpu_s"] = [round(startup_shutdown_cpu_s(work), 3) for _ in range(args.runs)]
+    row["startup_shutdown_cpu_s"] = statistics.median(row["startup_shutdown_runs_cpu_s"])
+    both = row["read_frame_encode_ms_per_mb"] + row["zstd_ms_per_mb"]
+    row["mb_per_cpu_s_before_the_pipeline"] = round(1e3 / both, 1)
+    print(f"bulk ({data.name}): read+frame+encode {row['read_frame_encode_ms_per_mb']} ms/MB, zstd level "
+          f"{args.level} {row['zstd_ms_per_mb']} ms/MB (ratio {row['zstd_ratio']}): "
+          f"{row['mb_per_cpu_s_before_the_pipeline']} MB/CPU-s before the pipeline; a tailrace run on an empty "
+          f"input {row['startup_shutdown_cpu_s']} s of CPU (median of {args.runs})")
+    return row
 
 
 if __name__ == "__main__":

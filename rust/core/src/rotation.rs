@@ -285,14 +285,8 @@ impl Tailer {
             if self.readers.contains_key(&key) {
                 continue;
             }
-            // A rotated container log is bounded by the kubelet (containerLogMaxSize, 10 MiB by
-            // default); a compressed file past 1 GiB is not held in memory.
-            let mut data = head_fp.bytes;
-            if dec.take(1 << 30).read_to_end(&mut data).is_err() || (data.len() as u64) <= offset {
-                continue;
-            }
-            let Some(file) = memory_file(&data) else { continue };
-            let Ok((mut r, _)) = FileReader::with_file(file, key, src_path.clone(), data.len() as u64, SystemTime::now(), 0, now, &mut self.counters) else { continue };
+            let Some((file, size)) = self.unread_in_memory(&gz, head_fp.bytes, &mut dec, offset, RECOVER_HELD_MAX) else { continue };
+            let Ok((mut r, _)) = FileReader::with_file(file, key, src_path.clone(), size, SystemTime::now(), 0, now, &mut self.counters) else { continue };
             register(&self.cfg.name, cp, &mut r, src_path, offset);
             r.state = FileState::Draining { since: now };
             self.hold(key, r);
@@ -458,9 +452,48 @@ impl Tailer {
     }
 }
 
-/// An anonymous memory file holding `data` (a decompressed rotated file, read as files are).
-fn memory_file(data: &[u8]) -> Option<std::fs::File> {
-    use std::io::Write;
+/// At most this many decompressed bytes past a checkpoint are held in memory per compressed
+/// file (a rotated container log is bounded by the kubelet's containerLogMaxSize, 10 MiB by
+/// default); past it the rest is not read, and that is reported.
+pub(crate) const RECOVER_HELD_MAX: u64 = 1 << 30;
+
+impl Tailer {
+    /// The decompressed `gz` (`head` already read from `dec`) as a memory file read as files
+    /// are, and its size: its head at 0, the bytes from `offset` on at their place, and
+    /// nothing in between (a hole: bytes already read are decompressed and dropped, so memory
+    /// holds what is still to read, never the whole file twice). `None` when nothing is left
+    /// past `offset`. Past `held_max` unread bytes (`RECOVER_HELD_MAX`), or at a decompression
+    /// error, what came before is read and the rest reported (named by file).
+    pub(crate) fn unread_in_memory(&mut self, gz: &Path, head: Vec<u8>, dec: &mut impl std::io::Read, offset: u64, held_max: u64) -> Option<(std::fs::File, u64)> {
+        use std::io::{Read, Seek, Write};
+        let kept = head.len() as u64;
+        let from = offset.max(kept);
+        let dropped = std::io::copy(&mut dec.take(from - kept), &mut std::io::sink());
+        if !matches!(dropped, Ok(n) if n == from - kept) {
+            return None; // ends (or breaks) before the checkpoint: nothing unread
+        }
+        let mut file = memory_file()?;
+        file.write_all(&head).ok()?;
+        file.seek(std::io::SeekFrom::Start(from)).ok()?;
+        let copied = std::io::copy(&mut dec.take(held_max), &mut file);
+        let size = from + *copied.as_ref().unwrap_or(&0);
+        let what = match copied {
+            Err(e) => Some(format!("{e}")),
+            Ok(n) if n == held_max && dec.read(&mut [0u8]).is_ok_and(|more| more > 0) => {
+                Some(format!("more than {held_max} bytes past the checkpoint, more than is held in memory"))
+            }
+            Ok(_) => None,
+        };
+        if let Some(what) = what {
+            let msg = format!("compressed file {}: {what}: its lines up to byte {size} are read, the rest is not", gz.display());
+            self.report(format!("gz:{}", gz.display()), msg);
+        }
+        (size > offset).then_some((file, size))
+    }
+}
+
+/// An empty anonymous memory file (a decompressed rotated file is read from one as files are).
+fn memory_file() -> Option<std::fs::File> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; the name is NUL-terminated; the descriptor is owned below.
     let fd = unsafe { libc::memfd_create(c"tailrace-gz".as_ptr(), libc::MFD_CLOEXEC) };
@@ -468,9 +501,7 @@ fn memory_file(data: &[u8]) -> Option<std::fs::File> {
         return None;
     }
     // SAFETY: fd was just returned by memfd_create and is ours alone.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    f.write_all(data).ok()?;
-    Some(f)
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// If `copy` (a file of `copy_size` bytes with head `copy_fp`) is a copy of a file whose head is

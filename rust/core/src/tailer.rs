@@ -1390,6 +1390,95 @@ mod tests {
         assert_eq!(t.counters.scoped_looks, 2, "the new file: a look of its directory");
     }
 
+    /// `n` numbered lines of 101 bytes from `from`.
+    fn numbered(from: usize, n: usize) -> String {
+        (from..from + n).map(|i| format!("line {i:05} {}\n", "x".repeat(89))).collect()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn a_file_compressed_while_down_is_finished_from_its_checkpoint_exactly() {
+        // Read and committed to line 2,000 of 3,000, then rotated, gzip-compressed and
+        // unlinked while tailrace was down (the kubelet's `0.log.<time>.gz`), a new `0.log`
+        // begun: a restart reads lines 2,000-2,999 from the .gz and the new file's, each once,
+        // in order. Catches the .gz read from its start (2,000 duplicates) or not at all, or
+        // resumed at a wrong offset (a broken line).
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("0.log");
+        std::fs::write(&p, numbered(0, 2000)).unwrap();
+        let now = Instant::now();
+        {
+            let mut t = tailer(d.path(), |_| {});
+            let b = t.step(now);
+            assert_eq!(records(&b), 2000);
+            for batch in &b {
+                assert!(t.commit(batch.id));
+            }
+            t.checkpoints.lock().unwrap().write().unwrap();
+        }
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(numbered(2000, 1000).as_bytes()).unwrap();
+        std::fs::write(d.path().join("0.log.20261202-120000.gz"), gzip(&std::fs::read(&p).unwrap())).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, numbered(5000, 3)).unwrap();
+        let mut t = tailer(d.path(), |_| {});
+        let mut got = bodies(&t.step(now));
+        got.extend(bodies(&t.flush(now)));
+        let mut want: Vec<String> = numbered(2000, 1000).lines().map(String::from).collect();
+        want.extend(numbered(5000, 3).lines().map(String::from));
+        got.sort();
+        assert_eq!(got, want.into_iter().map(|l| (l, String::new())).collect::<Vec<_>>());
+        assert_eq!(t.counters.recovered_from_gzip, 1);
+    }
+
+    #[test]
+    fn a_compressed_file_is_held_in_memory_from_its_checkpoint_on_only() {
+        // Decompressed into a memory file: its head, then what is unread at its place, nothing
+        // between (bytes already read are dropped, not held). Catches the whole file held
+        // (twice, with a copy), and bytes put at the wrong place. Past the limit what came
+        // before is kept and the rest is reported by name.
+        use std::io::Read;
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let d = tempfile::tempdir().unwrap();
+        let data = numbered(0, 30_000); // 3,030,000 bytes
+        let gz = d.path().join("0.log.20261202-120000.gz");
+        std::fs::write(&gz, gzip(data.as_bytes())).unwrap();
+        let mut t = tailer(d.path(), |_| {});
+        let offset = 101 * 29_000;
+        let open = || {
+            let mut dec = flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap());
+            let mut head = Vec::new();
+            (&mut dec).take(crate::identity::FINGERPRINT_MAX as u64).read_to_end(&mut head).unwrap();
+            (head, dec)
+        };
+        let (head, mut dec) = open();
+        let (f, size) = t.unread_in_memory(&gz, head, &mut dec, offset, crate::rotation::RECOVER_HELD_MAX).unwrap();
+        assert_eq!((size, f.metadata().unwrap().len()), (data.len() as u64, data.len() as u64));
+        // Pages of memory: the head's and the unread 101,000 bytes' (26 pages with rounding),
+        // not the 740 of the whole file.
+        assert!(f.metadata().unwrap().blocks() * 512 <= 4096 * 27, "{} bytes held", f.metadata().unwrap().blocks() * 512);
+        let mut back = vec![0u8; data.len() - offset as usize];
+        f.read_exact_at(&mut back, offset).unwrap();
+        assert_eq!(back, &data.as_bytes()[offset as usize..]);
+        let mut first = vec![0u8; 1024];
+        f.read_exact_at(&mut first, 0).unwrap();
+        assert_eq!(first, &data.as_bytes()[..1024]);
+        assert!(t.take_reports().is_empty());
+        // At the checkpoint's end: nothing to read. Past the limit: the first bytes, reported.
+        let (head, mut dec) = open();
+        assert!(t.unread_in_memory(&gz, head, &mut dec, data.len() as u64, 1 << 20).is_none());
+        let (head, mut dec) = open();
+        let (_, size) = t.unread_in_memory(&gz, head, &mut dec, offset, 50_000).unwrap();
+        assert_eq!(size, offset + 50_000);
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(reports[0].contains(&gz.display().to_string()) && reports[0].contains(&format!("up to byte {size}")), "{reports:?}");
+    }
+
     #[test]
     fn a_file_empty_when_found_is_checkpointed_with_its_full_head() {
         // The head grows after the file is found: the checkpoint must store it as its batches are
