@@ -117,22 +117,41 @@ def test_coalesce_is_auto_or_a_duration(tmp_path: Path) -> None:
     assert "coalesce" in r.stderr and "soon" in r.stderr, r.stderr
 
 
-def test_environment_values_take_their_yaml_type_and_dollar_escapes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_values_take_the_type_of_their_key_and_dollar_escapes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECORDS", "500")
     monkeypatch.setenv("EMPTY", "")
+    monkeypatch.setenv("KEY", "0123")  # YAML 1.1: the octal 83
+    monkeypatch.setenv("TENANT", "on")  # YAML 1.1: true
+    monkeypatch.setenv("SKIP", "true")
+    monkeypatch.setenv("EVERY", "5")
     cfg = config.parse(
-        "inputs: [{paths: ['/srv/$$weird/${env:SUB:-x}/*.log'], max_line_bytes: '${LINE:-65536}'}]\n"
-        "outputs: [{type: blackhole}]\nbatch: {max_records: '${RECORDS}', max_age: '${AGE:-250ms}'}\n"
+        "inputs: [{paths: ['/srv/$$weird/${env:SUB:-x}/*.log'], max_line_bytes: '${LINE:-65536}',"
+        " include_file_path: '${SKIP}', poll_interval: '${EVERY}'}]\n"
+        "outputs: [{type: otlp_http, endpoint: 'http://h:4318',"
+        " headers: {x-api-key: '${KEY}', x-tenant: '${TENANT}'}}]\n"
+        "batch: {max_records: '${RECORDS}', max_age: '${AGE:-250ms}'}\n"
         "state_dir: '${EMPTY:-/var/lib/t}'"
     )
-    # A whole-value reference is typed as YAML types its text: integers where integers go.
+    # A whole-value reference is typed by its key: integers, booleans and durations where they
+    # go, the text itself where text goes (catches YAML 1.1 typing: 83 and True).
     assert (cfg.batch.max_records, cfg.inputs[0].max_line_bytes, cfg.batch.max_age) == (500, 65536, 0.25)
+    assert (cfg.inputs[0].include_file_path, cfg.inputs[0].poll_interval) == (True, 5.0)
+    out = cfg.outputs[0]
+    assert isinstance(out, config.OtlpHttpOutput)
+    assert out.headers == {"x-api-key": "0123", "x-tenant": "on"}
     assert cfg.inputs[0].paths == ["/srv/$weird/x/*.log"]  # `$$` is a `$`; `${env:…}` accepted
     assert cfg.state_dir == "/var/lib/t"  # `:-` also covers a variable set but empty
     with pytest.raises(config.ConfigError) as e:
         config.parse("inputs: [{paths: ['${LOGS:?set LOGS to the log directory}/*.log']}]\n"
                      "outputs: [{type: blackhole}]", "c.yaml")
     assert str(e.value) == "c.yaml:1: $.inputs[0].paths[0]: set LOGS to the log directory (${LOGS})"
+    # Text that is no number where a number goes is an error naming the key (YAML 1.1 read
+    # `1:30` as 90, silently).
+    monkeypatch.setenv("RECORDS", "1:30")
+    with pytest.raises(config.ConfigError) as e:
+        config.parse("inputs: [{paths: [/x]}]\noutputs: [{type: blackhole}]\n"
+                     "batch: {max_records: '${RECORDS}'}", "c.yaml")
+    assert str(e.value).startswith("c.yaml:3: $.batch.max_records: "), str(e.value)
 
 
 def test_own_logs_have_rfc3339_times_warn_is_warning_and_flags_win(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ class ConfigError(Exception):
     """A configuration that cannot run; the message names the key."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
-_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS_S = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNITS_B = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 # `${VAR}`, `${env:VAR}`, `${VAR:-default}`, `${VAR:?message}`, and `$$` for a literal `$`.
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
@@ -437,9 +437,12 @@ def tailer_options(
 
 
 def _expand(node: Any, where: str) -> Any:
-    """Environment references in string values. A value that is one reference and nothing else
-    takes the type its text has as a YAML scalar (`${WORKERS:-8}` is the integer 8), as the
-    OpenTelemetry Collector does; inside a longer string it is text."""
+    """Environment references in string values, expanded as text. The text is then typed by
+    its key (`parse` converts leniently: `${WORKERS:-8}` is the integer 8 where an integer goes,
+    `true`/`false` where a boolean goes), never by how YAML 1.1 reads it: an API key `0123` stays
+    `0123` where text goes (YAML 1.1: the octal 83), `on` stays `on` (a boolean), `1:30` is no
+    number (YAML 1.1: 90). The OpenTelemetry Collector also keeps the original text for a
+    string field."""
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -455,15 +458,7 @@ def _expand(node: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
             return value
 
-        whole = _ENV.fullmatch(node)
-        text = _ENV.sub(sub, node)
-        if whole is not None and whole.group(0) != "$$":
-            try:
-                scalar = yaml.safe_load(text) if text else text
-            except yaml.YAMLError:
-                return text
-            return scalar if isinstance(scalar, (str, int, float, bool)) else text
-        return text
+        return _ENV.sub(sub, node)
     if isinstance(node, list):
         return [_expand(v, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, dict):
@@ -488,7 +483,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         path = str(e).split(":", 1)[0]
         raise ConfigError(f"{source}:{line_of(path)}: {e}") from None
     try:
-        return msgspec.convert(raw, Config, dec_hook=_dec_hook)
+        return msgspec.convert(raw, Config, dec_hook=_dec_hook, strict=False)
     except msgspec.ValidationError as first:
         errors = _every_error(raw) or [str(first)]
         raise ConfigError("\n".join(_describe(e, source, line_of) for e in errors)) from None
@@ -509,7 +504,7 @@ def _every_error(raw: dict[str, Any]) -> list[str]:
         unknown_keys: list[str] = []
         for _ in range(50):
             try:
-                msgspec.convert(doc, Config, dec_hook=_dec_hook)
+                msgspec.convert(doc, Config, dec_hook=_dec_hook, strict=False)
                 return
             except msgspec.ValidationError as e:
                 missing = re.search(r"missing required field `([^`]+)`", str(e))
