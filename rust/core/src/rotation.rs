@@ -468,22 +468,54 @@ impl Tailer {
         use std::io::{Read, Seek, Write};
         let kept = head.len() as u64;
         let from = offset.max(kept);
-        let dropped = std::io::copy(&mut dec.take(from - kept), &mut std::io::sink());
-        if !matches!(dropped, Ok(n) if n == from - kept) {
-            return None; // ends (or breaks) before the checkpoint: nothing unread
-        }
-        let mut file = memory_file()?;
-        file.write_all(&head).ok()?;
-        file.seek(std::io::SeekFrom::Start(from)).ok()?;
-        let copied = std::io::copy(&mut dec.take(held_max), &mut file);
-        let size = from + *copied.as_ref().unwrap_or(&0);
-        let what = match copied {
-            Err(e) => Some(format!("{e}")),
-            Ok(n) if n == held_max && dec.read(&mut [0u8]).is_ok_and(|more| more > 0) => {
-                Some(format!("more than {held_max} bytes past the checkpoint, more than is held in memory"))
+        match std::io::copy(&mut dec.take(from - kept), &mut std::io::sink()) {
+            Ok(n) if n == from - kept => {}
+            Ok(_) => return None, // ends before the checkpoint: nothing unread
+            Err(e) => {
+                let msg = format!("compressed file {}: {e} before byte {from}: its lines past that are not read", gz.display());
+                self.report(format!("gz:{}", gz.display()), msg);
+                return None;
             }
-            Ok(_) => None,
+        }
+        let made = memory_file().and_then(|mut f| {
+            f.write_all(&head)?;
+            f.seek(std::io::SeekFrom::Start(from))?;
+            Ok(f)
+        });
+        let mut file = match made {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("compressed file {}: cannot hold it in memory: {e}: its lines past byte {offset} are not read", gz.display());
+                self.report(format!("gz:{}", gz.display()), msg);
+                return None;
+            }
         };
+        // Copied by hand: at an error, what was written before it is known and kept.
+        let (mut copied, mut buf, mut error) = (0u64, vec![0u8; 64 * 1024], None);
+        while copied < held_max {
+            let want = buf.len().min((held_max - copied) as usize);
+            match dec.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = file.write_all(&buf[..n]) {
+                        error = Some(format!("cannot hold it in memory: {e}")); // (memory file full)
+                        break;
+                    }
+                    copied += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let size = from + copied;
+        let _ = file.set_len(size); // a write cut short leaves no bytes past what is counted
+        let what = error.or_else(|| {
+            (copied == held_max && dec.read(&mut [0u8]).is_ok_and(|more| more > 0))
+                .then(|| format!("more than {held_max} bytes past the checkpoint, more than is held in memory"))
+        });
         if let Some(what) = what {
             let msg = format!("compressed file {}: {what}: its lines up to byte {size} are read, the rest is not", gz.display());
             self.report(format!("gz:{}", gz.display()), msg);
@@ -493,15 +525,15 @@ impl Tailer {
 }
 
 /// An empty anonymous memory file (a decompressed rotated file is read from one as files are).
-fn memory_file() -> Option<std::fs::File> {
+fn memory_file() -> std::io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; the name is NUL-terminated; the descriptor is owned below.
     let fd = unsafe { libc::memfd_create(c"tailrace-gz".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd was just returned by memfd_create and is ours alone.
-    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// If `copy` (a file of `copy_size` bytes with head `copy_fp`) is a copy of a file whose head is

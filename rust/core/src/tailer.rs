@@ -1477,6 +1477,26 @@ mod tests {
         let reports = t.take_reports();
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert!(reports[0].contains(&gz.display().to_string()) && reports[0].contains(&format!("up to byte {size}")), "{reports:?}");
+        // A damaged .gz (its last 8 bytes, the CRC and size, cut off): what decompressed is
+        // read, the damage reported by name; damaged before the checkpoint, nothing is read.
+        let whole = gzip(data.as_bytes());
+        let cut = d.path().join("1.log.20261202-120000.gz");
+        std::fs::write(&cut, &whole[..whole.len() - 8]).unwrap();
+        let open_cut = || {
+            let mut dec = flate2::read::GzDecoder::new(std::fs::File::open(&cut).unwrap());
+            let mut head = Vec::new();
+            (&mut dec).take(crate::identity::FINGERPRINT_MAX as u64).read_to_end(&mut head).unwrap();
+            (head, dec)
+        };
+        let (head, mut dec) = open_cut();
+        let (f, size) = t.unread_in_memory(&cut, head, &mut dec, offset, 1 << 30).unwrap();
+        assert_eq!(size, f.metadata().unwrap().len());
+        let mut back = vec![0u8; (size - offset) as usize];
+        f.read_exact_at(&mut back, offset).unwrap();
+        assert_eq!(back, &data.as_bytes()[offset as usize..size as usize]);
+        let reports = t.take_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(reports[0].contains(&cut.display().to_string()), "{reports:?}");
     }
 
     #[test]
