@@ -1449,13 +1449,14 @@ mod tests {
         std::fs::write(&gz, gzip(data.as_bytes())).unwrap();
         let mut t = tailer(d.path(), |_| {});
         let offset = 101 * 29_000;
-        let open = || {
-            let mut dec = flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap());
+        // Opened as recovery opens it: the head read first.
+        let open = |gz: &Path| {
+            let mut dec = flate2::read::GzDecoder::new(std::fs::File::open(gz).unwrap());
             let mut head = Vec::new();
             (&mut dec).take(crate::identity::FINGERPRINT_MAX as u64).read_to_end(&mut head).unwrap();
             (head, dec)
         };
-        let (head, mut dec) = open();
+        let (head, mut dec) = open(&gz);
         let (f, size) = t.unread_in_memory(&gz, head, &mut dec, offset, crate::rotation::RECOVER_HELD_MAX).unwrap();
         assert_eq!((size, f.metadata().unwrap().len()), (data.len() as u64, data.len() as u64));
         // Pages of memory: the head's and the unread 101,000 bytes' (26 pages with rounding),
@@ -1469,9 +1470,9 @@ mod tests {
         assert_eq!(first, &data.as_bytes()[..1024]);
         assert!(t.take_reports().is_empty());
         // At the checkpoint's end: nothing to read. Past the limit: the first bytes, reported.
-        let (head, mut dec) = open();
+        let (head, mut dec) = open(&gz);
         assert!(t.unread_in_memory(&gz, head, &mut dec, data.len() as u64, 1 << 20).is_none());
-        let (head, mut dec) = open();
+        let (head, mut dec) = open(&gz);
         let (_, size) = t.unread_in_memory(&gz, head, &mut dec, offset, 50_000).unwrap();
         assert_eq!(size, offset + 50_000);
         let reports = t.take_reports();
@@ -1482,13 +1483,7 @@ mod tests {
         let whole = gzip(data.as_bytes());
         let cut = d.path().join("1.log.20261202-120000.gz");
         std::fs::write(&cut, &whole[..whole.len() - 8]).unwrap();
-        let open_cut = || {
-            let mut dec = flate2::read::GzDecoder::new(std::fs::File::open(&cut).unwrap());
-            let mut head = Vec::new();
-            (&mut dec).take(crate::identity::FINGERPRINT_MAX as u64).read_to_end(&mut head).unwrap();
-            (head, dec)
-        };
-        let (head, mut dec) = open_cut();
+        let (head, mut dec) = open(&cut);
         let (f, size) = t.unread_in_memory(&cut, head, &mut dec, offset, 1 << 30).unwrap();
         assert_eq!(size, f.metadata().unwrap().len());
         let mut back = vec![0u8; (size - offset) as usize];
