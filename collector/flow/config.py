@@ -486,7 +486,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         return msgspec.convert(raw, Config, dec_hook=_dec_hook, strict=False)
     except msgspec.ValidationError as first:
         errors = _every_error(raw) or [str(first)]
-        raise ConfigError("\n".join(_describe(e, source, line_of) for e in errors)) from None
+        raise ConfigError("\n".join(_describe(e, source, line_of, raw) for e in errors)) from None
 
 
 # What each part is checked against when looking for every error (a valid rest around it).
@@ -586,13 +586,16 @@ def _locate(text: str) -> Any:
     return line_of
 
 
-def _describe(error: str, source: str, line_of: Any) -> str:
-    """`FILE:LINE: $.path: message`, with the allowed values and a near match where known."""
+def _describe(error: str, source: str, line_of: Any, raw: Any = None) -> str:
+    """`FILE:LINE: $.path: message`, with the allowed values and a near match where known, and
+    the text given where text is not what goes (it may come from the environment: unseen)."""
     import difflib
 
     m = re.match(r"(?s)(.*) - at `(\$[^`]*)`$", error)
     what, path = (m.group(1), m.group(2)) if m else (error, "$")
     hint = ""
+    if re.match(r"Expected `[^`]+`, got `str`$", what) and isinstance(given := _value_at(raw, path), str):
+        hint = f": {given!r}"
     unknown = re.match(r"Object contains unknown field `([^`]+)`", what)
     bad = re.match(r"Invalid (?:enum )?value '([^']*)'", what)
     if unknown:
@@ -608,6 +611,17 @@ def _describe(error: str, source: str, line_of: Any) -> str:
                 near = difflib.get_close_matches(bad.group(1), allowed, n=1)
                 hint = f" (one of: {', '.join(allowed)}" + (f"; did you mean `{near[0]}`?)" if near else ")")
     return f"{source}:{where}: {path}: {what}{hint}" if where else f"{source}: {path}: {what}{hint}"
+
+
+def _value_at(raw: Any, path: str) -> Any:
+    """The value at a msgspec error path (`$.inputs[0].paths[1]`) of the raw document, if any."""
+    node = raw
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        try:
+            node = node[name] if name else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
 
 
 def _types_at(path: str) -> list[Any]:
