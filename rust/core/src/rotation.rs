@@ -324,8 +324,9 @@ impl Tailer {
             self.recover_copy(cp, Path::new(&was_at), &fp, offset, 0, now);
         }
         // An entry whose head is shorter than a line proves nothing about identity (an inode
-        // reused); its offset can only be 0 or a flushed partial, so it is not resumed.
-        let entry = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size && e.fp.is_evidence());
+        // reused); its offset can only be 0 or a flushed partial, so it is not resumed. Nor
+        // does a file's head shorter than a line (the file an entry describes has that line).
+        let entry = cp.lookup(&self.cfg.name, f.key, &r.fp).filter(|e| e.offset <= f.size && e.fp.is_evidence() && r.fp.is_evidence());
         let resume = entry.map(|e| (e.offset, e.path.clone()));
         let offset = match &resume {
             Some((off, _)) => *off,
@@ -401,8 +402,10 @@ impl Tailer {
         for s in copies {
             let Ok((mut copy, _)) = FileReader::open(s.path.clone(), s.key, 0, now, &self.discoverer.roots, &mut self.counters) else { continue };
             // A copy is a file never seen before: known siblings are older rotations (an entry
-            // whose head differs is an inode reused, not a file seen).
-            let known = cp.lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| e.fp.is_evidence());
+            // whose head differs is an inode reused, not a file seen). Known takes evidence on
+            // both sides: a copy holding only a partial line (`L`) is compatible with any entry
+            // whose head starts with it, such as a deleted file's whose inode it reuses.
+            let known = copy.fp.is_evidence() && cp.lookup(&self.cfg.name, s.key, &copy.fp).is_some_and(|e| e.fp.is_evidence());
             // Nothing emitted yet but a partial line carried: the copy must start with it.
             let carry_copy = emitted == 0 && carried > 0 && carried <= fp.bytes.len() && copy.fp.bytes.starts_with(&fp.bytes[..carried]);
             if known || (!carry_copy && copy_offset(fp, emitted, &copy.fp, s.size) != Some(emitted)) {
