@@ -275,6 +275,29 @@ mod tests {
     }
 
     #[test]
+    fn a_growing_head_is_kept_until_the_checkpoint_holds_it() {
+        // Batch 1 was read before a truncation (epoch 1), batch 2 after it (epoch 2) with the
+        // new content's head. Batch 1's acknowledgement is refused by the checkpoint (an older
+        // epoch): the head must outlive it and be stored with batch 2's. Catches a head dropped
+        // at any commit (the checkpoint would keep the empty head of the truncation: a restart
+        // could not tell the file from another).
+        let d = tempfile::tempdir().unwrap();
+        let cp = Arc::new(Mutex::new(Checkpointer::open(&d.path().join("state"), std::time::Duration::from_secs(3600)).unwrap()));
+        let k = FileKey { dev: 1, ino: 7 };
+        let fp = |s: &str| Fingerprint { bytes: s.as_bytes().to_vec() };
+        let old = cp.lock().unwrap().register("in", k, &fp("old line\n"), "/x/a.log", 0);
+        let ledger = Ledger::new("in", 1, cp.clone());
+        ledger.open(&[(1, &[(k, old, 9)])], vec![]);
+        let new = cp.lock().unwrap().register("in", k, &fp(""), "/x/a.log", 0); // truncated: from 0
+        ledger.open(&[(2, &[(k, new, 9)])], vec![(k, fp("new line\n"))]);
+        assert_eq!(ledger.ack(1), Some(true));
+        assert_eq!(cp.lock().unwrap().get("in", k).map(|e| (e.offset, e.fp.bytes.clone())), Some((0, vec![])), "epoch 1 refused");
+        assert_eq!(ledger.ack(2), Some(true));
+        assert_eq!(cp.lock().unwrap().get("in", k).map(|e| (e.offset, e.fp.bytes.clone())), Some((9, b"new line\n".to_vec())));
+        assert!(ledger.inner.lock().unwrap().heads.is_empty(), "stored, then dropped");
+    }
+
+    #[test]
     fn a_batch_commits_when_its_last_output_acknowledges_and_only_in_order() {
         let k = FileKey { dev: 1, ino: 1 };
         let mut r = Runs::new(2);
