@@ -94,16 +94,6 @@ def bulk_floor(data: Path, level: int) -> dict[str, float]:
             "proto_per_input": round(proto / size, 3), "zstd_ratio": round(proto / wire, 2)}
 
 
-def startup_shutdown_cpu_s(work: Path) -> float:
-    """CPU seconds of a whole `tailrace run` on an empty input, to its first snapshot and exit."""
-    from collector.harness.throughput import one_run
-
-    empty = work / "empty.log"
-    empty.write_bytes(b"")
-    with tempfile.TemporaryDirectory(prefix="floors-") as d:
-        return one_run(empty, 0, 0, Path(d), "blackhole")["cpu_s"]
-
-
 def sleep_wakeup_us(period: float, n: int) -> float:
     t0 = time.process_time()
     for _ in range(n):
@@ -154,24 +144,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def bulk_rows(args: argparse.Namespace) -> dict[str, Any]:
-    from collector.harness.throughput import make_corpus_file, make_file, warm
+    from collector.harness.throughput import bulk_input, idle_cpu_s
 
     work = Path(args.data_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    total = int(args.bulk_gib * (1 << 30))
-    if args.corpus:
-        data = work / f"corpus-{Path(args.corpus).resolve().name}-{args.bulk_gib:g}GiB.log"
-        make_corpus_file(data, total, args.corpus)
-    else:
-        data = work / f"bulk-{args.bulk_gib:g}GiB-200B-varied.log"
-        make_file(data, total, 200, "varied")
-    warm(data)
+    data, _, _ = bulk_input(work, args.bulk_gib, args.corpus, 200, "varied")
     runs = [bulk_floor(data, args.level) for _ in range(args.runs)]
     row: dict[str, Any] = {"measure": "bulk", "input": str(data), "bytes": data.stat().st_size,
                            "zstd_level": args.level, "runs": runs}
     for k in runs[0]:
         row[k] = statistics.median(r[k] for r in runs)
-    row["startup_shutdown_runs_cpu_s"] = [round(startup_shutdown_cpu_s(work), 3) for _ in range(args.runs)]
+    row["startup_shutdown_runs_cpu_s"] = [round(idle_cpu_s(work, "blackhole"), 3) for _ in range(args.runs)]
     row["startup_shutdown_cpu_s"] = statistics.median(row["startup_shutdown_runs_cpu_s"])
     both = row["read_frame_encode_ms_per_mb"] + row["zstd_ms_per_mb"]
     row["mb_per_cpu_s_before_the_pipeline"] = round(1e3 / both, 1)

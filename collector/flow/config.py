@@ -558,6 +558,11 @@ def _every_error(raw: dict[str, Any]) -> list[str]:
     return out
 
 
+def _steps(path: str) -> list[tuple[str, str]]:
+    """A msgspec error path (`$.inputs[0].watch`) as its steps: `(key, "")` or `("", index)`."""
+    return re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path.removeprefix("$"))
+
+
 def _locate(text: str) -> Any:
     """A function from a key's path (`$.inputs[0].watch`) to its line in `text` (the nearest
     enclosing one that exists; None when the text does not compose)."""
@@ -569,7 +574,7 @@ def _locate(text: str) -> Any:
     def line_of(path: str) -> int | None:
         node = root
         line = node.start_mark.line + 1 if node is not None else None
-        for key, index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path.removeprefix("$")):
+        for key, index in _steps(path):
             nxt = None
             if key and isinstance(node, yaml.MappingNode):
                 nxt = next((k for k, _ in node.value if k.value == key), None)
@@ -616,7 +621,7 @@ def _describe(error: str, source: str, line_of: Any, raw: Any = None) -> str:
 def _value_at(raw: Any, path: str) -> Any:
     """The value at a msgspec error path (`$.inputs[0].paths[1]`) of the raw document, if any."""
     node = raw
-    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+    for name, index in _steps(path):
         try:
             node = node[name] if name else node[int(index)]
         except (KeyError, IndexError, TypeError):
@@ -629,7 +634,7 @@ def _types_at(path: str) -> list[Any]:
     import typing
 
     types: list[Any] = [Config]
-    for key, _index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", path.removeprefix("$")):
+    for key, _index in _steps(path):
         nxt: list[Any] = []
         for t in types:
             if key:

@@ -186,6 +186,35 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Pa
     }
 
 
+def bulk_input(data_dir: Path, gib: float, corpus: str | None, line_bytes: int = 200,
+               content: str = "repetitive") -> tuple[Path, int, str]:
+    """The input file under `data_dir` (written, then warm in the page cache): `corpus`'s lines
+    replayed to `gib`, else generated lines; with its line count and a description."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if corpus:
+        data = data_dir / f"corpus-{Path(corpus).resolve().name}-{gib:g}GiB.log"
+        print(f"writing {data} from {corpus} …", file=sys.stderr, flush=True)
+        lines = make_corpus_file(data, int(gib * (1 << 30)), corpus)
+        what = f"corpus {Path(corpus).resolve()}"
+    else:
+        suffix = "" if content == "repetitive" else f"-{content}"
+        data = data_dir / f"bulk-{gib:g}GiB-{line_bytes}B{suffix}.log"
+        print(f"writing {data} …", file=sys.stderr, flush=True)
+        lines = make_file(data, int(gib * (1 << 30)), line_bytes, content)
+        what = f"{line_bytes}-byte {content} lines"
+    warm(data)
+    return data, lines, what
+
+
+def idle_cpu_s(data_dir: Path, output: str, tree: Path | None = None, level: int | None = None) -> float:
+    """CPU seconds of the same `tailrace run` on an empty input: start-up, the first look, the
+    first checkpoints, shutdown (what a run pays whatever its input)."""
+    empty = data_dir / "empty.log"
+    empty.write_bytes(b"")
+    with tempfile.TemporaryDirectory() as work:
+        return one_run(empty, 0, 0, Path(work), output, tree, level)["cpu_s"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="tailrace bench throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,20 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results)
 
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if args.corpus:
-        data = data_dir / f"corpus-{Path(args.corpus).resolve().name}-{args.gib:g}GiB.log"
-        print(f"writing {data} from {args.corpus} …", file=sys.stderr, flush=True)
-        lines = make_corpus_file(data, int(args.gib * (1 << 30)), args.corpus)
-        content = f"corpus {Path(args.corpus).resolve()}"
-    else:
-        suffix = "" if args.content == "repetitive" else f"-{args.content}"
-        data = data_dir / f"bulk-{args.gib:g}GiB-{args.line_bytes}B{suffix}.log"
-        print(f"writing {data} …", file=sys.stderr, flush=True)
-        lines = make_file(data, int(args.gib * (1 << 30)), args.line_bytes, args.content)
-        content = f"{args.line_bytes}-byte {args.content} lines"
+    data, lines, content = bulk_input(data_dir, args.gib, args.corpus, args.line_bytes, args.content)
     size = data.stat().st_size
-    warm(data)
     several = len(args.tree) > 1
     levels: list[int | None] = [int(v) for v in args.levels.split(",")] if args.levels else [None]
     cells = [(o, t, lv, f"{o}{f' ({t.name})' if several and t else ''}{f' level {lv}' if lv is not None else ''}")
@@ -230,8 +247,6 @@ def main(argv: list[str] | None = None) -> None:
              for lv in (levels if o == "otlp_http" else [None])]
     runs: dict[str, list[dict[str, float]]] = {label: [] for *_, label in cells}
     idle: dict[str, list[float]] = {label: [] for *_, label in cells}
-    empty = data_dir / "empty.log"
-    empty.write_bytes(b"")
     for i in range(args.runs):  # interleaved: run i of every cell, then run i + 1
         for output, tree, level, label in cells:
             with tempfile.TemporaryDirectory() as work:
@@ -239,8 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                 r = one_run(data, size, lines, Path(work), output, tree, level)
                 print(f"  {r['mb_per_cpu_s']:.1f} MB/CPU-s, {r['peak_rss_mib']:.0f} MiB peak RSS", file=sys.stderr)
                 runs[label].append(r)
-            with tempfile.TemporaryDirectory() as work:  # the same process on an empty input
-                idle[label].append(one_run(empty, 0, 0, Path(work), output, tree, level)["cpu_s"])
+            idle[label].append(idle_cpu_s(data_dir, output, tree, level))  # the same process, no input
     # What reading costs: each run's CPU less the median start-up and shutdown of its cell (a
     # fixed ~0.4 s here, whatever the input's size; a node's tailrace pays it once).
     for label, rs in runs.items():

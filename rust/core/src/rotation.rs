@@ -475,8 +475,7 @@ impl Tailer {
             Ok(n) if n == from - kept => {}
             Ok(_) => return None, // ends before the checkpoint: nothing unread
             Err(e) => {
-                let msg = format!("compressed file {}: {e} before byte {from}: its lines past that are not read", gz.display());
-                self.report(format!("gz:{}", gz.display()), msg);
+                self.report_unread(gz, &format!("{e} before byte {from}"), offset);
                 return None;
             }
         }
@@ -488,8 +487,7 @@ impl Tailer {
         let mut file = match made {
             Ok(f) => f,
             Err(e) => {
-                let msg = format!("compressed file {}: cannot hold it in memory: {e}: its lines past byte {offset} are not read", gz.display());
-                self.report(format!("gz:{}", gz.display()), msg);
+                self.report_unread(gz, &format!("cannot hold it in memory: {e}"), offset);
                 return None;
             }
         };
@@ -520,10 +518,16 @@ impl Tailer {
                 .then(|| format!("more than {held_max} bytes past the checkpoint, more than is held in memory"))
         });
         if let Some(what) = what {
-            let msg = format!("compressed file {}: {what}: its lines up to byte {size} are read, the rest is not", gz.display());
-            self.report(format!("gz:{}", gz.display()), msg);
+            self.report_unread(gz, &what, size);
         }
         (size > offset).then_some((file, size))
+    }
+
+    /// A compressed file recovered in part: what stopped it, and up to where its lines are
+    /// read (before this start, or now); reported once per file.
+    fn report_unread(&mut self, gz: &Path, what: &str, upto: u64) {
+        let msg = format!("compressed file {}: {what}: its lines up to byte {upto} are read, the rest is not", gz.display());
+        self.report(format!("gz:{}", gz.display()), msg);
     }
 }
 
