@@ -119,8 +119,8 @@ def test_counts_agree_with_strace(tmp_path: Path, tailrace, watch: str, per_line
         lines = int(files * rate * seconds)
         wait_for(lambda: count_records(out) == files + lines, 60, "every line delivered")
         # Quiescent: naive works through its queue one event at a time after the last line, and
-        # steady files are read on the cadence until five reads in a row found nothing (5 × 50
-        # ms here): two dumps 0.5 s apart that agree.
+        # steady files are read on the cadence until four of their last eight reads found nothing
+        # (4 × 50 ms here): two dumps 0.5 s apart that agree.
         n, after = 2, _stats_dump(t, 2)
         deadline = time.monotonic() + 60
         while True:

@@ -145,11 +145,8 @@ pub struct FileReader {
     /// The parser's cap on a (merged) message; the reader's own cap on a line is larger for
     /// container formats (their envelope).
     pub max_message: usize,
-    /// Reads in a row, one per read pass, that found new bytes (a file that is written at
-    /// every read turns steady: read on the cadence, without write events).
-    pub streak: u8,
-    /// Reads in a row that found nothing while steady (at `STEADY_IDLE` it turns back).
-    pub idle: u8,
+    /// Whether the file is read on the cadence without write events, and what decides it.
+    pub steady: crate::watcher::Steadiness,
 }
 
 pub struct ReadResult {
@@ -221,8 +218,7 @@ impl FileReader {
             parser: Parser::new(Format::Plain),
             fp_sent: 0,
             max_message: usize::MAX,
-            streak: 0,
-            idle: 0,
+            steady: Default::default(),
         };
         Ok((reader, truncated))
     }

@@ -37,7 +37,7 @@ use crate::checkpoints::{unix_ns, Checkpointer};
 use crate::discovery::{self, Found};
 use crate::identity::{FileKey, Fingerprint};
 use crate::reader::{self, FileReader, FileState, OutsideRoots};
-use crate::tailer::{ReadFrom, Tailer, STEADY_AFTER};
+use crate::tailer::{ReadFrom, Tailer};
 
 /// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
 /// records carry (`path`, that epoch). The one place both are set.
@@ -161,7 +161,7 @@ impl Tailer {
             // What is at the path now was found by this look (a regular file the globs match).
             if at_path.contains_key(path.as_path()) {
                 self.counters.rotations += 1;
-                if r.streak >= STEADY_AFTER {
+                if r.steady.on {
                     self.steady_paths.insert(path.clone());
                 }
             } else {
@@ -349,7 +349,7 @@ impl Tailer {
         r.look_mtime = f.mtime;
         match self.watcher.watch(f.key, &f.path, steady, &mut self.counters) {
             Err(msg) => self.report(format!("watch:{}", f.path.display()), msg),
-            Ok(true) => r.streak = STEADY_AFTER,
+            Ok(true) => r.steady.set(true),
             Ok(false) => {}
         }
         self.hold(f.key, r);

@@ -34,14 +34,6 @@ use crate::parser::{Format, Parser};
 use crate::reader::{FileReader, FileState, ReadResult};
 use crate::watcher::{InotifyWatcher, PollWatcher, Watcher};
 
-/// Reads in a row that found new bytes before a file turns steady (see `Watcher::set_steady`).
-pub(crate) const STEADY_AFTER: u8 = 3;
-/// Reads in a row that found nothing before a steady file turns back. More than one: a file
-/// written about once per read period (thousands of files at a modest rate) finds nothing at
-/// some reads, and turning it back and forth costs two mask changes (`inotify_add_watch`
-/// through `/proc/self/fd/N`, a path lookup each) where an empty read costs one `pread`.
-pub(crate) const STEADY_IDLE: u8 = 5;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchMode {
     Poll,
@@ -374,10 +366,7 @@ impl Tailer {
         self.counters.steps += 1;
         self.look_if_due(now);
         let read = match self.files_to_read(now) {
-            Some((files, since)) => {
-                self.read_files(files, now);
-                Some(since)
-            }
+            Some((files, since)) => Some((since, self.read_files(files, now))),
             None => None,
         };
         self.timers(now);
@@ -385,14 +374,14 @@ impl Tailer {
             let held = self.held_bytes(); // flushed partial lines gave memory back
             self.publish_held(held);
         }
-        if let Some(Some(since)) = read {
+        if let Some((Some(since), _)) = read {
             // The lines just read were waiting in their files since `since`: their batch's age
             // counts from then, so deferring the read adds no latency.
             self.batcher.backdate(since);
         }
         self.batcher.close_if_due(now, false);
-        if read.is_some() {
-            self.drain_written(now);
+        if let Some((_, bytes)) = read {
+            self.drain_written(now, bytes);
         }
         self.take_ready()
     }
@@ -493,7 +482,9 @@ impl Tailer {
     /// The files to read now, draining ones first, and since when they waited; `None` when no
     /// read is due (written files wait `read_delay` unless there is a backlog or a look found
     /// files).
-    fn files_to_read(&mut self, now: Instant) -> Option<(Vec<FileKey>, Option<Instant>)> {
+    /// Each file comes with the write events drained for it since its last read (the steady
+    /// rule weighs them).
+    fn files_to_read(&mut self, now: Instant) -> Option<(Vec<(FileKey, u16)>, Option<Instant>)> {
         let due = self.waiting_since.is_some_and(|t| now >= t + self.read_delay);
         if !due && self.more.is_empty() {
             return None;
@@ -504,18 +495,25 @@ impl Tailer {
             let events = std::mem::take(&mut self.waiting_events);
             self.adapt_read_delay(now.saturating_duration_since(since), events);
         }
-        let mut files = std::mem::take(&mut self.waiting);
+        // `waiting` holds a file once per write event; steady files and `more` raise none.
+        let mut files: Vec<(FileKey, u16)> = self.waiting.drain(..).map(|k| (k, 1)).collect();
         if self.steady_mode() {
-            files.extend(self.watcher.steady_files());
+            files.extend(self.watcher.steady_files().into_iter().map(|k| (k, 0)));
         }
-        files.append(&mut self.more);
+        files.extend(self.more.drain(..).map(|k| (k, 0)));
         files.sort_unstable();
-        files.dedup();
+        files.dedup_by(|a, b| {
+            let same = a.0 == b.0;
+            if same {
+                b.1 = b.1.saturating_add(a.1);
+            }
+            same
+        });
         // Files rotated away first: their lines were written before those of their successors.
         // Only draining files have a timer: without one, there is nothing to put first.
         if !self.timed.is_empty() {
-            let (draining, active): (Vec<FileKey>, Vec<FileKey>) =
-                files.into_iter().partition(|k| self.readers.get(k).is_none_or(|r| r.state != FileState::Active));
+            let (draining, active): (Vec<_>, Vec<_>) =
+                files.into_iter().partition(|(k, _)| self.readers.get(k).is_none_or(|r| r.state != FileState::Active));
             files = draining;
             files.extend(active);
         }
@@ -531,25 +529,27 @@ impl Tailer {
     /// Passes over the files with more to read, each within its per-file budget (so one hot
     /// file cannot starve the others), until every file is at EOF or enough batches are ready:
     /// a step carries megabytes when there is a backlog, not one budget's worth.
-    fn read_files(&mut self, mut pass: Vec<FileKey>, now: Instant) {
+    /// Returns whether any bytes were read.
+    fn read_files(&mut self, mut pass: Vec<(FileKey, u16)>, now: Instant) -> bool {
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
         let mut steady = self.steady_mode();
         // What unfinished lines hold, kept current as files are read (the memory bound).
         let mut held = self.held_bytes();
         self.publish_held(held);
+        let mut any = false;
         loop {
             let mut progress = false;
             let mut i = 0;
             while i < pass.len() {
                 if self.backpressure() {
-                    self.more.extend_from_slice(&pass[i..]);
+                    self.more.extend(pass[i..].iter().map(|(k, _)| *k));
                     break;
                 }
-                let key = pass[i];
+                let (key, events) = pass[i];
                 i += 1;
                 // One lookup of the reader per file in the common case: it says what it held
                 // before and after its read (a truncation or a contained panic looks again).
-                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady)));
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_file(key, now, steady.then_some(events))));
                 let (outcome, before, mut after) = match read {
                     Ok(read) => read,
                     Err(panic) => {
@@ -565,7 +565,7 @@ impl Tailer {
                     Outcome::Truncated(bytes) => {
                         progress |= bytes;
                         self.truncated(key, now);
-                        pass.append(&mut self.more); // the copy, if any, then the file from 0: now
+                        pass.extend(self.more.drain(..).map(|k| (k, 0))); // the copy, if any, then the file from 0: now
                         after = None;
                     }
                     Outcome::Skipped => {}
@@ -579,14 +579,16 @@ impl Tailer {
                     }
                 }
             }
+            any |= progress;
             steady = false; // a file's streak counts steps, not passes
             if self.watcher.one_pass() || !progress || self.more.is_empty() || self.backpressure() {
                 break;
             }
-            pass = std::mem::take(&mut self.more);
+            pass = self.more.drain(..).map(|k| (k, 0)).collect();
         }
         self.watcher.after_reads(&mut self.readers.values(), &mut self.counters);
         self.dir_cache.clear(); // listings made by truncations in this step are not reused
+        any
     }
 
     /// Bytes this tailer holds for unfinished lines (only files with a timer hold any).
@@ -652,14 +654,16 @@ impl Tailer {
     /// Read one file within its budget (files with more to read join `more`); returns the
     /// outcome with the bytes its reader held for unfinished lines before the read and after it
     /// (one lookup of the reader: this runs for every file at every pass).
-    fn read_file(&mut self, key: FileKey, now: Instant, steady: bool) -> (Outcome, usize, Option<usize>) {
+    /// `steady`: the write events drained for the file since its last read, at the pass that
+    /// may change its steadiness (`None` at the others).
+    fn read_file(&mut self, key: FileKey, now: Instant, steady: Option<u16>) -> (Outcome, usize, Option<usize>) {
         let Some(r) = self.readers.get_mut(&key) else { return (Outcome::Skipped, 0, Some(0)) };
         let before = r.held_bytes();
         self.watcher.before_read(r, &mut self.counters);
         let res = r.read(&mut self.buf, self.cfg.read_budget, self.line_cap, now, &mut self.batcher, &mut self.counters);
         self.watcher.after_read(r, &mut self.counters);
-        if let (true, Ok(res)) = (steady, &res) {
-            update_steady(self.watcher.as_mut(), &mut self.counters, key, r, res);
+        if let (Some(events), Ok(res)) = (steady, &res) {
+            update_steady(self.watcher.as_mut(), &mut self.counters, key, r, res, events);
         }
         retime(&mut self.timed, key, r);
         let outcome = match res {
@@ -753,14 +757,17 @@ impl Tailer {
 
     /// Writes made while this step read: drained now, so the owner sleeps until they are due
     /// rather than waking once more for the descriptor. (They count from the step's clock, a
-    /// few ms early: the owner's clock is the only one the core reads.)
-    fn drain_written(&mut self, now: Instant) {
+    /// few ms early: the owner's clock is the only one the core reads.) After a read that found
+    /// bytes (or with steady files) the next read is due one period on whatever comes: the
+    /// owner sleeps through the period instead of waking at the first write event to start it
+    /// (a wakeup costs more than a line; an idle period costs one step that finds nothing).
+    fn drain_written(&mut self, now: Instant, bytes: bool) {
         if self.read_delay.is_zero() || !self.watcher.event_driven() {
             return;
         }
         self.collect(now); // a look asked for is made at the next step (`next_wakeup`: now)
-        if self.watcher.has_steady() && self.waiting_since.is_none() {
-            self.waiting_since = Some(now); // the steady files' next read
+        if (bytes || self.watcher.has_steady()) && self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
         }
     }
 
@@ -824,39 +831,26 @@ impl Drop for Tailer {
     }
 }
 
-/// A file with new bytes at `STEADY_AFTER` reads in a row turns steady (no write events, read
-/// on the cadence); `STEADY_IDLE` reads in a row that find nothing turn it back.
-fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &mut FileReader, res: &ReadResult) {
+/// After a read of a pass that may change steadiness (see `Steadiness`): the watcher is told.
+fn update_steady(watcher: &mut dyn Watcher, c: &mut Counters, key: FileKey, r: &mut FileReader, res: &ReadResult, events: u16) {
     let Some(fd) = r.raw_fd() else { return };
-    if res.bytes > 0 {
-        r.idle = 0;
-        r.streak = r.streak.saturating_add(1);
-        if r.streak == STEADY_AFTER && r.state == FileState::Active && watcher.set_steady(key, fd, true, c) {
+    let Some(on) = r.steady.after_read(res.bytes > 0, events, r.state == FileState::Active) else { return };
+    if watcher.set_steady(key, fd, on, c) {
+        r.steady.set(on);
+        if on {
             c.steady_on += 1;
-        }
-    } else if r.pos > 0 {
-        // Only a file that may be steady asks the watcher: one that reached the streak, or a
-        // fresh reader (0) of a file that was. (A file never written says nothing yet: a busy
-        // file's successor is read as it is found, often before its first line. One emptied
-        // and left so is read on the cadence until `close_inactive`.)
-        if r.streak >= STEADY_AFTER && r.state == FileState::Active {
-            // (A file rotated away turns back at once: its writer has moved on.)
-            r.idle += 1;
-            if r.idle < STEADY_IDLE {
-                return; // still steady: written about once per period, not stopped
-            }
-        }
-        r.idle = 0;
-        let was = std::mem::take(&mut r.streak);
-        if (was == 0 || was >= STEADY_AFTER) && watcher.set_steady(key, fd, false, c) {
+        } else {
             c.steady_off += 1;
         }
+    } else {
+        r.steady.set(false); // refused (not watched, or not steady for the watcher): start over
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watcher::STEADY_EMPTY;
     use std::io::Write;
     use std::path::Path;
 
@@ -940,57 +934,77 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         let mut now = t0;
         let mut total = 0;
-        for round in 1..=5u64 {
-            f.write_all(b"x\ny\n").unwrap();
-            now += ms(10);
-            // Written, but not due: the events are drained, nothing is read yet.
-            let reads = t.counters.syscalls.read;
-            total += records(&t.step(now));
-            if round <= 3 {
-                assert_eq!(t.counters.syscalls.read, reads, "round {round}: read before coalesce");
-                assert!(t.has_waiting());
-                assert_eq!(t.next_wakeup(now), now + ms(100));
+        // One pass of writes: `writes` writes, each an event (the events are drained between
+        // them, as the kernel merges a write's event into an identical one queued last), read
+        // `coalesce` after the first, or after the previous read when that one found bytes (the
+        // next read is due one period on). Returns the records read.
+        let pass = |t: &mut Tailer, f: &mut std::fs::File, now: &mut Instant, writes: usize, after_bytes: bool| {
+            let first = *now + ms(10);
+            let due = if after_bytes { *now + ms(100) } else { first + ms(100) };
+            let mut n = 0;
+            for w in 0..writes {
+                f.write_all(b"x\n").unwrap();
+                *now += ms(10);
+                // Written, but not due: the events are drained, nothing is read yet.
+                let reads = t.counters.syscalls.read;
+                n += records(&t.step(*now));
+                if w == 0 && t.counters.steady_on == t.counters.steady_off {
+                    assert_eq!(t.counters.syscalls.read, reads, "read before coalesce");
+                    assert!(t.has_waiting());
+                    assert_eq!(t.next_wakeup(*now), due);
+                }
             }
-            now += ms(100);
-            total += records(&t.step(now));
-            assert_eq!(total, 2 * round, "round {round}");
+            *now = due;
+            n + records(&t.step(*now))
+        };
+        // Written once per read (one event each): watched, however many reads in a row find
+        // bytes (an empty read on the cadence would cost more than the event).
+        for round in 1..=6u64 {
+            total += pass(&mut t, &mut f, &mut now, 1, round > 1);
+            assert_eq!(total, round, "round {round}");
         }
-        // Three reads in a row found bytes: the file turned steady (one mask change) and is
-        // read on the cadence with no write events at all.
-        assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (1, 1));
+        assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (0, 0));
+        // Written twice per read, three reads in a row: steady (one mask change), read on the
+        // cadence with no write events at all.
+        for round in 1..=3u64 {
+            total += pass(&mut t, &mut f, &mut now, 2, true);
+            assert_eq!(total, 6 + 2 * round, "round {round}");
+            assert_eq!(t.counters.steady_on, u64::from(round == 3), "round {round}");
+        }
+        assert_eq!(t.counters.syscalls.inotify_remask, 1);
         let events = t.counters.inotify_events;
         f.write_all(b"z\n").unwrap();
         now += ms(100);
         assert_eq!(records(&t.step(now)), 1);
         assert_eq!(t.counters.inotify_events, events);
-        // A read that finds nothing keeps it steady (a file written about once per period
-        // would flap otherwise), and so do the next three, with no mask change; the fifth in a
-        // row turns it back, and a write is an event again.
-        // (Four empty reads: each finds nothing, none changes the mask.)
-        let empty_reads = |t: &mut Tailer, now: &mut Instant| {
-            for _ in 1..STEADY_IDLE {
-                *now += Duration::from_millis(100);
-                assert_eq!(records(&t.step(*now)), 0);
-                assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (0, 1));
-            }
+        // Reads that find nothing keep it steady until four of its last eight did (a file
+        // written about once per period would flap otherwise): three, then one with bytes,
+        // then the fourth empty one turns it back, not in a row.
+        let empty_read = |t: &mut Tailer, now: &mut Instant| {
+            *now += ms(100);
+            assert_eq!(records(&t.step(*now)), 0);
         };
-        empty_reads(&mut t, &mut now);
-        // A write in between resets the count of empty reads (a read with bytes).
+        for _ in 1..STEADY_EMPTY {
+            empty_read(&mut t, &mut now);
+            assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (0, 1));
+        }
         f.write_all(b"v\n").unwrap();
         now += ms(100);
         assert_eq!(records(&t.step(now)), 1);
         assert_eq!(t.counters.inotify_events, events);
-        empty_reads(&mut t, &mut now);
-        now += ms(100);
-        assert_eq!(records(&t.step(now)), 0);
+        empty_read(&mut t, &mut now);
         assert_eq!((t.counters.steady_off, t.counters.syscalls.inotify_remask), (1, 2));
         assert!(!t.has_waiting());
-        f.write_all(b"w\n").unwrap();
-        now += ms(10);
-        assert_eq!(records(&t.step(now)), 0);
-        assert!(t.counters.inotify_events > events);
-        now += ms(100);
-        assert_eq!(records(&t.step(now)), 1);
+        // Back to watched, and a file that turned back needs twice the streak: five passes of
+        // two writes leave it watched, the sixth turns it steady.
+        total = 0;
+        for round in 1..=6u64 {
+            total += pass(&mut t, &mut f, &mut now, 2, round > 1);
+            assert_eq!(total, 2 * round, "round {round}");
+            assert_eq!(t.counters.steady_on, 1 + u64::from(round == 6), "round {round}");
+        }
+        assert!(t.counters.inotify_events >= events + 12);
+        assert_eq!(t.counters.syscalls.inotify_remask, 3);
     }
 
     #[test]
@@ -1009,11 +1023,14 @@ mod tests {
         assert_eq!(records(&t.step(now)), 0); // discovery
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         for _ in 0..3 {
-            f.write_all(b"x\n").unwrap();
-            now += ms(10);
-            assert_eq!(records(&t.step(now)), 0); // written: the read waits `coalesce`
-            now += ms(100);
-            assert_eq!(records(&t.step(now)), 1);
+            let first = now + ms(10);
+            for _ in 0..2 {
+                f.write_all(b"x\n").unwrap(); // two events: the second drained apart
+                now += ms(10);
+                assert_eq!(records(&t.step(now)), 0); // written: the read waits `coalesce`
+            }
+            now = first + ms(100);
+            assert_eq!(records(&t.step(now)), 2);
         }
         assert_eq!((t.counters.steady_on, t.counters.syscalls.inotify_remask), (1, 1));
         // The kubelet's rotation: renamed, the runtime reopens the path and goes on writing.
