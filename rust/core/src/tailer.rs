@@ -241,6 +241,10 @@ pub(crate) enum Scope {
     Dirs(BTreeSet<PathBuf>),
 }
 
+/// Files to read, each with the write events drained for it since its last read (the steady
+/// rule weighs them; files in `more` and steady ones raise none).
+type Pass = Vec<(FileKey, u16)>;
+
 /// What reading one file found.
 enum Outcome {
     /// Bytes were read (or none); `true` when some were.
@@ -365,10 +369,7 @@ impl Tailer {
     pub fn step(&mut self, now: Instant) -> Vec<Batch> {
         self.counters.steps += 1;
         self.look_if_due(now);
-        let read = match self.files_to_read(now) {
-            Some((files, since)) => Some((since, self.read_files(files, now))),
-            None => None,
-        };
+        let read = self.files_to_read(now).map(|(files, since)| (since, self.read_files(files, now)));
         self.timers(now);
         if self.pending_mine > 0 {
             let held = self.held_bytes(); // flushed partial lines gave memory back
@@ -482,9 +483,7 @@ impl Tailer {
     /// The files to read now, draining ones first, and since when they waited; `None` when no
     /// read is due (written files wait `read_delay` unless there is a backlog or a look found
     /// files).
-    /// Each file comes with the write events drained for it since its last read (the steady
-    /// rule weighs them).
-    fn files_to_read(&mut self, now: Instant) -> Option<(Vec<(FileKey, u16)>, Option<Instant>)> {
+    fn files_to_read(&mut self, now: Instant) -> Option<(Pass, Option<Instant>)> {
         let due = self.waiting_since.is_some_and(|t| now >= t + self.read_delay);
         if !due && self.more.is_empty() {
             return None;
@@ -496,7 +495,7 @@ impl Tailer {
             self.adapt_read_delay(now.saturating_duration_since(since), events);
         }
         // `waiting` holds a file once per write event; steady files and `more` raise none.
-        let mut files: Vec<(FileKey, u16)> = self.waiting.drain(..).map(|k| (k, 1)).collect();
+        let mut files: Pass = self.waiting.drain(..).map(|k| (k, 1)).collect();
         if self.steady_mode() {
             files.extend(self.watcher.steady_files().into_iter().map(|k| (k, 0)));
         }
@@ -530,7 +529,7 @@ impl Tailer {
     /// file cannot starve the others), until every file is at EOF or enough batches are ready:
     /// a step carries megabytes when there is a backlog, not one budget's worth.
     /// Returns whether any bytes were read.
-    fn read_files(&mut self, mut pass: Vec<(FileKey, u16)>, now: Instant) -> bool {
+    fn read_files(&mut self, mut pass: Pass, now: Instant) -> bool {
         self.batcher.set_clock(now, unix_ns(SystemTime::now()));
         let mut steady = self.steady_mode();
         // What unfinished lines hold, kept current as files are read (the memory bound).
