@@ -187,6 +187,14 @@ impl Ledger {
     pub fn pending(&self) -> usize {
         self.inner.lock().expect("ledger lock").runs.pending()
     }
+
+    /// The files whose heads wait to be stored (tests).
+    #[cfg(test)]
+    pub(crate) fn heads_waiting(&self) -> Vec<FileKey> {
+        let mut keys: Vec<FileKey> = self.inner.lock().expect("ledger lock").heads.keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,9 @@ pub struct FileReader {
     /// Length of the fingerprint last handed to the ledger (which stores longer heads in the
     /// checkpoint as their batches are acknowledged).
     pub fp_sent: usize,
+    /// In the tailer's list of files whose head grew since it was handed over (mirrored, so
+    /// that a read checks a flag, not the list).
+    pub head_queued: bool,
     /// The parser's cap on a (merged) message; the reader's own cap on a line is larger for
     /// container formats (their envelope).
     pub max_message: usize,
@@ -217,6 +220,7 @@ impl FileReader {
             timed: false,
             parser: Parser::new(Format::Plain),
             fp_sent: 0,
+            head_queued: false,
             max_message: usize::MAX,
             steady: Default::default(),
         };

@@ -194,6 +194,9 @@ pub struct Tailer {
     next_look: Option<Instant>,
     /// Files whose last pass stopped at the budget, not at EOF (or found by a look).
     pub(crate) more: Vec<FileKey>,
+    /// Files whose head grew since it was last handed to the ledger: handed with the first
+    /// closed batch that holds their lines (`take_ready`), so that only they are looked up.
+    grown: Vec<FileKey>,
     /// Problems to report once each (unreadable paths), drained by the owner.
     reports: Vec<String>,
     pub(crate) reported: HashSet<String>,
@@ -289,6 +292,7 @@ impl Tailer {
             looked: false,
             next_look: None,
             more: Vec::new(),
+            grown: Vec::new(),
             reports: Vec::new(),
             reported: HashSet::new(),
             dir_cache: discovery::DirCache::default(),
@@ -661,6 +665,10 @@ impl Tailer {
         self.watcher.before_read(r, &mut self.counters);
         let res = r.read(&mut self.buf, self.cfg.read_budget, self.line_cap, now, &mut self.batcher, &mut self.counters);
         self.watcher.after_read(r, &mut self.counters);
+        if !r.head_queued && r.fp.bytes.len() > r.fp_sent {
+            r.head_queued = true;
+            self.grown.push(key);
+        }
         if let (Some(events), Ok(res)) = (steady, &res) {
             update_steady(self.watcher.as_mut(), &mut self.counters, key, r, res, events);
         }
@@ -779,21 +787,45 @@ impl Tailer {
             out.push(b);
         }
         if !out.is_empty() {
-            // A head grows as its file is read (to FINGERPRINT_MAX): each growth is handed over
-            // once, and stored with the first acknowledgement after it.
-            let mut heads: Vec<(FileKey, Fingerprint)> = Vec::new();
-            for b in &out {
-                for (key, _, _) in &b.offsets {
-                    if let Some(r) = self.readers.get_mut(key).filter(|r| r.fp.bytes.len() > r.fp_sent) {
-                        r.fp_sent = r.fp.bytes.len();
-                        heads.push((*key, r.fp.clone()));
-                    }
-                }
-            }
+            let heads = self.grown_heads(&out);
             let ids: Vec<(u64, &[FileEnd])> = out.iter().map(|b| (b.id, b.offsets.as_slice())).collect();
             self.ledger.open(&ids, heads);
         }
         out
+    }
+
+    /// A head grows as its file is read (to FINGERPRINT_MAX): each growth is handed over once,
+    /// with a closed batch holding the file's lines, and stored with the first acknowledgement
+    /// after it. Only the files whose head grew are looked up (none once every head is full);
+    /// those not in these batches stay queued.
+    fn grown_heads(&mut self, out: &[Batch]) -> Vec<(FileKey, Fingerprint)> {
+        let mut heads = Vec::new();
+        if self.grown.is_empty() {
+            return heads;
+        }
+        let mut grown = std::mem::take(&mut self.grown);
+        grown.sort_unstable();
+        grown.dedup();
+        let mut held = vec![false; grown.len()];
+        for (key, _, _) in out.iter().flat_map(|b| &b.offsets) {
+            if let Ok(i) = grown.binary_search(key) {
+                held[i] = true;
+            }
+        }
+        for (key, held) in grown.into_iter().zip(held) {
+            let Some(r) = self.readers.get_mut(&key) else { continue }; // gone: nothing to hand
+            if !held {
+                r.head_queued = true; // a reader made since it was queued is queued as well
+                self.grown.push(key);
+                continue;
+            }
+            r.head_queued = false;
+            if r.fp.bytes.len() > r.fp_sent {
+                r.fp_sent = r.fp.bytes.len();
+                heads.push((key, r.fp.clone()));
+            }
+        }
+        heads
     }
 
     /// When `step` next has work without new input: the watcher's tick, the next look, the open
@@ -915,6 +947,40 @@ mod tests {
             total += records(&t.step(Instant::now()));
         }
         assert_eq!(total, 100_001);
+    }
+
+    #[test]
+    fn a_grown_head_is_handed_over_with_the_first_batch_holding_its_file() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.log"), d.path().join("b.log"));
+        std::fs::write(&a, "").unwrap();
+        std::fs::write(&b, "").unwrap();
+        let key = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            FileKey { dev: m.dev(), ino: m.ino() }
+        };
+        let (ka, kb) = (key(&a), key(&b));
+        let mut t = tailer(d.path(), |c| c.partial_flush = Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 0); // discovery: both heads empty
+        // a gets a line, b a partial one: b's head grew, but no closed batch holds b.
+        std::fs::write(&a, "x\n").unwrap();
+        std::fs::write(&b, "partial").unwrap();
+        let first = t.step(t0 + Duration::from_millis(10));
+        assert_eq!((first.len(), records(&first)), (1, 1));
+        let ledger = t.ledger();
+        assert_eq!(ledger.heads_waiting(), [ka], "only the head of a file in the batch");
+        assert!(t.commit(first[0].id));
+        // The partial line is flushed by its timer (no read grows the head again): the batch
+        // holding it hands b's head over, and its acknowledgement stores it.
+        let second = t.step(t0 + Duration::from_millis(200));
+        assert_eq!((second.len(), records(&second)), (1, 1));
+        assert_eq!(ledger.heads_waiting(), [kb]);
+        assert!(t.commit(second[0].id));
+        assert!(ledger.heads_waiting().is_empty());
+        let cp = t.checkpoints.lock().unwrap();
+        assert_eq!((&cp.get("t", ka).unwrap().fp.bytes[..], &cp.get("t", kb).unwrap().fp.bytes[..]), (&b"x\n"[..], &b"partial"[..]));
     }
 
     #[test]
