@@ -121,7 +121,6 @@ async def _run(
 
         nursery.start_soon(on_signal)
         await nursery.start(pipeline.run)
-        nursery.start_soon(telemetry.watch_loop_lag)
         tc = cfg.telemetry
         if tc.otlp_endpoint:
             nursery.start_soon(telemetry.push, tc.otlp_endpoint, tc.interval, tc.headers, tc.tls)

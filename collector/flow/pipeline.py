@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import math
 import os
 import socket
 import time
@@ -98,15 +99,46 @@ def state_dir_holder(state_dir: str) -> str | None:
         os.close(fd)
 
 
+class LoopLag:
+    """The longest the event loop ran tasks without going back to its I/O wait, over the last
+    1-2 s: every timer and I/O event waited that long at worst (a task that blocks holds them
+    all up). Measured by the `Wakeups` instrument, not by a probe of its own (a probe's timer
+    would be a wakeup a second, ~0.4 ms of CPU each). `tailrace_event_loop_lag_seconds`."""
+
+    WINDOW = 1.0
+
+    def __init__(self) -> None:
+        self._max = self._before = 0.0
+        self._since = -math.inf
+
+    def ran(self, seconds: float, now: float) -> None:
+        if now - self._since >= self.WINDOW:
+            self._before, self._max, self._since = self._max, 0.0, now
+        self._max = max(self._max, seconds)
+
+    @property
+    def value(self) -> float:
+        return max(self._max, self._before)
+
+
 class Wakeups(trio.abc.Instrument):
     """Times the event loop slept and woke (an I/O wait with a timeout, not a busy pass): on a VM
     each costs ~0.4 ms of CPU (`bench.floors`), more than reading a line, so their rate is the
-    Python side's cost driver (`tailrace_event_loop_wakeups`)."""
+    Python side's cost driver (`tailrace_event_loop_wakeups`). Between a wait and the next the
+    loop runs tasks: the longest such run is the loop's lag (`LoopLag`)."""
 
     def __init__(self) -> None:
         self.n = 0
+        self.lag = LoopLag()
+        self._woke: float | None = None
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._woke is not None:
+            now = time.monotonic()
+            self.lag.ran(now - self._woke, now)
 
     def after_io_wait(self, timeout: float) -> None:
+        self._woke = time.monotonic()
         if timeout > 0:
             self.n += 1
 
@@ -136,6 +168,10 @@ class Pipeline:
         self.bytes_acked = [0] * len(cfg.inputs)
         self.checkpoint_writes = 0
         self.wakeups = Wakeups()  # counts while `run` runs
+        # The checkpoint loop's wait for its next write, while it waits for one (a tail loop
+        # about to sleep past it moves it to now: the write rides on that wakeup).
+        self._checkpoint_wait: trio.CancelScope | None = None
+        self._acked = trio.Event()  # set by an acknowledgement
 
     def request_stop(self) -> None:
         """Stop reading; what was read is flushed, delivered, and committed."""
@@ -294,10 +330,15 @@ class Pipeline:
                     wait = tailer.next_wakeup()
                     if wait <= 0:
                         await trio.lowlevel.checkpoint()
-                    elif fd is None or tailer.has_waiting():
-                        await trio.sleep(wait)
+                        continue
+                    clock = trio.current_time()
+                    planned = clock + wait
+                    if (cp := self._checkpoint_wait) is not None and cp.deadline <= planned:
+                        cp.deadline = clock  # written in this wakeup, not in one of its own
+                    if fd is None or tailer.has_waiting():
+                        await trio.sleep_until(planned)
                     else:
-                        with trio.move_on_after(wait):
+                        with trio.move_on_at(planned):
                             await trio.lowlevel.wait_readable(fd)
             await self._emit(await trio.to_thread.run_sync(tailer.flush, limiter=limiter), index, out)
 
@@ -364,6 +405,7 @@ class Pipeline:
             return  # other outputs have yet to acknowledge it
         self.bytes_acked[index] += batch.input_bytes
         self._commits += 1
+        self._acked.set()
         self.records_delivered += batch.records
         self.batches_delivered += 1
 
@@ -373,12 +415,22 @@ class Pipeline:
         flow.cancel()
 
     async def _checkpoint_loop(self) -> None:
-        written = -1
+        """An acknowledgement is made durable within `checkpoint_interval` of the write before
+        (so within that of its own time). The wait has no wakeup of its own while a tail loop
+        wakes before it is due (the write moves to that wakeup); with nothing acknowledged
+        since the last write, it waits for an acknowledgement, not for a timer."""
+        written = 0
+        due = trio.current_time() + self.cfg.checkpoint_interval
         while True:
-            await trio.sleep(self.cfg.checkpoint_interval)
-            if self._commits != written:
-                written = self._commits
-                await self._write_checkpoints()
+            if self._commits == written:
+                self._acked = trio.Event()
+                await self._acked.wait()
+            with trio.CancelScope(deadline=due) as self._checkpoint_wait:
+                await trio.sleep_forever()
+            self._checkpoint_wait = None
+            written = self._commits
+            await self._write_checkpoints()
+            due = trio.current_time() + self.cfg.checkpoint_interval
 
     async def _write_checkpoints(self, final: bool = False) -> None:
         """Every `checkpoint_interval`: the journal made durable (fsync), compacted when due.

@@ -79,7 +79,6 @@ class Telemetry:
                         aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))],
         )
         meter = self.provider.get_meter("tailrace", __version__)
-        self.loop_lag = 0.0
         self.pushes = 0
         per_input = self._per_input
         counters: list[tuple[str, str, str, Callable[[], Iterable[Observation]]]] = [
@@ -132,7 +131,8 @@ class Telemetry:
              self._stat_share),
             ("tailrace_profiler_syscall_share", "1",
              "Share of the last profile's samples in each syscall (its leaf-most wrapper frame)", self._syscall_share),
-            ("tailrace_event_loop_lag_seconds", "s", "How late the trio loop woke a 1 s sleep",
+            ("tailrace_event_loop_lag_seconds", "s",
+             "The longest the event loop ran without going back to its I/O wait (last 1-2 s)",
              lambda: [Observation(self.loop_lag)]),
             ("tailrace_process_rss_bytes", "By", "Resident memory of the tailrace process",
              lambda: [Observation(process_rss_bytes())]),
@@ -203,13 +203,9 @@ class Telemetry:
     def observe_export(self, output: str, seconds: float, status: int | str) -> None:
         self.export_latency.record(seconds, {"output": output, "status": str(status)})
 
-    async def watch_loop_lag(self) -> None:
-        # Once a second: every wakeup costs CPU (~0.2 ms on a VM), and a loop held up by more
-        # than the sleep shows anyway.
-        while True:
-            t0 = trio.current_time()
-            await trio.sleep(1.0)
-            self.loop_lag = max(0.0, trio.current_time() - t0 - 1.0)
+    @property
+    def loop_lag(self) -> float:
+        return self.pipeline.wakeups.lag.value
 
     async def push(self, endpoint: str, interval: float, headers: dict[str, str], tls: TlsConfig) -> None:
         """Every `interval`, the same collection as /metrics as an OTLP/HTTP ExportMetricsServiceRequest."""
