@@ -418,8 +418,10 @@ class Pipeline:
         """An acknowledgement is made durable within `checkpoint_interval` of the write before
         (so within that of its own time). The wait has no wakeup of its own while a tail loop
         wakes before it is due (the write moves to that wakeup); with nothing acknowledged
-        since the last write, it waits for an acknowledgement, not for a timer."""
-        written = 0
+        since the last write, it waits for an acknowledgement, not for a timer. The first write
+        is made whatever was acknowledged: that tailrace ran here is state too (`read_from: end`
+        applies to a first start only)."""
+        written = -1
         due = trio.current_time() + self.cfg.checkpoint_interval
         while True:
             if self._commits == written:
