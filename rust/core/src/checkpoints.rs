@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::identity::{FileKey, Fingerprint, KeyMap};
+use crate::otlp::put_varint;
 
 pub const VERSION: u32 = 2;
 const FILE_NAME: &str = "checkpoints.json";
@@ -581,14 +582,6 @@ fn offsets_record(out: &mut Vec<u8>, input: &str, moved: &[(FileKey, u64)]) {
             prev = *key;
         }
     });
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 /// A difference as an unsigned number, small either way (`unzigzag` undoes it).

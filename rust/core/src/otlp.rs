@@ -29,8 +29,9 @@ pub fn varint_len(mut v: usize) -> usize {
     n
 }
 
+/// LEB128 (protobuf's varint; the checkpoint journal's numbers too).
 #[inline]
-pub fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -47,7 +48,7 @@ pub fn field_len(n: usize) -> usize {
 #[inline]
 pub fn put_len_field(out: &mut Vec<u8>, field: u8, n: usize) {
     out.push(tag(field, LEN));
-    put_varint(out, n);
+    put_varint(out, n as u64);
 }
 
 /// `KeyValue { key, value: AnyValue { string_value } }` as a repeated `attributes` field.
@@ -361,7 +362,7 @@ mod tests {
     fn varints_round_numbers() {
         for (v, enc) in [(0usize, vec![0u8]), (127, vec![127]), (128, vec![0x80, 1]), (300, vec![0xac, 2]), (1 << 21, vec![0x80, 0x80, 0x80, 1])] {
             let mut o = Vec::new();
-            put_varint(&mut o, v);
+            put_varint(&mut o, v as u64);
             assert_eq!(o, enc);
             assert_eq!(varint_len(v), enc.len());
         }
