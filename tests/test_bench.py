@@ -77,3 +77,32 @@ def test_both_harnesses_replay_a_corpus_of_real_logs(tmp_path: Path) -> None:
     (run,) = res["runs"]["otlp_http"]
     assert idle > 0 and run["startup_shutdown_cpu_s"] == idle
     assert run["mb_per_reading_cpu_s"] == res["input"]["bytes"] / 1e6 / max(run["cpu_s"] - idle, 1e-9)
+
+
+def test_the_harness_reads_a_process_cpu_in_nanoseconds_exited_threads_included() -> None:
+    """The watch-mode figures divide tailrace's CPU by its lines: a 10-s run at 20,000 lines/s
+    needs the CPU to well under the 10 ms clock tick of /proc/<pid>/stat, and trio's worker
+    threads exit after a while (their CPU must still count). The child spins ~0.15 s in a thread
+    that exits, then reports its own `process_time` and sleeps: the harness's figure must match
+    it within 2 ms. Catches a sum over /proc/<pid>/task/* (misses the exited thread's 0.15 s)
+    and, but for a lucky rounding, utime + stime in ticks (off by up to 20 ms)."""
+    from collector.harness.watchmodes import cpu_seconds
+
+    with subprocess.Popen(
+        [sys.executable, "-c",
+         "import threading, time\n"
+         "def spin():\n"
+         "    t = time.thread_time()\n"
+         "    while time.thread_time() - t < 0.15: pass\n"
+         "th = threading.Thread(target=spin); th.start(); th.join()\n"
+         "print(time.process_time(), flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            own = float(child.stdout.readline())
+            seen = cpu_seconds(child.pid)
+        finally:
+            child.kill()
+    assert own >= 0.15 and abs(seen - own) < 0.002, (seen, own)
