@@ -225,3 +225,47 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     assert t.stop() == 0
     r.stop()
     assert sorted(b.decode() for b in r.bodies()) == [f"line {i:04d} {'y' * 1000}" for i in range(400)]
+
+
+def test_a_journal_record_of_a_newer_version_is_cut_off_named_and_costs_no_line(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """A tailrace downgraded after a newer one crashed finds records in the journal that it does
+    not read. It starts, says so naming the journal and the record's kind (not "torn by a
+    crash"), and loses nothing: reading the journal stops there, so the offsets before it hold
+    and the second run ships exactly the lines written since. Catches: refusing to start on
+    it; calling it torn; reading past it (the offset record after it skips the 30 new lines);
+    damaging what came before it (the first 50 again)."""
+    import struct
+    import zlib
+
+    from tests.conftest import records
+
+    def record(payload: bytes) -> bytes:
+        return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+    logs, out = tmp_path / "logs", tmp_path / "out.jsonl"
+    logs.mkdir()
+    a = logs / "a.log"
+    a.write_text("".join(f"first {i}\n" for i in range(50)))
+    cfg = config(tmp_path, [str(logs / "*.log")])
+    cfg["outputs"] = [{"type": "file", "path": str(out)}]
+    t = tailrace(cfg).start()
+    wait_for(lambda: len(records(out)) == 50, 30, "the first 50 lines")
+    assert t.stop() == 0
+    journal = tmp_path / "state" / "checkpoints.journal"
+    assert len(journal.read_bytes()) == 16  # the shutdown snapshot left an empty journal (a header)
+    with open(a, "a") as f:
+        f.write("".join(f"second {i}\n" for i in range(30)))
+    st = a.stat()
+    # A record of a kind this version does not have (9), then one it reads that would put
+    # a.log's offset at its end.
+    skip_all = bytes([2]) + struct.pack("<I", 2) + b"in" + struct.pack("<QQQ", st.st_dev, st.st_ino, st.st_size)
+    with open(journal, "ab") as f:
+        f.write(record(bytes([9]) + b"from a newer tailrace") + record(skip_all))
+    t.start()
+    wait_for(lambda: len(records(out)) >= 80, 30, "the 30 new lines")
+    assert t.stop() == 0
+    bodies = sorted(r["body"]["stringValue"] for r in records(out))
+    assert bodies == sorted([f"first {i}" for i in range(50)] + [f"second {i}" for i in range(30)])
+    warned = [ln for ln in t.log().splitlines() if "checkpoint journal" in ln]
+    assert len(warned) == 1 and "does not read" in warned[0] and "kind=9" in warned[0], warned
+    assert str(journal) in warned[0]

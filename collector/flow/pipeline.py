@@ -228,9 +228,14 @@ class Pipeline:
         resources.callback(os.close, lock)  # released last: the final checkpoints are written
         self.checkpointer = Checkpointer(cfg.state_dir, CHECKPOINT_FORGET_AFTER)
         loaded = self.checkpointer.loaded
-        if loaded["torn_bytes"]:
+        if loaded["unread_kind"]:
+            log.warning("checkpoint journal: a record this version does not read (written by a newer tailrace that "
+                        "crashed?) was cut off with what followed it; the offsets before it are kept, so lines "
+                        "acknowledged after them will be shipped again", path=self.checkpointer.journal_path,
+                        kind=loaded["unread_kind"], bytes=loaded["torn_bytes"])
+        elif loaded["torn_bytes"]:
             log.warning("checkpoint journal: a record torn by a crash was cut off (the one before it is kept)",
-                        path=self.checkpointer.path, bytes=loaded["torn_bytes"])
+                        path=self.checkpointer.journal_path, bytes=loaded["torn_bytes"])
         if loaded["migrated"]:
             log.info("checkpoints migrated to version 2 (a snapshot and a journal)", path=self.checkpointer.path)
         resources.push_async_callback(_shielded, functools.partial(self._write_checkpoints, final=True))

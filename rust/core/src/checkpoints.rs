@@ -97,8 +97,13 @@ pub struct WriteStats {
 pub struct Loaded {
     /// Journal records replayed.
     pub records: u64,
-    /// Bytes after the last whole record (a crash mid-append), cut off.
+    /// Bytes after the last record read (a crash mid-append, or `unread_kind`), cut off.
     pub torn_bytes: u64,
+    /// The kind of a whole record (its CRC holds) that this version does not read — written by
+    /// a newer tailrace that crashed before its shutdown snapshot — where reading stopped; 0:
+    /// none (what was cut was torn). Cut off like a torn one: the offsets it and those after it
+    /// held fall back to the ones before (lines read again, none lost).
+    pub unread_kind: u8,
     /// A journal of an older generation (a crash mid-compaction) was discarded.
     pub stale_journal: bool,
     /// The state was version 1 and was migrated.
@@ -235,6 +240,7 @@ impl Checkpointer {
         let mut at = 16;
         while let Some((payload, next)) = whole_record(&data, at) {
             if !self.apply(payload) {
+                self.loaded.unread_kind = payload.first().copied().unwrap_or(0).max(1);
                 break;
             }
             self.loaded.records += 1;
@@ -299,6 +305,10 @@ impl Checkpointer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn journal_path(&self) -> &Path {
+        &self.journal_path
     }
 
     pub fn len(&self) -> usize {
@@ -816,6 +826,38 @@ mod tests {
         // device and inode as differences from 0, both < 64; the offset, 130-1100; the first
         // two rounds' 110 and 120 take one byte).
         assert_eq!(written, [500 * 19 - 5 * 2, 500 * 19 - 5 * 2]);
+    }
+
+    #[test]
+    fn a_whole_record_this_version_does_not_read_is_told_from_a_torn_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = open(d.path());
+        let keys = files(&mut c, 1, 100);
+        c.commit("in", keys[0].0, keys[0].1, 200, None);
+        drop(c);
+        let whole = std::fs::metadata(d.path().join(JOURNAL_NAME)).unwrap().len();
+        // A newer version's record (kind 9), then one of a kind this version reads after it.
+        let mut newer = Vec::new();
+        record(&mut newer, |o| {
+            o.push(9);
+            o.extend_from_slice(b"whatever comes next");
+        });
+        record(&mut newer, |o| head(o, REC_OFFSET, "in", keys[0].0, 300));
+        let mut j = std::fs::OpenOptions::new().append(true).open(d.path().join(JOURNAL_NAME)).unwrap();
+        j.write_all(&newer).unwrap();
+        drop(j);
+        let r = open(d.path());
+        // Reading stops at it (what follows may depend on it), says which kind it was, and the
+        // journal is cut there as for a torn record.
+        assert_eq!((r.get("in", keys[0].0).unwrap().offset, r.loaded.unread_kind, r.loaded.torn_bytes), (200, 9, newer.len() as u64));
+        assert_eq!(std::fs::metadata(d.path().join(JOURNAL_NAME)).unwrap().len(), whole);
+        // A torn record is not a foreign one.
+        drop(r);
+        let mut j = std::fs::OpenOptions::new().append(true).open(d.path().join(JOURNAL_NAME)).unwrap();
+        j.write_all(&newer[..5]).unwrap();
+        drop(j);
+        let r = open(d.path());
+        assert_eq!((r.loaded.unread_kind, r.loaded.torn_bytes), (0, 5));
     }
 
     #[test]

@@ -90,11 +90,13 @@ impl Checkpointer {
     }
 
     /// What opening the state found: journal records replayed, bytes of a torn tail cut off,
+    /// the kind of a whole record this version does not read where reading stopped (0: none),
     /// a stale journal discarded (1), version 1 state migrated (1).
     #[getter]
     fn loaded<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let l = self.with(py, |c| c.loaded.clone());
-        let items = [("records", l.records), ("torn_bytes", l.torn_bytes), ("stale_journal", u64::from(l.stale_journal)),
+        let items = [("records", l.records), ("torn_bytes", l.torn_bytes),
+            ("unread_kind", u64::from(l.unread_kind)), ("stale_journal", u64::from(l.stale_journal)),
             ("migrated", u64::from(l.migrated))];
         counts(py, &items)
     }
@@ -107,6 +109,11 @@ impl Checkpointer {
     #[getter]
     fn path(&self, py: Python<'_>) -> String {
         self.with(py, |c| c.path().display().to_string())
+    }
+
+    #[getter]
+    fn journal_path(&self, py: Python<'_>) -> String {
+        self.with(py, |c| c.journal_path().display().to_string())
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
