@@ -6,6 +6,8 @@ Measured outside tailrace, so they bound what any change inside it can reach:
   `pread` of it per file: what a read pass of N written files does), against the same `pread`
   on one file over and over (the call's fixed cost). The difference is the cold kernel structures
   of many files (struct file, inode, page cache tree, page).
+- The same reads of lines another process appended from another CPU (tailing a writer: each
+  file's kernel structures were last touched there), the reader and the writer pinned.
 - CPU per wakeup of a sleeping loop: `time.sleep`, and `trio.sleep` (tailrace's event loop),
   from the process's own CPU clock.
 - Bulk (a read from head): the core's reading, framing and encoding alone (a tailer stepped by
@@ -38,7 +40,8 @@ LINE = b"2026-12-02T13:00:00.000Z app[1234]: request served in 12 ms, status 200
 
 
 def pread_round_robin(files: int, passes: int) -> dict[str, float]:
-    """µs per `pread` of one new line in each of `files` files in turn, and on one file."""
+    """µs per `pread` of one new line in each of `files` files in turn, and on one file (CPU
+    time, this process's clock: a shared VM's stolen time does not count)."""
     with tempfile.TemporaryDirectory(prefix="floors-") as d:
         fds = [os.open(Path(d, f"f{i}.log"), os.O_RDWR | os.O_CREAT, 0o644) for i in range(files)]
         try:
@@ -47,22 +50,66 @@ def pread_round_robin(files: int, passes: int) -> dict[str, float]:
             for _ in range(passes):
                 for fd in fds:
                     os.write(fd, LINE)
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 for fd in fds:
                     os.pread(fd, 65536, pos)
-                spent += time.perf_counter() - t0
+                spent += time.process_time() - t0
                 pos += len(LINE)
             many = spent / (files * passes) * 1e6
             n = files * passes
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for _ in range(n):
                 os.pread(fds[0], 65536, 0)
-            one = (time.perf_counter() - t0) / n * 1e6
+            one = (time.process_time() - t0) / n * 1e6
         finally:
             for fd in fds:
                 os.close(fd)
     return {"pread_us_round_robin": round(many, 3), "pread_us_one_file": round(one, 3),
             "cold_files_us": round(many - one, 3)}
+
+
+def pread_written_elsewhere(files: int, passes: int) -> float:
+    """µs per `pread` of the line another process just appended to each of `files` files, that
+    process on another CPU (what tailing a writer costs: each file's kernel structures were last
+    touched on the writer's CPU, so the read starts with cache misses the same-process figure
+    does not have). 0.0 with fewer than 2 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return 0.0
+    with tempfile.TemporaryDirectory(prefix="floors-") as d:
+        paths = [Path(d, f"f{i}.log") for i in range(files)]
+        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in paths]
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the writer
+            try:
+                os.sched_setaffinity(0, {cpus[1]})
+                while os.read(go_r, 1) == b"w":
+                    for fd in fds:
+                        os.write(fd, LINE)
+                    os.write(done_w, b"d")
+            finally:
+                os._exit(0)
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            pos, spent = 0, 0.0
+            for _ in range(passes):
+                os.write(go_w, b"w")
+                os.read(done_r, 1)
+                t0 = time.process_time()
+                for fd in fds:
+                    os.pread(fd, 65536, pos)
+                spent += time.process_time() - t0
+                pos += len(LINE)
+        finally:
+            os.write(go_w, b"q")
+            os.waitpid(pid, 0)
+            os.sched_setaffinity(0, mine)
+            for fd in (*fds, go_r, go_w, done_r, done_w):
+                os.close(fd)
+    return round(spent / (files * passes) * 1e6, 3)
 
 
 def bulk_floor(data: Path, level: int) -> dict[str, float]:
@@ -126,13 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
     for files in (int(f) for f in args.files.split(",")):
-        runs = [pread_round_robin(files, args.passes) for _ in range(args.runs)]
+        runs = [{**pread_round_robin(files, args.passes),
+                 "pread_us_written_elsewhere": pread_written_elsewhere(files, args.passes)} for _ in range(args.runs)]
         row: dict[str, Any] = {"measure": "pread", "files": files, "runs": runs}
         for k in runs[0]:
             row[k] = statistics.median(r[k] for r in runs)
         rows.append(row)
         print(f"pread, {files} files: {row['pread_us_round_robin']} µs each in turn, "
-              f"{row['pread_us_one_file']} on one file (median of {args.runs})")
+              f"{row['pread_us_one_file']} on one file, {row['pread_us_written_elsewhere']} in turn when "
+              f"another process on another CPU wrote the lines (median of {args.runs})")
     for name, f in (("time.sleep", sleep_wakeup_us), ("trio.sleep", trio_wakeup_us)):
         runs_us = [round(f(args.period, args.wakeups), 1) for _ in range(args.runs)]
         rows.append({"measure": f"wakeup {name}", "period_s": args.period, "runs_us": runs_us,
