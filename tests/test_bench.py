@@ -106,3 +106,24 @@ def test_the_harness_reads_a_process_cpu_in_nanoseconds_exited_threads_included(
         finally:
             child.kill()
     assert own >= 0.15 and abs(seen - own) < 0.002, (seen, own)
+
+
+def test_the_floors_run_and_measure_reads_of_another_process_writes(tmp_path: Path) -> None:
+    """`bench.floors` at a tiny scale: every measure it prints is in its JSON, the reads of lines
+    another process wrote included (a writer forked and pinned to the other CPU: on 2 CPUs the
+    figure must be there, not the 0.0 of a 1-CPU machine). Catches the writer never answering
+    (the run hangs: the timeout), a figure left out of the JSON."""
+    import os
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.floors", "--files", "10", "--passes", "2", "--runs", "1", "--wakeups", "2",
+         "--period", "0.01", "--bulk-gib", "0", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (out,) = tmp_path.glob("floors-*.json")
+    rows = orjson.loads(out.read_bytes())["rows"]
+    (pread,) = [row for row in rows if row["measure"] == "pread"]
+    assert pread["files"] == 10 and pread["pread_us_round_robin"] > 0 and pread["pread_us_one_file"] > 0
+    assert (pread["pread_us_written_elsewhere"] > 0) == (len(os.sched_getaffinity(0)) >= 2)
+    assert {row["measure"] for row in rows} == {"pread", "wakeup time.sleep", "wakeup trio.sleep"}
