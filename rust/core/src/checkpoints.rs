@@ -240,7 +240,13 @@ impl Checkpointer {
         let mut at = 16;
         while let Some((payload, next)) = whole_record(&data, at) {
             if !self.apply(payload) {
-                self.loaded.unread_kind = payload.first().copied().unwrap_or(0).max(1);
+                // A whole record of a kind this version does not know is a newer version's;
+                // anything else that does not decode (an empty record: the zeros a crash can
+                // leave past the last write) is torn.
+                let kind = payload.first().copied().unwrap_or(0);
+                if kind != 0 && ![REC_ENTRY, REC_OFFSET, REC_OFFSETS].contains(&kind) {
+                    self.loaded.unread_kind = kind;
+                }
                 break;
             }
             self.loaded.records += 1;
@@ -851,13 +857,16 @@ mod tests {
         // journal is cut there as for a torn record.
         assert_eq!((r.get("in", keys[0].0).unwrap().offset, r.loaded.unread_kind, r.loaded.torn_bytes), (200, 9, newer.len() as u64));
         assert_eq!(std::fs::metadata(d.path().join(JOURNAL_NAME)).unwrap().len(), whole);
-        // A torn record is not a foreign one.
+        // A torn record is not a foreign one, nor are zeros past the last write (they read as
+        // an empty record whose CRC holds).
         drop(r);
-        let mut j = std::fs::OpenOptions::new().append(true).open(d.path().join(JOURNAL_NAME)).unwrap();
-        j.write_all(&newer[..5]).unwrap();
-        drop(j);
-        let r = open(d.path());
-        assert_eq!((r.loaded.unread_kind, r.loaded.torn_bytes), (0, 5));
+        for tail in [&newer[..5], &[0u8; 24][..]] {
+            let mut j = std::fs::OpenOptions::new().append(true).open(d.path().join(JOURNAL_NAME)).unwrap();
+            j.write_all(tail).unwrap();
+            drop(j);
+            let r = open(d.path());
+            assert_eq!((r.loaded.unread_kind, r.loaded.torn_bytes), (0, tail.len() as u64));
+        }
     }
 
     #[test]
