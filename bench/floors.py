@@ -7,7 +7,8 @@ Measured outside tailrace, so they bound what any change inside it can reach:
   on one file over and over (the call's fixed cost). The difference is the cold kernel structures
   of many files (struct file, inode, page cache tree, page).
 - The same reads of lines another process appended from another CPU (tailing a writer: each
-  file's kernel structures were last touched there), the reader and the writer pinned.
+  file's kernel structures were last touched there), the reader and the writer pinned; and
+  those reads again with 2 MiB copied between passes (a pass's batch work evicting caches).
 - CPU per wakeup of a sleeping loop: `time.sleep`, and `trio.sleep` (tailrace's event loop),
   from the process's own CPU clock.
 - Bulk (a read from head): the core's reading, framing and encoding alone (a tailer stepped by
@@ -36,6 +37,10 @@ import trio
 
 from bench.trees import RESULTS, ROOT, save
 
+# Bytes a pass's batch work moves through the caches at 1,000 files × 4 lines of ~200 bytes: the
+# batch's protobuf (~1 MB) and zstd's tables and output; copied between passes by the scrubbed
+# variant of the reads.
+SCRUB = 2 << 20
 LINE = b"2026-12-02T13:00:00.000Z app[1234]: request served in 12 ms, status 200, bytes 5120 path /api/v1/items\n"
 
 
@@ -68,11 +73,12 @@ def pread_round_robin(files: int, passes: int) -> dict[str, float]:
             "cold_files_us": round(many - one, 3)}
 
 
-def pread_written_elsewhere(files: int, passes: int) -> float:
+def pread_written_elsewhere(files: int, passes: int, scrub: int = 0) -> float:
     """µs per `pread` of the line another process just appended to each of `files` files, that
     process on another CPU (what tailing a writer costs: each file's kernel structures were last
     touched on the writer's CPU, so the read starts with cache misses the same-process figure
-    does not have). 0.0 with fewer than 2 CPUs."""
+    does not have). With `scrub`, that many bytes are copied between the passes (what a pass's
+    batch work does to the caches: encoding, zstd). 0.0 with fewer than 2 CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return 0.0
@@ -95,9 +101,11 @@ def pread_written_elsewhere(files: int, passes: int) -> float:
         os.sched_setaffinity(0, {cpus[0]})
         try:
             pos, spent = 0, 0.0
+            src, dst = bytes(scrub), bytearray(scrub)
             for _ in range(passes):
                 os.write(go_w, b"w")
                 os.read(done_r, 1)
+                dst[:] = src
                 t0 = time.process_time()
                 for fd in fds:
                     os.pread(fd, 65536, pos)
@@ -174,14 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     for files in (int(f) for f in args.files.split(",")):
         runs = [{**pread_round_robin(files, args.passes),
-                 "pread_us_written_elsewhere": pread_written_elsewhere(files, args.passes)} for _ in range(args.runs)]
+                 "pread_us_written_elsewhere": pread_written_elsewhere(files, args.passes),
+                 "pread_us_written_elsewhere_scrubbed": pread_written_elsewhere(files, args.passes, SCRUB)}
+                for _ in range(args.runs)]
         row: dict[str, Any] = {"measure": "pread", "files": files, "runs": runs}
         for k in runs[0]:
             row[k] = statistics.median(r[k] for r in runs)
         rows.append(row)
         print(f"pread, {files} files: {row['pread_us_round_robin']} µs each in turn, "
               f"{row['pread_us_one_file']} on one file, {row['pread_us_written_elsewhere']} in turn when "
-              f"another process on another CPU wrote the lines (median of {args.runs})")
+              f"another process on another CPU wrote the lines, {row['pread_us_written_elsewhere_scrubbed']} with "
+              f"{SCRUB >> 20} MiB copied between passes (median of {args.runs})")
     for name, f in (("time.sleep", sleep_wakeup_us), ("trio.sleep", trio_wakeup_us)):
         runs_us = [round(f(args.period, args.wakeups), 1) for _ in range(args.runs)]
         rows.append({"measure": f"wakeup {name}", "period_s": args.period, "runs_us": runs_us,
