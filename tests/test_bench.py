@@ -30,6 +30,25 @@ def test_tailrace_bench_watchmodes_accounts_for_every_line(tmp_path: Path) -> No
     assert "| inotify |" in r.stdout and f"raw: {out}" in r.stdout
 
 
+def test_a_warmup_keeps_the_first_writes_out_of_the_window_and_every_line_accounted_for(tmp_path: Path) -> None:
+    """`--warmup 1`: the appender writes 1 + 1 s of lines, the figures count only the lines read
+    after the first second, and lost/duplicated still cover every line. Catches a warmup that is
+    not written (expected 300, not 600), a window that still opens before it (lines == 600), and
+    accounting that forgets the warmup's lines (delivered 300, or lost > 0)."""
+    results = tmp_path / "results"
+    r = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "bench", "watchmodes", "--workload", "appends", "--files", "3",
+         "--rate", "300", "--seconds", "1", "--warmup", "1", "--modes", "inotify", "--runs", "1",
+         "--results", str(results)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = orjson.loads(next(results.glob("watchmodes-appends-*.json")).read_bytes())["rows"]
+    counts = (row["warmup_s"], row["expected_lines"], row["delivered"], row["lost"], row["duplicated"], row["backlog"])
+    assert counts == (1.0, 600, 600, 0, 0, 0), row
+    assert 0 < row["lines"] < 600, row
+
+
 def test_tailrace_bench_names_the_harnesses(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "collector.cli", "bench", "nope"], capture_output=True, text=True)
     assert r.returncode == 64 and "watchmodes" in r.stderr and "throughput" in r.stderr  # a usage error

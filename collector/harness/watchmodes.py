@@ -22,6 +22,9 @@ of tailrace); `--output file` writes OTLP JSON. Either way every line is account
 matters, with `--dir` on the filesystem to be judged (a node's log filesystem: overlay, NFS,
 ext4/xfs). `--quick` runs a short appends workload in `auto`, `inotify` and `poll` there and
 prints a recommendation with the figures behind it. `--corpus DIR` replays your own logs.
+`--warmup S` opens the measured window after S seconds of writes: the figures of a tailrace that
+has been running, without each file's first writes (its events before it turns steady) and the
+first checkpoint snapshot; every line, warmup's included, is still accounted for.
 
 `--modes ...,otelcol` adds the peer row (from a source checkout): the OpenTelemetry Collector's
 filelog receiver (tests/otelcol/filelog, built on first use) on the same files, shipping
@@ -218,7 +221,7 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                 time.sleep(0.05)
             while run.stats()["files_open"] < files:
                 time.sleep(0.2)
-            base = run.stats()
+            base = first = run.stats()
             cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
             expected = 0
             if args.workload == "idle":
@@ -235,15 +238,30 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                 expected = files * per_file
             else:
                 per_file = args.rate / files
-                cmd = [*COMMAND, str(logs), str(files), str(per_file), str(args.seconds)]
+                total = args.warmup + args.seconds
+                cmd = [*COMMAND, str(logs), str(files), str(per_file), str(total)]
                 if args.workload in ("rotate", "kubernetes"):
                     cmd.append(str(args.rotate_kib))
                 if kube:
                     cmd.append("kubernetes")
                 env = {**os.environ, "APPENDER_CORPUS": args.corpus} if args.corpus else None
-                subprocess.run(cmd, check=True, capture_output=True, env=env)
-                expected = int(files * per_file * args.seconds)
-            delivered = wait_delivered(run, base["records_delivered"] + expected, time.monotonic() + args.drain_timeout)
+                with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as writer:
+                    if args.warmup:
+                        # The window opens once every file has been written for `warmup` seconds:
+                        # the figures are then what a tailrace that has been running pays, without
+                        # each file's first writes (its events before it turns steady) nor the
+                        # first checkpoint snapshot. Every line is still accounted for.
+                        assert writer.stdout is not None
+                        writer.stdout.readline()  # "started"
+                        time.sleep(args.warmup)
+                        base = run.stats()
+                        cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
+                    _, err = writer.communicate()
+                    if writer.returncode:
+                        raise RuntimeError(f"the appender failed: {err.decode()[-2000:]}")
+                expected = int(files * per_file * total)
+            deadline = time.monotonic() + args.drain_timeout
+            delivered = wait_delivered(run, first["records_delivered"] + expected, deadline)
             wall = time.monotonic() - t0
             cpu = cpu_seconds(run.proc.pid) - cpu0
             end = run.stats()
@@ -289,13 +307,14 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
             "files": files,
             "rate": args.rate if args.workload != "idle" else 0,
             "seconds": args.seconds,
+            "warmup_s": args.warmup,
             "expected_lines": expected,
             "lines": d["lines"],
-            "delivered": delivered - base["records_delivered"],
-            "backlog": max(0, expected - (delivered - base["records_delivered"])),
+            "delivered": delivered - first["records_delivered"],
+            "backlog": max(0, expected - (delivered - first["records_delivered"])),
             # Behind (a backlog at the drain timeout): what is missing may still come, so lost is
             # not known.
-            "lost": max(0, expected - len(written)) if expected <= delivered - base["records_delivered"] else None,
+            "lost": max(0, expected - len(written)) if expected <= delivered - first["records_delivered"] else None,
             "duplicated": sum(c - 1 for b, c in bodies.items() if c > 1),
             "cpu_s": round(cpu, 6),
             "cpu_us_per_line": round(cpu * 1e6 / lines, 3) if expected else None,
@@ -348,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", default="20,200")
     ap.add_argument("--rate", type=float, default=20000, help="total lines per second")
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--warmup", type=float, default=0,
+                    help="appends, rotate, kubernetes: seconds of writes before the measured window opens "
+                         "(0: the window holds each file's first writes and the first checkpoint snapshot)")
     ap.add_argument("--rotate-kib", type=int, default=1024)
     ap.add_argument("--coalesce", default="auto", help="the inputs' coalesce setting (auto: the default)")
     ap.add_argument("--output", choices=["otlp_http", "file"], default="otlp_http")
