@@ -11,8 +11,9 @@
 //! The journal's header names the snapshot generation it follows: a journal of another
 //! generation (a crash between a compaction's two renames) holds nothing the snapshot lacks and
 //! is discarded. Compaction (a new snapshot, an empty journal) happens when the journal outgrows
-//! the snapshot (and at least `COMPACT_MIN`), once an hour when anything changed, and at
-//! shutdown: bytes written grow with the files whose offsets moved, not with the files tracked.
+//! the snapshot and what a new one would be (and at least `COMPACT_MIN`), once an hour when
+//! anything changed, and at shutdown: bytes written grow with the files whose offsets moved, not
+//! with the files tracked; a head that grows is journaled as the bytes it gained.
 //! `seen_ns` (for `forget_after`) is kept in memory and saved with the snapshot only.
 //!
 //! Offsets advance only through `commit`; entries of files gone for `forget_after` are dropped
