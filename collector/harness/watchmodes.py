@@ -23,8 +23,8 @@ matters, with `--dir` on the filesystem to be judged (a node's log filesystem: o
 ext4/xfs). `--quick` runs a short appends workload in `auto`, `inotify` and `poll` there and
 prints a recommendation with the figures behind it. `--corpus DIR` replays your own logs.
 `--warmup S` opens the measured window after S seconds of writes: the figures of a tailrace that
-has been running, without each file's first writes (its events before it turns steady) and the
-first checkpoint snapshot; every line, warmup's included, is still accounted for.
+has been running, without each file's first writes (its events before it turns steady, its
+head's checkpoint records); every line, warmup's included, is still accounted for.
 
 `--modes ...,otelcol` adds the peer row (from a source checkout): the OpenTelemetry Collector's
 filelog receiver (tests/otelcol/filelog, built on first use) on the same files, shipping
@@ -249,8 +249,8 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                     if args.warmup:
                         # The window opens once every file has been written for `warmup` seconds:
                         # the figures are then what a tailrace that has been running pays, without
-                        # each file's first writes (its events before it turns steady) nor the
-                        # first checkpoint snapshot. Every line is still accounted for.
+                        # each file's first writes (its events before it turns steady, its head's
+                        # checkpoint records). Every line is still accounted for.
                         assert writer.stdout is not None
                         writer.stdout.readline()  # "started"
                         time.sleep(args.warmup)
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=0,
                     help="appends, rotate, kubernetes: seconds of writes before the measured window opens "
-                         "(0: the window holds each file's first writes and the first checkpoint snapshot)")
+                         "(0: the window holds each file's first writes)")
     ap.add_argument("--rotate-kib", type=int, default=1024)
     ap.add_argument("--coalesce", default="auto", help="the inputs' coalesce setting (auto: the default)")
     ap.add_argument("--output", choices=["otlp_http", "file"], default="otlp_http")

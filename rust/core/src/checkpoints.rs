@@ -244,14 +244,8 @@ impl Checkpointer {
         }
         let mut at = 16;
         while let Some((payload, next)) = whole_record(&data, at) {
-            if !self.apply(payload) {
-                // A whole record of a kind this version does not know is a newer version's;
-                // anything else that does not decode (an empty record: the zeros a crash can
-                // leave past the last write) is torn.
-                let kind = payload.first().copied().unwrap_or(0);
-                if kind != 0 && ![REC_ENTRY, REC_OFFSET, REC_OFFSETS, REC_HEAD].contains(&kind) {
-                    self.loaded.unread_kind = kind;
-                }
+            if let Err(kind) = self.apply(payload) {
+                self.loaded.unread_kind = kind;
                 break;
             }
             self.loaded.records += 1;
@@ -267,53 +261,59 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Apply one journal record; `false` when it does not decode (read no further).
-    fn apply(&mut self, p: &[u8]) -> bool {
+    /// Apply one journal record. `Err(kind)`: read no further — a kind this version does not
+    /// know (a newer version's), or 0 when the record does not decode (torn: an empty record is
+    /// the zeros a crash can leave past the last write).
+    fn apply(&mut self, p: &[u8]) -> std::result::Result<(), u8> {
+        const TORN: u8 = 0;
         let mut r = Fields(p);
-        let Some(kind) = r.u8() else { return false };
-        if kind == REC_OFFSETS {
-            let Some(input) = r.str() else { return false };
-            let m = self.entries.entry(input.to_string()).or_default();
-            let mut key = FileKey { dev: 0, ino: 0 };
-            while !r.0.is_empty() {
-                let (Some(dev), Some(ino), Some(offset)) = (r.varint(), r.varint(), r.varint()) else { return false };
-                key = FileKey { dev: key.dev.wrapping_add(unzigzag(dev)), ino: key.ino.wrapping_add(unzigzag(ino)) };
-                if let Some(e) = m.get_mut(&key) {
-                    e.offset = offset;
-                }
-            }
-            return true;
-        }
-        let (Some(input), Some(dev), Some(ino), Some(offset)) = (r.str(), r.u64(), r.u64(), r.u64()) else { return false };
-        let key = FileKey { dev, ino };
-        let m = self.entries.entry(input.to_string()).or_default();
+        let kind = r.u8().ok_or(TORN)?;
         match kind {
-            REC_OFFSET => {
-                if let Some(e) = m.get_mut(&key) {
-                    e.offset = offset;
-                }
-            }
-            REC_HEAD => {
-                let (Some(from), Some(more)) = (r.varint(), r.bytes()) else { return false };
-                if let Some(e) = m.get_mut(&key) {
-                    e.offset = offset;
-                    // Grown from the head this entry has (else the record is not about it: the
-                    // shorter head stays, still a valid prefix).
-                    if e.fp.bytes.len() as u64 == from && e.fp.bytes.len() + more.len() <= crate::identity::FINGERPRINT_MAX {
-                        e.fp.bytes.extend_from_slice(more);
-                        e.hex.clear();
+            REC_OFFSETS => {
+                let input = r.str().ok_or(TORN)?;
+                let m = self.entries.entry(input.to_string()).or_default();
+                let mut key = FileKey { dev: 0, ino: 0 };
+                while !r.0.is_empty() {
+                    let (Some(dev), Some(ino), Some(offset)) = (r.varint(), r.varint(), r.varint()) else { return Err(TORN) };
+                    key = FileKey { dev: key.dev.wrapping_add(unzigzag(dev)), ino: key.ino.wrapping_add(unzigzag(ino)) };
+                    if let Some(e) = m.get_mut(&key) {
+                        e.offset = offset;
                     }
                 }
             }
-            REC_ENTRY => {
-                let (Some(path), Some(fp)) = (r.str(), r.bytes()) else { return false };
-                let seen_ns = unix_ns(SystemTime::now());
-                let fp = Fingerprint { bytes: fp.to_vec() };
-                m.insert(key, Entry { fp, offset, path: path.to_string(), seen_ns, epoch: 0, hex: String::new() });
+            REC_OFFSET | REC_HEAD | REC_ENTRY => {
+                let (Some(input), Some(dev), Some(ino), Some(offset)) = (r.str(), r.u64(), r.u64(), r.u64()) else { return Err(TORN) };
+                let key = FileKey { dev, ino };
+                let m = self.entries.entry(input.to_string()).or_default();
+                match kind {
+                    REC_OFFSET => {
+                        if let Some(e) = m.get_mut(&key) {
+                            e.offset = offset;
+                        }
+                    }
+                    REC_HEAD => {
+                        let (Some(from), Some(more)) = (r.varint(), r.bytes()) else { return Err(TORN) };
+                        if let Some(e) = m.get_mut(&key) {
+                            e.offset = offset;
+                            // Grown from the head this entry has (else the record is not about it:
+                            // the shorter head stays, still a valid prefix).
+                            if e.fp.bytes.len() as u64 == from && e.fp.bytes.len() + more.len() <= crate::identity::FINGERPRINT_MAX {
+                                e.fp.bytes.extend_from_slice(more);
+                                e.hex.clear();
+                            }
+                        }
+                    }
+                    _ => {
+                        let (Some(path), Some(fp)) = (r.str(), r.bytes()) else { return Err(TORN) };
+                        let seen_ns = unix_ns(SystemTime::now());
+                        let fp = Fingerprint { bytes: fp.to_vec() };
+                        m.insert(key, Entry { fp, offset, path: path.to_string(), seen_ns, epoch: 0, hex: String::new() });
+                    }
+                }
             }
-            _ => return false,
+            _ => return Err(kind),
         }
-        true
+        Ok(())
     }
 
     /// A checkpoint file existed at start (so `read_from: end` no longer applies).
