@@ -2,8 +2,13 @@
 
 Measured outside tailrace, so they bound what any change inside it can reach:
 
-- `pread` of a just-written line from N files in turn (one line appended to each file, then one
-  `pread` of it per file: what a read pass of N written files does), against the same `pread`
+Reads go through descriptors opened as tailrace opens its files, `O_RDONLY | O_NOATIME` (else
+relatime journals an atime update on almost every read of a file written since: ~1 µs more per
+read here; `pread_us_written_elsewhere_atime` shows it), the writes through descriptors of their own.
+
+- `pread` of just-written lines from N files in turn (the appends workload's lines, as many as
+  each file gets between two reads at `--rate` lines/s and a read every `--period`: 4 at 1,000
+  files, 1 at 5,000; then one `pread` per file: what a read pass of N written files does), against the same `pread`
   on one file over and over (the call's fixed cost). The difference is the cold kernel structures
   of many files (struct file, inode, page cache tree, page).
 - The same reads of lines another process appended from another CPU (tailing a writer: each
@@ -41,50 +46,76 @@ from bench.trees import RESULTS, ROOT, save
 # batch's protobuf (~1 MB) and zstd's tables and output; copied between passes by the scrubbed
 # variant of the reads.
 SCRUB = 2 << 20
-LINE = b"2026-12-02T13:00:00.000Z app[1234]: request served in 12 ms, status 200, bytes 5120 path /api/v1/items\n"
+# The harness appender's line (collector/harness/appender.py): a time, the file and line numbers, 160
+# bytes of body: 203 bytes.
+LINE = b"%d file%04d line%08d %s\n" % (1764720000000000000, 0, 0, b"p" * 160)
 
 
-def pread_round_robin(files: int, passes: int) -> dict[str, float]:
-    """µs per `pread` of one new line in each of `files` files in turn, and on one file (CPU
-    time, this process's clock: a shared VM's stolen time does not count)."""
+def lines_per_read(files: int, rate: float, period: float) -> int:
+    """Lines each file gets between two reads at `rate` lines/s over `files` files read every
+    `period` s (the appends workload's: 4 at 1,000 files, 1 at 5,000): a read's copy is that many."""
+    return max(1, round(rate * period / files))
+
+
+def reader_fd(path: Path, noatime: bool = True) -> int:
+    """A descriptor to read `path` through, opened as tailrace's core opens a log file
+    (`reader.rs::open_noatime`): without access-time updates where the file's owner allows it."""
+    if noatime:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOATIME)
+        except PermissionError:
+            pass
+    return os.open(path, os.O_RDONLY)
+
+
+def pread_round_robin(files: int, passes: int, per_read: int = 1) -> dict[str, float]:
+    """µs per `pread` of `per_read` new lines in each of `files` files in turn, and on one file
+    (CPU time, this process's clock: a shared VM's stolen time does not count)."""
     with tempfile.TemporaryDirectory(prefix="floors-") as d:
-        fds = [os.open(Path(d, f"f{i}.log"), os.O_RDWR | os.O_CREAT, 0o644) for i in range(files)]
+        paths = [Path(d, f"f{i}.log") for i in range(files)]
+        wfds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for p in paths]
+        fds = [reader_fd(p) for p in paths]
         try:
             pos = 0
             spent = 0.0
             for _ in range(passes):
-                for fd in fds:
-                    os.write(fd, LINE)
+                for _ in range(per_read):
+                    for fd in wfds:
+                        os.write(fd, LINE)
                 t0 = time.process_time()
                 for fd in fds:
                     os.pread(fd, 65536, pos)
                 spent += time.process_time() - t0
-                pos += len(LINE)
+                pos += len(LINE) * per_read
             many = spent / (files * passes) * 1e6
             n = files * passes
             t0 = time.process_time()
             for _ in range(n):
-                os.pread(fds[0], 65536, 0)
+                os.pread(fds[0], len(LINE) * per_read, 0)
             one = (time.process_time() - t0) / n * 1e6
         finally:
-            for fd in fds:
+            for fd in (*fds, *wfds):
                 os.close(fd)
     return {"pread_us_round_robin": round(many, 3), "pread_us_one_file": round(one, 3),
             "cold_files_us": round(many - one, 3)}
 
 
-def pread_written_elsewhere(files: int, passes: int, scrub: int = 0) -> float:
-    """µs per `pread` of the line another process just appended to each of `files` files, that
+def pread_written_elsewhere(files: int, passes: int, scrub: int = 0, noatime: bool = True, per_read: int = 1
+                            ) -> float:
+    """µs per `pread` of the `per_read` lines another process just appended to each of `files` files (one
+    file after another, a line at a time, as the appender writes), that
     process on another CPU (what tailing a writer costs: each file's kernel structures were last
     touched on the writer's CPU, so the read starts with cache misses the same-process figure
     does not have). With `scrub`, that many bytes are copied between the passes (what a pass's
-    batch work does to the caches: encoding, zstd). 0.0 with fewer than 2 CPUs."""
+    batch work does to the caches: encoding, zstd). Without `noatime`, the reads update each
+    file's access time (relatime: the file changed since the last read). 0.0 with fewer than 2 CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return 0.0
     with tempfile.TemporaryDirectory(prefix="floors-") as d:
         paths = [Path(d, f"f{i}.log") for i in range(files)]
-        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in paths]
+        wfds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for p in paths]
+        fds = [reader_fd(p, noatime) for p in paths]
         go_r, go_w = os.pipe()
         done_r, done_w = os.pipe()
         pid = os.fork()
@@ -92,8 +123,9 @@ def pread_written_elsewhere(files: int, passes: int, scrub: int = 0) -> float:
             try:
                 os.sched_setaffinity(0, {cpus[1]})
                 while os.read(go_r, 1) == b"w":
-                    for fd in fds:
-                        os.write(fd, LINE)
+                    for _ in range(per_read):
+                        for fd in wfds:
+                            os.write(fd, LINE)
                     os.write(done_w, b"d")
             finally:
                 os._exit(0)
@@ -110,12 +142,12 @@ def pread_written_elsewhere(files: int, passes: int, scrub: int = 0) -> float:
                 for fd in fds:
                     os.pread(fd, 65536, pos)
                 spent += time.process_time() - t0
-                pos += len(LINE)
+                pos += len(LINE) * per_read
         finally:
             os.write(go_w, b"q")
             os.waitpid(pid, 0)
             os.sched_setaffinity(0, mine)
-            for fd in (*fds, go_r, go_w, done_r, done_w):
+            for fd in (*fds, *wfds, go_r, go_w, done_r, done_w):
                 os.close(fd)
     return round(spent / (files * passes) * 1e6, 3)
 
@@ -171,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", default="1000,5000")
     ap.add_argument("--passes", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--period", type=float, default=0.2, help="seconds between wakeups")
+    ap.add_argument("--period", type=float, default=0.2, help="seconds between wakeups (and between a file's reads)")
+    ap.add_argument("--rate", type=float, default=20000,
+                    help="lines per second over all the files (the appends workload's): each read copies rate × "
+                         "period / files lines, at least one")
     ap.add_argument("--wakeups", type=int, default=25)
     ap.add_argument("--bulk-gib", type=float, default=0.25, help="bulk input size (0: no bulk floor)")
     ap.add_argument("--corpus", default=None, help="a directory of log files to replay for the bulk floor")
@@ -181,18 +216,25 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
     for files in (int(f) for f in args.files.split(",")):
-        runs = [{**pread_round_robin(files, args.passes),
-                 "pread_us_written_elsewhere": pread_written_elsewhere(files, args.passes),
-                 "pread_us_written_elsewhere_scrubbed": pread_written_elsewhere(files, args.passes, SCRUB)}
+        per_read = lines_per_read(files, args.rate, args.period)
+        runs = [{**pread_round_robin(files, args.passes, per_read),
+                 "pread_us_written_elsewhere": pread_written_elsewhere(files, args.passes, per_read=per_read),
+                 "pread_us_written_elsewhere_scrubbed": pread_written_elsewhere(files, args.passes, SCRUB,
+                                                                                per_read=per_read),
+                 "pread_us_written_elsewhere_atime": pread_written_elsewhere(files, args.passes, noatime=False,
+                                                                             per_read=per_read)}
                 for _ in range(args.runs)]
-        row: dict[str, Any] = {"measure": "pread", "files": files, "runs": runs}
+        row: dict[str, Any] = {"measure": "pread", "files": files, "lines_per_read": per_read, "line_bytes": len(LINE),
+                               "runs": runs}
         for k in runs[0]:
             row[k] = statistics.median(r[k] for r in runs)
         rows.append(row)
-        print(f"pread, {files} files: {row['pread_us_round_robin']} µs each in turn, "
+        print(f"pread of {per_read} line(s) of {len(LINE)} bytes, {files} files: {row['pread_us_round_robin']} µs "
+              f"each in turn, "
               f"{row['pread_us_one_file']} on one file, {row['pread_us_written_elsewhere']} in turn when "
               f"another process on another CPU wrote the lines, {row['pread_us_written_elsewhere_scrubbed']} with "
-              f"{SCRUB >> 20} MiB copied between passes (median of {args.runs})")
+              f"{SCRUB >> 20} MiB copied between passes, {row['pread_us_written_elsewhere_atime']} updating access "
+              f"times (median of {args.runs})")
     for name, f in (("time.sleep", sleep_wakeup_us), ("trio.sleep", trio_wakeup_us)):
         runs_us = [round(f(args.period, args.wakeups), 1) for _ in range(args.runs)]
         rows.append({"measure": f"wakeup {name}", "period_s": args.period, "runs_us": runs_us,

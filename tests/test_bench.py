@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from tests.conftest import ROOT, require_tool
+
 
 def test_tailrace_bench_watchmodes_accounts_for_every_line(tmp_path: Path) -> None:
     results = tmp_path / "results"
@@ -145,5 +147,41 @@ def test_the_floors_run_and_measure_reads_of_another_process_writes(tmp_path: Pa
     (pread,) = [row for row in rows if row["measure"] == "pread"]
     assert pread["files"] == 10 and pread["pread_us_round_robin"] > 0 and pread["pread_us_one_file"] > 0
     two = len(os.sched_getaffinity(0)) >= 2
-    assert (pread["pread_us_written_elsewhere"] > 0, pread["pread_us_written_elsewhere_scrubbed"] > 0) == (two, two)
+    assert (pread["pread_us_written_elsewhere"] > 0, pread["pread_us_written_elsewhere_scrubbed"] > 0,
+            pread["pread_us_written_elsewhere_atime"] > 0) == (two, two, two)
     assert {row["measure"] for row in rows} == {"pread", "wakeup time.sleep", "wakeup trio.sleep"}
+
+
+def test_the_floors_read_through_descriptors_opened_as_the_core_opens_a_log_file(tmp_path: Path) -> None:
+    """The floor's reads skip access-time updates as tailrace's do (`O_NOATIME`, the file's
+    owner): measured with a plain descriptor, a read of a file written since the last read
+    journals an atime update (relatime) and the floor came out ~1 µs per read too high, twice
+    tailrace's own reads. Catches descriptors opened without it, and a reader that refuses a file
+    it does not own (tailrace falls back to a plain open there; checked as another user)."""
+    import fcntl
+    import os
+
+    from bench.floors import reader_fd
+
+    f = tmp_path / "a.log"
+    f.write_bytes(b"x\n")
+    fd = reader_fd(f)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_NOATIME | os.O_ACCMODE) == os.O_NOATIME | os.O_RDONLY
+    finally:
+        os.close(fd)
+    fd = reader_fd(f, noatime=False)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NOATIME == 0
+    finally:
+        os.close(fd)
+    # Not the owner and without CAP_FOWNER: the kernel refuses O_NOATIME, the read still works.
+    os.chown(f, 65534, 65534)
+    drop = [require_tool("setpriv", "dropping CAP_FOWNER"), "--inh-caps=-all", "--bounding-set=-fowner", "--"]
+    r = subprocess.run(
+        [*drop, sys.executable, "-c",
+         "import fcntl, os, sys; from bench.floors import reader_fd; fd = reader_fd(sys.argv[1]); "
+         "print(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NOATIME, os.read(fd, 10))", str(f)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert (r.returncode, r.stdout.strip()) == (0, "0 b'x\\n'"), r.stderr[-2000:]
