@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import yaml
 
+from collector.harness.watchmodes import warm_bytecode
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -22,6 +24,7 @@ RESULTS = ROOT / "bench" / "results"
 def start(tree: Path, work: Path, cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
     """`tailrace run` of checkout `tree` on `cfg` (written to `work/c.yaml`), stderr discarded."""
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+    warm_bytecode(tree)
     return subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(work / "c.yaml")],
         cwd=tree, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(tree)},

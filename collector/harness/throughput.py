@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from collector.harness.watchmodes import CHECKOUT, RESULTS, ROOT, _shown, trees
+from collector.harness.watchmodes import CHECKOUT, RESULTS, ROOT, _shown, trees, warm_bytecode
 
 WORDS = (
     "request", "served", "cache", "miss", "upstream", "timeout", "retry", "user", "session",
@@ -147,6 +147,7 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Pa
         f"outputs: [{out}]\n"
         "checkpoint_interval: 200ms\nprogress_interval: 0s\n"
     )
+    warm_bytecode(tree)
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "run", "--config", str(cfg)],
