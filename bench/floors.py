@@ -16,6 +16,9 @@ read here; `pread_us_written_elsewhere_atime` shows it), the writes through desc
   those reads again with 2 MiB copied between passes (a pass's batch work evicting caches).
 - CPU per wakeup of a sleeping loop: `time.sleep`, and `trio.sleep` (tailrace's event loop),
   from the process's own CPU clock.
+- Each appends goal's floor per line (`appends floor`), composed of the above: the reads a read
+  every `--period` makes per line, the core's framing, encoding and zstd on the workload's own
+  lines, one wakeup a period (`appends_floors`).
 - Bulk (a read from head): the core's reading, framing and encoding alone (a tailer stepped by
   hand into no output: no pipeline, no HTTP, no checkpoints), zstd at `--level` alone on the
   very batches it made (the codec's cost on the wire format: a floor for any change in
@@ -49,6 +52,10 @@ SCRUB = 2 << 20
 # The harness appender's line (collector/harness/appender.py): a time, the file and line numbers, 160
 # bytes of body: 203 bytes.
 LINE = b"%d file%04d line%08d %s\n" % (1764720000000000000, 0, 0, b"p" * 160)
+
+
+# Lines of the appends workload the framing, encoding and zstd floor is measured on (~20 MB).
+APPENDS_LINES = 100_000
 
 
 def lines_per_read(files: int, rate: float, period: float) -> int:
@@ -240,9 +247,44 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"measure": f"wakeup {name}", "period_s": args.period, "runs_us": runs_us,
                      "us_per_wakeup": statistics.median(runs_us)})
         print(f"{name} every {args.period}s: {statistics.median(runs_us)} µs of CPU per wakeup ({runs_us})")
+    rows.extend(appends_floors(args, rows))
     if args.bulk_gib > 0:
         rows.append(bulk_rows(args))
     print(f"raw: {save('floors', 'floors', argv, rows, args.results)}")
+
+
+def appends_floors(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each appends goal's floor per line, from the pieces measured above: a read of each file
+    every `period` (`files / (rate × period)` reads per line: a fifth of them finding nothing
+    when a file gets 0.8 lines a period), between the reads of lines another CPU wrote and
+    the same with 2 MiB copied between passes; the core's framing, encoding and zstd at `level`
+    per line, measured on the appends workload's own lines (`bulk_floor` on APPENDS_LINES of
+    them); and one event-loop wakeup a period. No wakeup for HTTP answers, no acknowledgement,
+    no checkpoint, no per-file bookkeeping: what any tailer reading these files on this
+    machine would pay."""
+    with tempfile.TemporaryDirectory(prefix="floors-") as d:
+        data = Path(d, "appends.log")
+        data.write_bytes(b"".join(b"%d file%04d line%08d %s\n" % (1764720000000000000 + n * 50_000, n % 1000, n // 1000,
+                                                                 b"p" * 160) for n in range(APPENDS_LINES)))
+        per_line_bytes = data.stat().st_size / APPENDS_LINES
+        enc = [bulk_floor(data, args.level) for _ in range(args.runs)]
+    ms_per_mb = statistics.median(r["read_frame_encode_ms_per_mb"] + r["zstd_ms_per_mb"] for r in enc)
+    enc_us = round(ms_per_mb * per_line_bytes / 1e3, 3)  # ms per 10^6 bytes = ns per byte
+    (trio_row,) = [r for r in rows if r["measure"] == "wakeup trio.sleep"]
+    wake_us = round(trio_row["us_per_wakeup"] / args.period / args.rate, 3)
+    out = []
+    for r in (r for r in rows if r["measure"] == "pread"):
+        reads = round(r["files"] / (args.rate * args.period), 4)
+        reads_us = sorted((r["pread_us_written_elsewhere"], r["pread_us_written_elsewhere_scrubbed"]))
+        low, high = (round(reads * us + enc_us + wake_us, 3) for us in reads_us)
+        out.append({"measure": "appends floor", "files": r["files"], "rate": args.rate, "period_s": args.period,
+                    "reads_per_line": reads, "read_us": reads_us, "encode_zstd_us_per_line": enc_us,
+                    "zstd_level": args.level, "wakeups_us_per_line": wake_us, "us_per_line_low": low,
+                    "us_per_line_high": high})
+        print(f"appends floor, {r['files']} files at {args.rate:g} lines/s, a read every {args.period}s: "
+              f"{low}-{high} µs per line ({reads} reads per line at {reads_us[0]}-{reads_us[1]} µs, framing, "
+              f"encoding and zstd {enc_us}, wakeups {wake_us})")
+    return out
 
 
 def bulk_rows(args: argparse.Namespace) -> dict[str, Any]:

@@ -151,7 +151,18 @@ def test_the_floors_run_and_measure_reads_of_another_process_writes(tmp_path: Pa
     two = len(os.sched_getaffinity(0)) >= 2
     assert (pread["pread_us_written_elsewhere"] > 0, pread["pread_us_written_elsewhere_scrubbed"] > 0,
             pread["pread_us_written_elsewhere_atime"] > 0) == (two, two, two)
-    assert {row["measure"] for row in rows} == {"pread", "wakeup time.sleep", "wakeup trio.sleep"}
+    assert {row["measure"] for row in rows} == {"pread", "wakeup time.sleep", "wakeup trio.sleep", "appends floor"}
+    # The goal's floor is its pieces: 10 files at the default 20,000 lines/s read every 0.01 s is
+    # 0.05 reads per line, each at the reads' range; then the encoding and one wakeup a period.
+    (floor,) = [row for row in rows if row["measure"] == "appends floor"]
+    (trio_row,) = [row for row in rows if row["measure"] == "wakeup trio.sleep"]
+    assert (floor["files"], floor["reads_per_line"], floor["read_us"]) == (
+        10, 0.05, sorted([pread["pread_us_written_elsewhere"], pread["pread_us_written_elsewhere_scrubbed"]]))
+    assert floor["wakeups_us_per_line"] == round(trio_row["us_per_wakeup"] / 0.01 / 20000, 3)
+    assert floor["encode_zstd_us_per_line"] > 0
+    enc, wake = floor["encode_zstd_us_per_line"], floor["wakeups_us_per_line"]
+    assert (floor["us_per_line_low"], floor["us_per_line_high"]) == tuple(
+        round(0.05 * us + enc + wake, 3) for us in floor["read_us"])
 
 
 def test_the_floors_read_through_descriptors_opened_as_the_core_opens_a_log_file(tmp_path: Path) -> None:
