@@ -136,8 +136,6 @@ def test_the_floors_run_and_measure_reads_of_another_process_writes(tmp_path: Pa
     another process wrote included (a writer forked and pinned to the other CPU: on 2 CPUs the
     figure must be there, not the 0.0 of a 1-CPU machine). Catches the writer never answering
     (the run hangs: the timeout), a figure left out of the JSON."""
-    import os
-
     r = subprocess.run(
         [sys.executable, "-m", "bench.floors", "--files", "10", "--passes", "2", "--runs", "1", "--wakeups", "2",
          "--period", "0.01", "--bulk-gib", "0", "--results", str(tmp_path)],
@@ -172,7 +170,6 @@ def test_the_floors_read_through_descriptors_opened_as_the_core_opens_a_log_file
     tailrace's own reads. Catches descriptors opened without it, and a reader that refuses a file
     it does not own (tailrace falls back to a plain open there; checked as another user)."""
     import fcntl
-    import os
 
     from bench.floors import reader_fd
 
