@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tailrace_core::batcher::BatchLimits;
 use tailrace_core::parser::Format;
+use tailrace_core::watcher::WakeFds;
 use tailrace_core::{CodecChoice, Compression, Encodings, Error, Ledger, ReadFrom, Status, TailerConfig, WatchMode};
 
 create_exception!(_native, ConfigError, PyValueError, "A value the core cannot use; the message names the key.");
@@ -204,6 +205,7 @@ struct Tailer {
     codec: Arc<CodecChoice>,
     published: Mutex<Published>,
     readiness_fd: Option<i32>,
+    wake: WakeFds,
     /// Test-only: steps wait here while held (`_hold_steps`), so a test can show the event loop
     /// answering while a worker is inside a step.
     hold: (Mutex<bool>, Condvar),
@@ -227,9 +229,12 @@ impl Tailer {
                 }
                 self.held.store(false, Ordering::SeqCst);
             }
+            self.wake.drain();
             let out = f(&mut t);
             let status = t.status();
-            let next_wakeup = t.next_wakeup(Instant::now());
+            let now = Instant::now();
+            let next_wakeup = t.next_wakeup(now);
+            self.wake.arm(next_wakeup.saturating_duration_since(now));
             let reports = t.take_reports();
             let mut p = self.published.lock().expect("published lock");
             p.status = status;
@@ -334,10 +339,12 @@ impl Tailer {
         let codec = Arc::new(CodecChoice::new(choice.filter(|_| enc.proto)));
         let t = py.detach(|| tailrace_core::Tailer::new(cfg, cp, first_batch_id, codec)).map_err(to_py_err)?;
         let published = Mutex::new(Published { status: t.status(), next_wakeup: None, reports: Vec::new() });
+        let wake = WakeFds::new(t.readiness_fd()).map_err(|e| PyOSError::new_err(format!("cannot make the wakeup timer: {e}")))?;
         Ok(Tailer {
             ledger: t.ledger(),
             codec: t.codec(),
             readiness_fd: t.readiness_fd(),
+            wake,
             inner: Mutex::new(t),
             published,
             hold: (Mutex::new(false), Condvar::new()),
@@ -391,6 +398,17 @@ impl Tailer {
     /// The descriptor that becomes readable when there is news (inotify modes), else None.
     fn readiness_fd(&self) -> Option<i32> {
         self.readiness_fd
+    }
+
+    /// A descriptor that becomes readable at `next_wakeup` (armed by every step).
+    fn timer_fd(&self) -> i32 {
+        self.wake.timer_fd()
+    }
+
+    /// A descriptor that becomes readable at `next_wakeup` or when there is news, whichever
+    /// comes first (the timer's alone without a readiness descriptor).
+    fn wake_fd(&self) -> i32 {
+        self.wake.either_fd()
     }
 
     /// Seconds until `step` has work without new input (0 when it has work now).
