@@ -299,7 +299,6 @@ class Pipeline:
         sends (it changes after a 415)."""
         limiter = trio.CapacityLimiter(1)
         seen: dict[str, int] = {}
-        news = tailer.readiness_fd() is not None
         timer_fd, wake_fd = tailer.timer_fd(), tailer.wake_fd()
         heavy = True  # the first step discovers every file: on a worker thread
         codec_out = self._codec_output()
@@ -344,7 +343,7 @@ class Pipeline:
                     if (cp := self._checkpoint_wait) is not None and cp.deadline <= planned:
                         cp.deadline = clock  # written in this wakeup, not in one of its own
                     # The core armed its timer for `planned` in the step.
-                    await trio.lowlevel.wait_readable(wake_fd if news and not tailer.has_waiting() else timer_fd)
+                    await trio.lowlevel.wait_readable(timer_fd if tailer.has_waiting() else wake_fd)
             await self._emit(await trio.to_thread.run_sync(tailer.flush, limiter=limiter), index, out)
 
     # What a look changed, said at `debug` after the step that made it.

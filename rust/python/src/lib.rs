@@ -204,7 +204,6 @@ struct Tailer {
     ledger: Arc<Ledger>,
     codec: Arc<CodecChoice>,
     published: Mutex<Published>,
-    readiness_fd: Option<i32>,
     wake: WakeFds,
     /// Test-only: steps wait here while held (`_hold_steps`), so a test can show the event loop
     /// answering while a worker is inside a step.
@@ -343,7 +342,6 @@ impl Tailer {
         Ok(Tailer {
             ledger: t.ledger(),
             codec: t.codec(),
-            readiness_fd: t.readiness_fd(),
             wake,
             inner: Mutex::new(t),
             published,
@@ -395,18 +393,13 @@ impl Tailer {
         Ok(())
     }
 
-    /// The descriptor that becomes readable when there is news (inotify modes), else None.
-    fn readiness_fd(&self) -> Option<i32> {
-        self.readiness_fd
-    }
-
     /// A descriptor that becomes readable at `next_wakeup` (armed by every step).
     fn timer_fd(&self) -> i32 {
         self.wake.timer_fd()
     }
 
-    /// A descriptor that becomes readable at `next_wakeup` or when there is news, whichever
-    /// comes first (the timer's alone without a readiness descriptor).
+    /// A descriptor that becomes readable at `next_wakeup` or when there is news (inotify),
+    /// whichever comes first (the timer's alone when polling).
     fn wake_fd(&self) -> i32 {
         self.wake.either_fd()
     }
