@@ -44,14 +44,14 @@ from typing import Any
 import trio
 
 from bench.trees import RESULTS, ROOT, save
+from collector.harness.appender import line
 
 # Bytes a pass's batch work moves through the caches at 1,000 files × 4 lines of ~200 bytes: the
 # batch's protobuf (~1 MB) and zstd's tables and output; copied between passes by the scrubbed
 # variant of the reads.
 SCRUB = 2 << 20
-# The harness appender's line (collector/harness/appender.py): a time, the file and line numbers, 160
-# bytes of body: 203 bytes.
-LINE = b"%d file%04d line%08d %s\n" % (1764720000000000000, 0, 0, b"p" * 160)
+# The appends workload's line (collector/harness/appender.py): 203 bytes.
+LINE = line(1764720000000000000, 0, 0)
 
 
 # Lines of the appends workload the framing, encoding and zstd floor is measured on (~20 MB).
@@ -267,8 +267,8 @@ def appends_floors(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list
     machine would pay."""
     with tempfile.TemporaryDirectory(prefix="floors-") as d:
         data = Path(d, "appends.log")
-        data.write_bytes(b"".join(b"%d file%04d line%08d %s\n" % (1764720000000000000 + n * 50_000, n % 1000, n // 1000,
-                                                                 b"p" * 160) for n in range(APPENDS_LINES)))
+        data.write_bytes(b"".join(line(1764720000000000000 + n * 50_000, n % 1000, n // 1000)
+                                  for n in range(APPENDS_LINES)))
         per_line_bytes = data.stat().st_size / APPENDS_LINES
         enc = [bulk_floor(data, args.level) for _ in range(args.runs)]
     ms_per_mb = statistics.median(r["read_frame_encode_ms_per_mb"] + r["zstd_ms_per_mb"] for r in enc)

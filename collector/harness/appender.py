@@ -23,6 +23,14 @@ import time
 from pathlib import Path
 
 PIECE = 16 * 1024
+# A line's text after its time and position when no corpus is given.
+PADDING = b"p" * 160
+
+
+def line(ns: int, file: int, n: int, body: bytes = PADDING) -> bytes:
+    """The workload's line: its write time (ns, read back for latency), file and line numbers,
+    then `body` (203 bytes with the padding). The benchmarks' floors read lines of this shape."""
+    return b"%d file%04d line%08d %s\n" % (ns, file, n, body)
 
 
 def kube_paths(directory: str, files: int) -> list[str]:
@@ -122,9 +130,8 @@ def main() -> None:
     t0 = time.monotonic()
     for n in range(total):
         f = n % files
-        body = corpus[n % len(corpus)] if corpus else b"p" * 160
-        line = b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n // files, body)
-        for out in cri(line, n) if kube else [line]:
+        text = line(time.time_ns(), f, n // files, corpus[n % len(corpus)] if corpus else PADDING)
+        for out in cri(text, n) if kube else [text]:
             written[f] += os.write(fds[f], out)
         if rotate and written[f] >= rotate:
             generation[f] += 1

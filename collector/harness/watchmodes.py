@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from collector.harness.appender import COMMAND, corpus_lines, kube_paths
+from collector.harness.appender import COMMAND, PADDING, corpus_lines, kube_paths, line
 from collector.harness.receiver import Receiver
 
 # A source checkout (the repository: its bench/results and tests/otelcol), or an installed wheel.
@@ -243,10 +243,10 @@ def one(args: argparse.Namespace, mode: str, files: int, profiler: bool = False,
                 # A backlog at once (what a read from head sees): RATE × SECONDS lines in all,
                 # written to each file in one go, then read as fast as each mode can.
                 per_file = int(args.rate * args.seconds / files)
-                corpus = corpus_lines(args.corpus) if args.corpus else [b"p" * 160]
+                corpus = corpus_lines(args.corpus) if args.corpus else [PADDING]
                 for f in range(files):
                     with open(logs / f"w{f:04d}.log", "ab") as fh:
-                        fh.write(b"".join(b"%d file%04d line%08d %s\n" % (time.time_ns(), f, n, corpus[n % len(corpus)])
+                        fh.write(b"".join(line(time.time_ns(), f, n, corpus[n % len(corpus)])
                                           for n in range(per_file)))
                 expected = files * per_file
             else:
