@@ -62,7 +62,9 @@ def test_shipped_configs_are_valid(name: str) -> None:
             "inputs: [{paths: ['${TAILRACE_TEST_UNSET_VAR}']}]\noutputs: [{type: blackhole}]",
             ["TAILRACE_TEST_UNSET_VAR", "$.inputs[0].paths[0]"],
         ),
-        ("inputs: [ {paths: ", ["not valid YAML"]),
+        # One line naming the file, line and column, not PyYAML's several saying `<unicode string>`.
+        ("inputs:\n  - paths: ['/x']\n    watch: [inotify\n", ["c.yaml:4:1: not valid YAML: expected ',' or ']', "
+                                                            "but got '<stream end>' (while parsing a flow sequence)"]),
     ],
 )
 @pytest.mark.parametrize("command", ["check-config", "run"])
@@ -248,6 +250,8 @@ def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tm
         "    watch: inotfy\n"
         "    read_from: start\n"
         "  - pahts: ['/x']\n"
+        "  - paths: /var/log/one.log\n"
+        "    max_line_bytes: -5\n"
         "outputs:\n"
         "  - type: otlp_htp\n"
         "batch:\n"
@@ -267,11 +271,15 @@ def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tm
         "(one of: beginning, end)",
         f"tailrace: configuration error: {f}:5: $.inputs[1]: Object contains unknown field `pahts` "
         "(did you mean `paths`?)",
-        f"tailrace: configuration error: {f}:7: $.outputs[0].type: Invalid value 'otlp_htp' "
+        # A required key with a wrong value is said once, not then said missing too.
+        f"tailrace: configuration error: {f}:6: $.inputs[2].paths: Expected `array`, got `str`: "
+        "'/var/log/one.log'",
+        f"tailrace: configuration error: {f}:7: $.inputs[2].max_line_bytes: must be positive",
+        f"tailrace: configuration error: {f}:9: $.outputs[0].type: Invalid value 'otlp_htp' "
         "(one of: file, stdout, blackhole, otlp_http; did you mean `otlp_http`?)",
-        f"tailrace: configuration error: {f}:9: $.batch.max_age: expected a duration like 250ms, 5s or 1m, got 'soon'",
-        f"tailrace: configuration error: {f}:10: $.batch.max_records: Expected `int`, got `str`: 'lots'",
-        f"tailrace: configuration error: {f}:11: $: Object contains unknown field `state_dirr` "
+        f"tailrace: configuration error: {f}:11: $.batch.max_age: expected a duration like 250ms, 5s or 1m, got 'soon'",
+        f"tailrace: configuration error: {f}:12: $.batch.max_records: Expected `int`, got `str`: 'lots'",
+        f"tailrace: configuration error: {f}:13: $: Object contains unknown field `state_dirr` "
         "(did you mean `state_dir`?)",
     ]
 

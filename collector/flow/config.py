@@ -473,7 +473,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(_yaml_error(e, source)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     line_of = _locate(text)
@@ -489,6 +489,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError("\n".join(_describe(e, source, line_of, raw) for e in errors)) from None
 
 
+def _yaml_error(e: yaml.YAMLError, source: str) -> str:
+    """One line, `FILE:LINE:COLUMN: not valid YAML: what (while what)`, as every other error
+    names its place (PyYAML's own text is several lines and says `<unicode string>`)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 # What each part is checked against when looking for every error (a valid rest around it).
 _PROBE: dict[str, Any] = {"inputs": [{"paths": ["/"]}], "outputs": [{"type": "blackhole"}]}
 
@@ -502,14 +512,19 @@ def _every_error(raw: dict[str, Any]) -> list[str]:
         """Check `doc`; after an error under `where` (a key of the item at `where`), `drop(key)`
         gives the doc without that key, checked again (at most 50 times)."""
         unknown_keys: list[str] = []
+        dropped: set[str | None] = set()
         for _ in range(50):
             try:
                 msgspec.convert(doc, Config, dec_hook=_dec_hook, strict=False)
                 return
             except msgspec.ValidationError as e:
                 missing = re.search(r"missing required field `([^`]+)`", str(e))
-                if missing and difflib.get_close_matches(missing.group(1), unknown_keys, n=1):
-                    return  # `pahts` was reported, with `paths` as its near match: not again
+                if missing and (missing.group(1) in dropped
+                                or difflib.get_close_matches(missing.group(1), unknown_keys, n=1)):
+                    # Reported already: the key was there with a wrong value, or `pahts` was
+                    # reported with `paths` as its near match. (Missing is judged after every
+                    # key present, so no error of this item is left unsaid.)
+                    return
                 out.append(str(e))
                 path = str(e).rpartition(" - at `")[2].rstrip("`")
                 unknown = re.search(r"unknown field `([^`]+)`", str(e))
@@ -521,6 +536,7 @@ def _every_error(raw: dict[str, Any]) -> list[str]:
                 nxt = drop(key) if key is not None and key != "type" else None
                 if nxt is None:
                     return
+                dropped.add(key)
                 doc = nxt
 
     def without(value: Any, key: str) -> Any:
