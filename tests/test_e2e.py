@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, attrs, base_config, count_records, records, wait_for
+from tests.conftest import ROOT, attrs, base_config, count_records, records, require_tool, wait_for
 
 
 def body(rec: dict) -> str:  # type: ignore[type-arg]
@@ -93,6 +93,39 @@ def test_missing_and_unreadable_paths_are_reported_and_others_flow(tmp_path: Pat
     wait_for(lambda: count_records(out) == 110, 30, "the file's lines once it became readable")
     assert t.stop() == 0
     assert sorted(body(r) for r in records(out))[-10:] == sorted(line(2, n) for n in range(10))
+
+
+def test_a_file_or_directory_made_readable_is_read_at_once_not_at_the_next_rescan(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """With inotify and a rescan an hour away, a chmod that makes a refused file or directory
+    readable is news of its directory: everything in it is read, what was written while it was
+    refused included. (Without that, the retry waited for the rescan: 60 s by default.)"""
+    logs = tmp_path / "logs"
+    private = logs / "private"
+    private.mkdir(parents=True)
+    write_lines(logs / "good.log", 1, range(100))
+    secret = logs / "secret.log"
+    write_lines(secret, 2, range(10))
+    write_lines(private / "inner.log", 3, range(20))
+    secret.chmod(0)
+    private.chmod(0)
+    out = tmp_path / "out" / "logs.jsonl"
+    cfg = base_config(tmp_path, [f"{logs}/*.log", f"{logs}/*/*.log"], watch="inotify", rescan_interval="1h")
+    drop = [require_tool("setpriv", "running tailrace without CAP_DAC_OVERRIDE"),
+            "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    t = tailrace(cfg).start(preexec=drop)
+    wait_for(lambda: count_records(out) == 100, 30, "the readable file's 100 lines")
+    log = wait_for(lambda: f"cannot open {secret}" in t.log() and f"cannot read {private}" in t.log() and t.log(),
+                   10, "both refusals reported")
+    assert "Permission denied" in log
+    write_lines(secret, 2, range(10, 15))  # written while refused: read too
+    secret.chmod(0o644)
+    wait_for(lambda: count_records(out) == 115, 30, "the file's 15 lines once it became readable")
+    private.chmod(0o755)
+    wait_for(lambda: count_records(out) == 135, 30, "the directory's file once it became readable")
+    assert t.stop() == 0
+    got = collections.Counter(body(r) for r in records(out))
+    expected = [line(1, n) for n in range(100)] + [line(2, n) for n in range(15)] + [line(3, n) for n in range(20)]
+    assert sorted(got.elements()) == sorted(expected)
 
 
 def test_binary_invalid_utf8_and_huge_lines(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]

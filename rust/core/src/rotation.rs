@@ -61,7 +61,10 @@ impl Tailer {
         self.looked = true;
         let dirs = dirs.filter(|_| !first);
         let scan = match dirs {
-            None => self.scan(),
+            None => {
+                self.unreadable.clear(); // what is still refused says so again below
+                self.scan()
+            }
             Some(d) => {
                 self.counters.scoped_looks += 1;
                 self.discoverer.scan_dirs(d.iter(), &mut self.dir_cache, &mut self.counters.syscalls)
@@ -97,6 +100,9 @@ impl Tailer {
         if first {
             self.look_for_checkpointed(&mut cp, &before, now);
         }
+        // (A refused path that left stays in `unreadable` until the next look everywhere.)
+        let attrib: BTreeSet<PathBuf> = self.unreadable.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+        self.watcher.watch_attribs(&attrib, &mut self.counters);
         // Every reader at a look everywhere; at a look of directories, those it looked at
         // (readers it created were timed as they were held).
         if dirs.is_none() {
@@ -125,6 +131,7 @@ impl Tailer {
             self.watcher.watch_dir(&dir, &mut self.counters);
         }
         for (path, err) in &scan.errors {
+            self.unreadable.insert(PathBuf::from(path));
             let key = format!("scan:{path}");
             if !self.reported.contains(&key) {
                 self.counters.open_errors += 1; // once per path, as it is reported
@@ -201,8 +208,11 @@ impl Tailer {
             self.more.push(f.key);
             if let Err(e) = r.reopen(&mut self.counters) {
                 self.counters.open_errors += 1;
+                self.unreadable.insert(f.path.clone());
                 let msg = format!("cannot reopen {}: {e}", f.path.display());
                 self.report(format!("open:{}", f.path.display()), msg);
+            } else {
+                self.unreadable.remove(&f.path);
             }
         }
     }
@@ -311,6 +321,7 @@ impl Tailer {
             }
             Err(e) => {
                 self.counters.open_errors += 1;
+                self.unreadable.insert(f.path.clone());
                 let msg = format!("cannot open {}: {e}", f.path.display());
                 self.report(format!("open:{}", f.path.display()), msg);
                 return None;
@@ -354,6 +365,7 @@ impl Tailer {
         }
         self.hold(f.key, r);
         self.clear_report(&format!("open:{}", f.path.display()));
+        self.unreadable.remove(&f.path);
         Some(resumed)
     }
 

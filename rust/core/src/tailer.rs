@@ -206,6 +206,9 @@ pub struct Tailer {
     pub(crate) steady_paths: HashSet<PathBuf>,
     /// Files found outside the allowed roots: never opened again.
     pub(crate) refused: HashSet<FileKey>,
+    /// Paths that could not be opened or listed (permissions): retried at every look of
+    /// their directory, and a chmod there asks for that look (`Watcher::watch_attribs`).
+    pub(crate) unreadable: BTreeSet<PathBuf>,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: BTreeSet<FileKey>,
     /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
@@ -298,6 +301,7 @@ impl Tailer {
             dir_cache: discovery::DirCache::default(),
             steady_paths: HashSet::new(),
             refused: HashSet::new(),
+            unreadable: BTreeSet::new(),
             timed: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,

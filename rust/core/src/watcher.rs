@@ -115,6 +115,11 @@ pub trait Watcher: Send {
     fn unwatch(&mut self, _key: FileKey) {}
     /// Watch a directory for new and renamed files (idempotent).
     fn watch_dir(&mut self, _dir: &Path, _c: &mut Counters) {}
+    /// Say attribute changes (chmod, chown) of what is in these watched directories, and only
+    /// these (the set replaces the last one), as news of the directory: the directories of
+    /// paths that could not be opened or listed, so one made readable is read at once, not at
+    /// the next rescan. No directory pays for this while nothing in it is refused.
+    fn watch_attribs(&mut self, _dirs: &BTreeSet<PathBuf>, _c: &mut Counters) {}
     /// Stop (`steady` true) or resume write events for a watched file, through its open
     /// descriptor (the path may name another file by now). A steady file is read on the
     /// tailer's cadence instead: it was written several times between reads, so its events
@@ -242,6 +247,8 @@ pub struct InotifyWatcher {
     buf: Vec<u64>,
     queue_limit: u64,
     steady: BTreeSet<FileKey>,
+    /// Directories whose watch also says attribute changes (`watch_attribs`).
+    attrib_dirs: BTreeSet<PathBuf>,
     /// Test seams: a watch limit lower than the kernel's, an overflow at the next collect.
     watch_limit: Option<usize>,
     overflow_next: bool,
@@ -274,6 +281,7 @@ impl InotifyWatcher {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(16384),
             steady: BTreeSet::new(),
+            attrib_dirs: BTreeSet::new(),
             watch_limit: None,
             overflow_next: false,
         })
@@ -342,6 +350,14 @@ impl InotifyWatcher {
                     }
                 }
                 Target::Dir(path) => {
+                    if ev.mask & libc::IN_ATTRIB != 0 {
+                        // Only where something could not be opened or listed (`watch_attribs`):
+                        // a look of the directory retries it; a directory made readable may hold
+                        // what the globs match deeper down.
+                        news.look = true;
+                        news.dirs.push(path.clone());
+                        news.everywhere |= ev.mask & libc::IN_ISDIR != 0;
+                    }
                     if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
                         news.look = true;
                         news.dirs.push(path.clone());
@@ -535,6 +551,24 @@ impl Watcher for InotifyWatcher {
             self.dirs.insert(dir.to_path_buf(), wd);
         }
     }
+
+    fn watch_attribs(&mut self, dirs: &BTreeSet<PathBuf>, c: &mut Counters) {
+        if *dirs == self.attrib_dirs {
+            return;
+        }
+        let on: Vec<PathBuf> = dirs.difference(&self.attrib_dirs).cloned().collect();
+        let off: Vec<PathBuf> = self.attrib_dirs.difference(dirs).cloned().collect();
+        for (dir, mask) in on.iter().map(|d| (d, DIR_MASK | libc::IN_ATTRIB)).chain(off.iter().map(|d| (d, DIR_MASK))) {
+            // A directory not watched (gone, or never listed) has no mask to change; the
+            // rescan still retries what is in it.
+            if self.dirs.contains_key(dir) {
+                c.syscalls.inotify_remask += 1;
+                // The same wd: a mask for an inode already watched replaces its mask.
+                let _ = self.add_watch(dir, mask);
+            }
+        }
+        self.attrib_dirs.clone_from(dirs);
+    }
 }
 
 /// When the owner's wait for a tailer ends, as descriptors: `timer` becomes readable at the
@@ -641,5 +675,62 @@ mod wake_tests {
         assert!(!readable(wake.either_fd(), 0));
         wake.arm(Duration::ZERO);
         assert!(readable(wake.either_fd(), 5_000));
+    }
+}
+
+#[cfg(test)]
+mod attrib_tests {
+    use super::{InotifyWatcher, Watcher};
+    use crate::counters::Counters;
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    fn chmod(p: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_chmod_is_news_only_in_the_directories_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        for dir in [&a, &b] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("x.log"), b"x\n").unwrap();
+        }
+        std::fs::create_dir(a.join("sub")).unwrap();
+        let mut w = InotifyWatcher::new(Duration::from_secs(1), false, false).unwrap();
+        let mut c = Counters::default();
+        w.watch_dir(&a, &mut c);
+        w.watch_dir(&b, &mut c);
+        let collect = |w: &mut InotifyWatcher, c: &mut Counters| w.collect(Instant::now(), &mut std::iter::empty(), &mut Vec::new(), c);
+        // Not asked for: a chmod in either directory is no news (nothing pays for it).
+        chmod(&a.join("x.log"), 0o600);
+        chmod(&b.join("x.log"), 0o600);
+        let n = collect(&mut w, &mut c);
+        assert_eq!((n.look, n.dirs.len()), (false, 0));
+        // Asked for `a`: a chmod of a file there is a look of `a`; of a directory there, a look
+        // everywhere (what the globs match may be inside); `b` still says nothing. One mask
+        // change for `a`, none for `b`.
+        w.watch_attribs(&BTreeSet::from([a.clone()]), &mut c);
+        assert_eq!(c.syscalls.inotify_remask, 1);
+        chmod(&a.join("x.log"), 0o644);
+        chmod(&b.join("x.log"), 0o644);
+        let n = collect(&mut w, &mut c);
+        assert_eq!((n.look, n.dirs, n.everywhere), (true, vec![a.clone()], false));
+        chmod(&a.join("sub"), 0o700);
+        let n = collect(&mut w, &mut c);
+        assert_eq!((n.look, n.dirs, n.everywhere), (true, vec![a.clone()], true));
+        // The same set again changes nothing; an empty one turns `a` back.
+        w.watch_attribs(&BTreeSet::from([a.clone()]), &mut c);
+        assert_eq!(c.syscalls.inotify_remask, 1);
+        w.watch_attribs(&BTreeSet::new(), &mut c);
+        assert_eq!(c.syscalls.inotify_remask, 2);
+        chmod(&a.join("x.log"), 0o600);
+        let n = collect(&mut w, &mut c);
+        assert_eq!((n.look, n.dirs.len()), (false, 0));
+        // Creating a file is news whatever the set (the directory mask is kept).
+        std::fs::write(a.join("y.log"), b"y\n").unwrap();
+        assert_eq!(collect(&mut w, &mut c).dirs, vec![a.clone()]);
     }
 }
