@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from collector._native import read_checkpoints
-from tests.conftest import wait_for
+from tests.conftest import base_config, count_records, records, wait_for
 
 
 def config(tmp_path: Path, paths: list[str], **top: Any) -> dict[str, Any]:
@@ -225,6 +225,45 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
     assert t.stop() == 0
     r.stop()
     assert sorted(b.decode() for b in r.bodies()) == [f"line {i:04d} {'y' * 1000}" for i in range(400)]
+
+
+def test_checkpoints_that_cannot_be_written_are_said_and_retried_until_there_is_room(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """The state's filesystem is full for the snapshot (RLIMIT_FSIZE: 200 files' heads make a
+    ~200 KB snapshot, the limit is 150 KB; the journal and the output fit): the error names the
+    state directory, the write is retried every `checkpoint_interval` with nothing new
+    acknowledged (before, it waited for the next acknowledgement: a quiet node kept its state
+    unwritten), recovery is said, and a kill -9 after it costs no line."""
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    prlimit = require_tool("prlimit", "to make the snapshot's write fail as on a full disk")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = {f"f{i:03d}.log": f"file {i:03d} " + "z" * 390 for i in range(200)}
+    for name, text in lines.items():
+        (logs / name).write_text(text + "\n")
+    out = tmp_path / "out" / "logs.jsonl"
+    cfg = base_config(tmp_path, [f"{logs}/*.log"], watch="inotify", rescan_interval="1h")
+    t = tailrace(cfg).start(preexec=[prlimit, "--fsize=150000:unlimited", "--"])
+    assert t.proc is not None
+    wait_for(lambda: count_records(out) == 200, 30, "every line delivered")
+    state = tmp_path / "state"
+    wait_for(lambda: "cannot write checkpoints" in t.log(), 30, "the snapshot's write failing")
+    assert f"write checkpoints in {state}: File too large" in t.log()
+    assert not (state / "checkpoints.json.tmp").exists()  # no partial snapshot holding the room
+    # Retried with nothing new to acknowledge (every line was delivered before the first try).
+    wait_for(lambda: stats(t)["totals"]["checkpoint_write_errors"] >= 4, 30, "four tries")
+    subprocess.run([prlimit, "--pid", str(t.proc.pid), "--fsize=unlimited:unlimited"], check=True)
+    wait_for(lambda: "checkpoints written again" in t.log(), 30, "the write retried with nothing new")
+    assert (state / "checkpoints.json").stat().st_size > 150_000
+    t.kill()
+    t.start()
+    wait_for(lambda: t.log().count("admin endpoint on") == 2, 30, "the restart's admin endpoint")
+    steps = lambda: stats(t)["totals"]["steps"]  # noqa: E731
+    wait_for(lambda: steps() >= 1, 30, "the restart's first step (its look reads what the state says is unread)")
+    assert t.stop() == 0
+    assert sorted(str(r["body"]["stringValue"]) for r in records(out)) == sorted(lines.values())
 
 
 def test_a_journal_record_of_a_newer_version_is_cut_off_named_and_costs_no_line(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]

@@ -167,6 +167,8 @@ class Pipeline:
         self.batches_delivered = 0
         self.bytes_acked = [0] * len(cfg.inputs)
         self.checkpoint_writes = 0
+        self.checkpoint_write_errors = 0
+        self._checkpoints_failing = False
         self.wakeups = Wakeups()  # counts while `run` runs
         # The checkpoint loop's wait for its next write, while it waits for one (a tail loop
         # about to sleep past it moves it to now: the write rides on that wakeup).
@@ -198,6 +200,7 @@ class Pipeline:
         if hasattr(self, "checkpointer"):
             for k, v in self.checkpointer.write_stats().items():
                 total[f"checkpoint_{k}"] = v
+        total["checkpoint_write_errors"] = self.checkpoint_write_errors
         for out in self.outputs:
             for k, v in out.stats.items():
                 total[f"{out.name}.{k}"] = v
@@ -434,21 +437,32 @@ class Pipeline:
             with trio.CancelScope(deadline=due) as self._checkpoint_wait:
                 await trio.sleep_forever()
             self._checkpoint_wait = None
-            written = self._commits
-            await self._write_checkpoints()
+            commits = self._commits
+            if await self._write_checkpoints():
+                written = commits  # else retried after the interval, acknowledged or not
             due = trio.current_time() + self.cfg.checkpoint_interval
 
-    async def _write_checkpoints(self, final: bool = False) -> None:
+    async def _write_checkpoints(self, final: bool = False) -> bool:
         """Every `checkpoint_interval`: the journal made durable (fsync), compacted when due.
-        At shutdown: a new snapshot, so the state is one file until the next start."""
+        At shutdown: a new snapshot, so the state is one file until the next start. Whether it
+        was written (a full disk, a read-only mount: said, and retried)."""
         try:
             await trio.to_thread.run_sync(self.checkpointer.compact if final else self.checkpointer.write)
             self.checkpoint_writes += 1
         except OSError as e:
-            log.log("error", f"cannot write checkpoints: {e}", every=10.0)
+            self.checkpoint_write_errors += 1
+            self._checkpoints_failing = True
+            log.log("error", f"cannot write checkpoints (retried every checkpoint_interval; lines acknowledged "
+                    f"since the last write are read again after a crash): {e}", every=10.0)
+        else:
+            if self._checkpoints_failing:
+                self._checkpoints_failing = False
+                log.info("checkpoints written again")
+            return True
+        return False
 
 
-async def _shielded(f: Callable[[], Awaitable[None]]) -> None:
+async def _shielded(f: Callable[[], Awaitable[object]]) -> None:
     """Release a resource even while the scope is being cancelled."""
     with trio.CancelScope(shield=True):
         await f()

@@ -115,6 +115,10 @@ pub struct Loaded {
     pub migrated: bool,
 }
 
+/// Journal records kept in memory while they cannot be written (a full disk) before they are
+/// given up for a snapshot (`must_compact`).
+const PENDING_MAX: usize = 4 << 20;
+
 pub struct Checkpointer {
     path: PathBuf,
     journal_path: PathBuf,
@@ -126,6 +130,9 @@ pub struct Checkpointer {
     generation: u64,
     /// Records not yet written (registrations wait for the next acknowledgement or `write`).
     pending: Vec<u8>,
+    /// The journal could not be written for so long that its records were given up (past
+    /// `PENDING_MAX`): nothing is appended until a snapshot of the entries is written.
+    must_compact: bool,
     unsynced: bool,
     /// input → identity → entry (nested so lookups by `&str` allocate nothing).
     entries: HashMap<String, KeyMap<FileKey, Entry>>,
@@ -183,6 +190,7 @@ impl Checkpointer {
             snapshot_at: SystemTime::now(),
             generation: 0,
             pending: Vec::new(),
+            must_compact: false,
             unsynced: false,
             entries: HashMap::new(),
             existed: false,
@@ -447,6 +455,10 @@ impl Checkpointer {
 
     /// Write the records waiting (one `write`).
     fn append(&mut self) -> std::io::Result<()> {
+        if self.must_compact {
+            self.pending.clear(); // the snapshot `write` makes next holds them
+            return Ok(());
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -454,7 +466,18 @@ impl Checkpointer {
             self.new_journal()?;
         }
         let f = self.journal.as_mut().expect("opened above");
-        f.write_all(&self.pending)?;
+        if let Err(e) = f.write_all(&self.pending) {
+            // Part of it may be written (a full disk): cut it off, so the retry appends whole
+            // records after the last whole one, not after a torn one that would end the
+            // reading of every record behind it.
+            let _ = f.set_len(self.journal_len);
+            if self.pending.len() > PENDING_MAX {
+                // Memory stays bounded on a disk that stays full: the entries hold all of it.
+                self.pending = Vec::new();
+                self.must_compact = true;
+            }
+            return Err(e);
+        }
         self.stats.journal_writes += 1;
         self.stats.journal_bytes += self.pending.len() as u64;
         self.journal_len += self.pending.len() as u64;
@@ -466,12 +489,10 @@ impl Checkpointer {
     /// A new, empty journal following the current generation (tmp + fsync + rename).
     fn new_journal(&mut self) -> std::io::Result<()> {
         let tmp = self.journal_path.with_extension("journal.tmp");
-        {
-            let mut f = create_private(&tmp)?;
+        written_whole(&tmp, |f| {
             f.write_all(JOURNAL_MAGIC)?;
-            f.write_all(&self.generation.to_le_bytes())?;
-            f.sync_all()?;
-        }
+            f.write_all(&self.generation.to_le_bytes())
+        })?;
         std::fs::rename(&tmp, &self.journal_path)?;
         sync_dir(&self.journal_path)?;
         self.stats.fsyncs += 2;
@@ -489,6 +510,9 @@ impl Checkpointer {
     /// Make what was journaled durable (`fsync`, every `checkpoint_interval`), compacting when
     /// due (see the module doc). Returns the number of entries.
     pub fn write(&mut self) -> std::io::Result<usize> {
+        if self.must_compact {
+            return self.compact();
+        }
         self.append()?;
         // The journal has outgrown the snapshot, and a new one would be smaller than it (at a
         // start the first snapshot predates the files: their registrations alone are most of
@@ -546,17 +570,16 @@ impl Checkpointer {
         }
         body.extend_from_slice(b"]}");
         let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = create_private(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-        }
+        written_whole(&tmp, |f| f.write_all(&body))?;
         std::fs::rename(&tmp, &self.path)?;
         sync_dir(&self.path)?;
         // A crash here leaves the new snapshot with the old journal: its generation tells it
-        // apart, and everything it holds is in the snapshot.
+        // apart, and everything it holds is in the snapshot. The old journal is not appended
+        // to again: if the new one cannot be made now, the next append makes it.
         self.generation = generation;
         self.pending.clear();
+        self.must_compact = false;
+        self.journal = None;
         self.new_journal()?;
         self.stats.snapshots += 1;
         self.stats.snapshot_bytes += body.len() as u64;
@@ -568,6 +591,16 @@ impl Checkpointer {
         self.writes += 1;
         Ok(n)
     }
+}
+
+/// `tmp` created private, written by `write` and synced; removed when any of it fails (a full
+/// disk: what was written of it would take the room the journal needs).
+fn written_whole(tmp: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<()> {
+    let done = create_private(tmp).and_then(|mut f| write(&mut f).and_then(|()| f.sync_all()));
+    if done.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    done
 }
 
 /// A new file only tailrace may read (`0600`): offsets and paths of every tailed file.
@@ -797,6 +830,82 @@ mod tests {
         drop(c);
         let r = open(d.path());
         assert_eq!((r.get("in", keys[0].0).unwrap().offset, r.get("in", keys[1].0).unwrap().offset, r.loaded.torn_bytes), (400, 100, 0));
+    }
+
+    /// Runs `name` (an ignored test of this module) in a child process of its own: for what may
+    /// not touch the other tests running beside it (a file-size limit is the process's).
+    fn in_child(name: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("checkpoints::tests::{name}"), "--ignored", "--test-threads=1", "--nocapture"])
+            .env("TAILRACE_IN_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    /// Writes past `bytes` fail in this process (EFBIG, as on a full disk); `None` lifts it.
+    fn file_size_limit(bytes: Option<u64>) {
+        let lim = bytes.unwrap_or(libc::RLIM_INFINITY);
+        // SAFETY: plain syscalls; SIGXFSZ ignored so the write fails instead of killing us.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &libc::rlimit { rlim_cur: lim, rlim_max: libc::RLIM_INFINITY }), 0);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_torn_record_and_no_partial_snapshot_behind() {
+        in_child("full_disk_in_a_child");
+    }
+
+    #[test]
+    #[ignore = "run by a_full_disk_leaves_no_torn_record_and_no_partial_snapshot_behind in a child"]
+    fn full_disk_in_a_child() {
+        assert_eq!(std::env::var("TAILRACE_IN_CHILD").as_deref(), Ok("1"), "run through in_child");
+        let d = tempfile::tempdir().unwrap();
+        let mut c = open(d.path());
+        let keys = files(&mut c, 2, 100);
+        c.write().unwrap();
+        let journal = d.path().join(JOURNAL_NAME);
+        let whole = std::fs::metadata(&journal).unwrap().len();
+        // Room for 5 more bytes: the next append is written in part and fails. It is cut off,
+        // and retried whole with the next one once there is room.
+        file_size_limit(Some(whole + 5));
+        c.commit("in", keys[0].0, keys[0].1, 200, None);
+        assert_eq!(c.write().unwrap_err().raw_os_error(), Some(libc::EFBIG));
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole, "the torn bytes are cut off");
+        // A snapshot that does not fit: no partial file left to take the journal's room, and
+        // the state as it was.
+        assert_eq!(c.compact().unwrap_err().raw_os_error(), Some(libc::EFBIG));
+        assert!(!d.path().join("checkpoints.json.tmp").exists());
+        file_size_limit(None);
+        c.commit("in", keys[1].0, keys[1].1, 300, None);
+        drop(c); // a kill -9: no write, no compaction
+        let r = open(d.path());
+        let offsets: Vec<u64> = keys.iter().map(|(k, _)| r.get("in", *k).unwrap().offset).collect();
+        assert_eq!((offsets, r.loaded.torn_bytes), (vec![200, 300], 0));
+        // A disk that stays full: the records waiting stay under PENDING_MAX (then a snapshot
+        // is owed and nothing is appended), and once there is room the snapshot holds every
+        // offset acknowledged meanwhile.
+        let mut c = open(d.path());
+        let epochs: Vec<u32> = keys.iter().map(|(k, _)| c.get("in", *k).unwrap().epoch).collect();
+        file_size_limit(Some(std::fs::metadata(&journal).unwrap().len()));
+        let mut most = 0;
+        for off in 301..300_000u64 {
+            c.commit("in", keys[0].0, epochs[0], off, None);
+            most = most.max(c.pending.len());
+        }
+        assert!(c.must_compact && most <= PENDING_MAX + 64, "{most}");
+        assert_eq!(c.write().unwrap_err().raw_os_error(), Some(libc::EFBIG));
+        file_size_limit(None);
+        c.write().unwrap();
+        assert!(!c.must_compact);
+        c.commit("in", keys[1].0, epochs[1], 400, None); // appended to the new journal
+        drop(c);
+        let r = open(d.path());
+        let offsets: Vec<u64> = keys.iter().map(|(k, _)| r.get("in", *k).unwrap().offset).collect();
+        assert_eq!((offsets, r.loaded.torn_bytes), (vec![299_999, 400], 0));
     }
 
     #[test]

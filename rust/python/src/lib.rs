@@ -54,6 +54,8 @@ fn codec(name: &str) -> PyResult<Compression> {
 #[pyclass(frozen, module = "collector._native")]
 struct Checkpointer {
     inner: Arc<Mutex<tailrace_core::Checkpointer>>,
+    /// Named in errors: what could not be written where (a full disk, a read-only mount).
+    state_dir: String,
 }
 
 impl Checkpointer {
@@ -68,17 +70,17 @@ impl Checkpointer {
     #[new]
     fn new(py: Python<'_>, state_dir: &str, forget_after: f64) -> PyResult<Self> {
         let cp = py.detach(|| tailrace_core::Checkpointer::open(std::path::Path::new(state_dir), secs(forget_after))).map_err(to_py_err)?;
-        Ok(Checkpointer { inner: Arc::new(Mutex::new(cp)) })
+        Ok(Checkpointer { inner: Arc::new(Mutex::new(cp)), state_dir: state_dir.to_owned() })
     }
 
     /// Make what was journaled durable (fsync), compacting when due. Returns the entry count.
     fn write(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |c| c.write()).map_err(|e| to_py_err(Error::io("write checkpoints", e)))
+        self.with(py, |c| c.write()).map_err(|e| to_py_err(Error::io(format!("write checkpoints in {}", self.state_dir), e)))
     }
 
     /// A new snapshot and an empty journal (at shutdown). Returns the entry count.
     fn compact(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |c| c.compact()).map_err(|e| to_py_err(Error::io("write checkpoints", e)))
+        self.with(py, |c| c.compact()).map_err(|e| to_py_err(Error::io(format!("write checkpoints in {}", self.state_dir), e)))
     }
 
     /// What was written to the state directory: journal appends and bytes, fsyncs, snapshots
