@@ -161,6 +161,11 @@ impl Checkpointer {
             dirs.create(state_dir).map_err(|e| Error::io(format!("state_dir {}", state_dir.display()), e))?;
         }
         let mut cp = Self::read(state_dir, forget_after)?;
+        // What a crash in the middle of writing a snapshot or a new journal left: never read,
+        // rewritten by the next one; until then it holds room a full disk may need.
+        for tmp in [cp.path.with_extension("json.tmp"), cp.journal_path.with_extension("journal.tmp")] {
+            let _ = std::fs::remove_file(tmp);
+        }
         let io = |what: &Path, e: std::io::Error| Error::io(what.display().to_string(), e);
         if cp.loaded.migrated {
             cp.compact().map_err(|e| io(&cp.path, e))?;
@@ -879,6 +884,12 @@ mod tests {
         // the state as it was.
         assert_eq!(c.compact().unwrap_err().raw_os_error(), Some(libc::EFBIG));
         assert!(!d.path().join("checkpoints.json.tmp").exists());
+        // What a crash mid-write leaves (a kill -9 between the write and the rename) is removed
+        // at the next start.
+        std::fs::write(d.path().join("checkpoints.json.tmp"), b"{\"partial").unwrap();
+        std::fs::write(d.path().join("checkpoints.journal.tmp"), b"TRJ").unwrap();
+        drop(open(d.path()));
+        assert!(!d.path().join("checkpoints.json.tmp").exists() && !d.path().join("checkpoints.journal.tmp").exists());
         file_size_limit(None);
         c.commit("in", keys[1].0, keys[1].1, 300, None);
         drop(c); // a kill -9: no write, no compaction
