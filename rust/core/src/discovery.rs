@@ -123,9 +123,11 @@ impl Discoverer {
         out
     }
 
-    /// Whether `path` is one the include globs match (and no exclude glob does).
+    /// Whether `path` is one the include globs match (and no exclude glob does), as text with
+    /// invalid UTF-8 replaced (as `scan` matches names).
     pub fn matches(&self, path: &Path) -> bool {
-        self.patterns.iter().any(|p| p.matches_path_with(path, MATCH)) && !self.is_excluded(path)
+        let text = path.to_string_lossy();
+        self.patterns.iter().any(|p| p.matches_with(&text, MATCH)) && !self.is_excluded(path)
     }
 
     /// `scan` for the files directly in `dirs` only (a look their events asked for): one
@@ -159,32 +161,93 @@ impl Discoverer {
     }
 
     pub fn is_excluded(&self, path: &Path) -> bool {
-        self.exclude.iter().any(|p| p.matches_path(path))
+        let text = path.to_string_lossy();
+        self.exclude.iter().any(|p| p.matches(&text))
     }
 
-    pub fn scan(&self, sys: &mut Syscalls) -> Scan {
+    /// The paths `pattern` matches, sorted: its directory part through `glob` (a pattern whose
+    /// last component holds `**` wholly), the last component against each directory's listing.
+    fn expand(&self, pattern: &str, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
+        let has_meta = |s: &str| s.contains(['*', '?', '[']);
+        let path = Path::new(pattern);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(|n| n.to_string_lossy())) else {
+            return Ok(vec![path.to_path_buf()]);
+        };
+        if !has_meta(&name) {
+            // A literal name: the path itself (a missing one is not found by its stat).
+            return self.expand_dirs(&dir.to_string_lossy(), sys, errors).map(|dirs| dirs.into_iter().map(|d| d.join(&*name)).collect());
+        }
+        if name.contains("**") {
+            sys.readdir += 1;
+            let mut out = Vec::new();
+            for entry in glob::glob(pattern)? {
+                match entry {
+                    Ok(p) => out.push(p),
+                    Err(e) => errors.push((e.path().display().to_string(), e.error().to_string())),
+                }
+            }
+            return Ok(out);
+        }
+        let last = glob::Pattern::new(&name)?;
+        let mut out = Vec::new();
+        for dir in self.expand_dirs(&dir.to_string_lossy(), sys, errors)? {
+            match cache.listing(&dir, sys) {
+                Ok(names) => {
+                    let mut here: Vec<PathBuf> = names.iter().filter(|n| last.matches_with(&n.to_string_lossy(), MATCH)).map(|n| dir.join(n)).collect();
+                    here.sort();
+                    out.extend(here);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push((dir.display().to_string(), e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The directories `dir` (a glob, or a literal path) names: through `glob` when it has a
+    /// wildcard (a directory it cannot read is an error with its path).
+    fn expand_dirs(&self, dir: &str, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
+        if !dir.contains(['*', '?', '[']) {
+            return Ok(vec![PathBuf::from(if dir.is_empty() { "." } else { dir })]);
+        }
+        sys.readdir += 1;
+        // `x/**/*.log` matches `x/a.log` too (`**` is zero directories or more), but `glob`
+        // expands `x/**` to what is below `x` only.
+        let mut out = match dir.strip_suffix("/**") {
+            Some(above) => self.expand_dirs(above, sys, errors)?,
+            None => Vec::new(),
+        };
+        for entry in glob::glob(dir)? {
+            match entry {
+                Ok(p) if p.is_dir() => out.push(p),
+                Ok(_) => {}
+                Err(e) => errors.push((e.path().display().to_string(), e.error().to_string())),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every path the include globs match. The directories are expanded by `glob`; the names
+    /// in the last of them are listed here (`cache`, shared with the rest of the look) and
+    /// matched as text with invalid UTF-8 replaced: `glob`'s own walk skips a name that is not
+    /// UTF-8, and a log file so named would never be read, and never said.
+    pub fn scan(&self, cache: &mut DirCache, sys: &mut Syscalls) -> Scan {
         let mut scan = Scan::default();
         let mut seen = std::collections::HashSet::new();
         for pattern in &self.include {
             let mut matched = false;
-            let paths = match glob::glob(pattern) {
+            let paths = match self.expand(pattern, cache, sys, &mut scan.errors) {
                 Ok(p) => p,
                 Err(e) => {
                     scan.errors.push((pattern.clone(), e.to_string()));
                     continue;
                 }
             };
-            sys.readdir += 1;
             let last = Path::new(pattern).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let report_dirs = last != "*" && last != "**";
-            for entry in paths {
-                let path = match entry {
-                    Ok(p) => p,
-                    Err(e) => {
-                        scan.errors.push((e.path().display().to_string(), e.error().to_string()));
-                        continue;
-                    }
-                };
+            for path in paths {
                 if self.is_excluded(&path) || !seen.insert(path.clone()) {
                     continue;
                 }
@@ -268,10 +331,18 @@ impl DirCache {
     }
 
     fn names(&mut self, dir: &Path, sys: &mut Syscalls) -> &[std::ffi::OsString] {
-        self.listings.entry(dir.to_path_buf()).or_insert_with(|| {
+        self.listing(dir, sys).unwrap_or(&[])
+    }
+
+    /// The names in `dir`, listed once per look; a directory that cannot be listed says why
+    /// (and is tried again when asked again).
+    pub fn listing(&mut self, dir: &Path, sys: &mut Syscalls) -> std::io::Result<&[std::ffi::OsString]> {
+        if !self.listings.contains_key(dir) {
             sys.readdir += 1;
-            std::fs::read_dir(dir).map(|it| it.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
-        })
+            let names = std::fs::read_dir(dir)?.flatten().map(|e| e.file_name()).collect();
+            self.listings.insert(dir.to_path_buf(), names);
+        }
+        Ok(&self.listings[dir])
     }
 }
 
@@ -351,11 +422,39 @@ mod tests {
         let exc = vec!["**/skip.log".to_string()];
         let disc = Discoverer::new(&inc, &exc, &[]).unwrap();
         let mut sys = Syscalls::default();
-        let scan = disc.scan(&mut sys);
+        let scan = disc.scan(&mut DirCache::default(), &mut sys);
         let mut names: Vec<_> = scan.files.iter().map(|f| f.path.strip_prefix(d.path()).unwrap().display().to_string()).collect();
         names.sort();
         assert_eq!(names, vec!["a/b/z.log", "a/y.log", "x.log"]);
         assert!(scan.unmatched.is_empty());
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_found_by_every_way_of_looking() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("pod");
+        std::fs::create_dir(&sub).unwrap();
+        let bad = sub.join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.log"));
+        let skip = sub.join(std::ffi::OsStr::from_bytes(b"skip\xff.log"));
+        for p in [&bad, &skip, &sub.join("ok.log"), &sub.join("n.txt")] {
+            std::fs::write(p, "1\n").unwrap();
+        }
+        let inc = vec![format!("{}/*/*.log", d.path().display())];
+        let disc = Discoverer::new(&inc, &[format!("{}/*/skip*", d.path().display())], &[]).unwrap();
+        let mut sys = Syscalls::default();
+        // A look everywhere (`glob` alone skipped the name: the file was never read nor said),
+        // a look of its directory, and the exclude globs: all match it as text.
+        let mut cache = DirCache::default();
+        let found: Vec<PathBuf> = disc.scan(&mut cache, &mut sys).files.into_iter().map(|f| f.path).collect();
+        assert_eq!(found, vec![bad.clone(), sub.join("ok.log")]);
+        let scoped: Vec<PathBuf> = disc.scan_dirs([sub.clone()].iter(), &mut DirCache::default(), &mut sys).files.into_iter().map(|f| f.path).collect();
+        assert_eq!(scoped.len(), 2);
+        assert!(scoped.contains(&bad) && disc.matches(&bad) && !disc.matches(&skip));
+        // One listing of the directory for the look: the names are the cache's, for the rest of it.
+        let before = sys.readdir;
+        assert_eq!(cache.names(&sub, &mut sys).len(), 4);
+        assert_eq!(sys.readdir, before);
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Tailer {
     /// Expand the globs, watch every directory a file could appear in, report what could not
     /// be read.
     fn scan(&mut self) -> discovery::Scan {
-        let scan = self.discoverer.scan(&mut self.counters.syscalls);
+        let scan = self.discoverer.scan(&mut self.dir_cache, &mut self.counters.syscalls);
         for dir in self.discoverer.watch_dirs(&mut self.counters.syscalls) {
             self.watcher.watch_dir(&dir, &mut self.counters);
         }

@@ -561,11 +561,11 @@ fn check_globs(paths: Vec<String>, exclude: Vec<String>) -> Vec<String> {
 /// not be looked at.
 #[pyfunction]
 fn survey<'py>(py: Python<'py>, paths: Vec<String>, exclude: Vec<String>, allowed_roots: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
-    use tailrace_core::discovery::Discoverer;
+    use tailrace_core::discovery::{DirCache, Discoverer};
     let d = Discoverer::new(&paths, &exclude, &allowed_roots).map_err(to_py_err)?;
     let (scan, dirs) = py.detach(|| {
         let mut sys = tailrace_core::Syscalls::default();
-        (d.scan(&mut sys), d.watch_dirs(&mut sys))
+        (d.scan(&mut DirCache::default(), &mut sys), d.watch_dirs(&mut sys))
     });
     let files: Vec<String> = scan.files.iter().map(|f| f.path.display().to_string()).collect();
     let polled = PyDict::new(py);
