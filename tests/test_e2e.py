@@ -128,6 +128,31 @@ def test_a_file_or_directory_made_readable_is_read_at_once_not_at_the_next_resca
     assert sorted(got.elements()) == sorted(expected)
 
 
+def test_the_file_output_moved_away_or_deleted_is_written_again_at_its_path(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """logrotate's rename, then an operator's `rm`: each batch after either goes to a new file
+    at the path, not into the one held open (moved: readable elsewhere; deleted: gone, though
+    acknowledged). Every line is in exactly one of the files."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out" / "logs.jsonl"
+    t = tailrace(base_config(tmp_path, [f"{logs}/*.log"])).start()
+    write_lines(logs / "a.log", 1, range(0, 10))
+    wait_for(lambda: count_records(out) == 10, 30, "the first 10 lines")
+    out.rename(tmp_path / "out" / "logs.jsonl.1")
+    write_lines(logs / "a.log", 1, range(10, 20))
+    wait_for(lambda: out.exists() and count_records(out) == 10, 30, "the next 10 lines in a new file at the path")
+    moved_away = records(tmp_path / "out" / "logs.jsonl.1")
+    kept = records(out)
+    out.unlink()
+    write_lines(logs / "a.log", 1, range(20, 30))
+    wait_for(lambda: out.exists() and count_records(out) == 10, 30, "the last 10 lines in a new file again")
+    assert t.stop() == 0
+    assert sorted(body(r) for r in moved_away) == [line(1, n) for n in range(10)]
+    assert sorted(body(r) for r in kept) == [line(1, n) for n in range(10, 20)]
+    assert sorted(body(r) for r in records(out)) == [line(1, n) for n in range(20, 30)]
+    assert t.log().count("output file moved away or deleted: writing a new one") == 2
+
+
 def test_binary_invalid_utf8_and_huge_lines(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     logs = tmp_path / "logs"
     logs.mkdir()
