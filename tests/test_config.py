@@ -284,6 +284,32 @@ def test_check_config_reports_every_error_with_file_line_key_and_a_near_match(tm
     ]
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_input_that_would_read_what_tailrace_writes_is_refused(tmp_path: Path, command: str) -> None:
+    """An input whose globs match the file output (it would ship its own output, then that
+    again: a loop that fills the disk) or the state directory's files is refused, matched as
+    the core matches (`*` stays in its directory; excludes apply). Nothing is started."""
+    out, state = tmp_path / "out", tmp_path / "state"
+
+    def cfg(paths: list[str], exclude: list[str] | None = None) -> str:
+        return (f"state_dir: {state}\ninputs: [{{paths: {paths}, exclude: {exclude or []}}}]\n"
+                f"outputs: [{{type: file, path: {out}/logs.jsonl}}]\n")
+
+    r = check_config(tmp_path, cfg([f"{out}/*"]), command)
+    assert (r.returncode, r.stderr.splitlines()) == (2, [
+        f"tailrace: configuration error: {tmp_path}/c.yaml:2: $.inputs[0].paths: would read {out}/logs.jsonl "
+        "($.outputs[0].path), which tailrace writes: it would ship what it ships, again and again (exclude it, or "
+        "write elsewhere)"])
+    assert not out.exists() and not state.exists()
+    r = check_config(tmp_path, cfg([f"{tmp_path}/**"], [f"{out}/*"]), command)
+    assert r.returncode == 2 and f"would read {state}/checkpoints.json ($.state_dir)" in r.stderr, r.stderr
+    # Excluded, or `*` not reaching into the directory below: accepted.
+    r = check_config(tmp_path, cfg([f"{tmp_path}/**"], [f"{out}/*", f"{state}/**"]), "check-config")
+    assert r.returncode == 0, r.stderr
+    r = check_config(tmp_path, cfg([f"{tmp_path}/*"]), "check-config")
+    assert r.returncode == 0, r.stderr
+
+
 def test_check_config_builds_what_run_builds(tmp_path: Path) -> None:
     """What `run` would refuse at start-up, check-config refuses too (each line names the key):
     a glob the core cannot compile, a CA file that is not PEM, a state_dir under /proc, a file

@@ -718,11 +718,22 @@ def check(cfg: Config) -> list[str]:
             problems.extend(_tls_problems(f"$.outputs[{i}].tls", out.tls))
         if isinstance(out, FileOutput) and not _creatable(os.path.dirname(_abs(out.path))):
             problems.append(f"$.outputs[{i}].path: cannot write {out.path!r} (its directory is not writable)")
+    # What tailrace writes, which no input may read: it would ship it, then what it wrote of
+    # that, and so on (the output file), or ship its own state.
+    own = [(f"$.outputs[{i}].path", _abs(o.path)) for i, o in enumerate(cfg.outputs) if isinstance(o, FileOutput)]
+    own += [("$.state_dir", os.path.join(_abs(cfg.state_dir), n))
+            for n in ("checkpoints.json", "checkpoints.journal", "spool/otlp/00000000000000000001.seg")]
     for i, inp in enumerate(cfg.inputs):
-        from collector._native import check_globs
+        from collector._native import check_globs, glob_matches
 
-        for problem in check_globs(inp.paths, inp.exclude):
+        globs = check_globs(inp.paths, inp.exclude)
+        for problem in globs:
             problems.append(f"$.inputs[{i}].{problem}")
+        for key, path in [] if globs else own:
+            if glob_matches(inp.paths, inp.exclude, path):
+                problems.append(f"$.inputs[{i}].paths: would read {path} ({key}), which tailrace writes: it would "
+                                "ship what it ships, again and again (exclude it, or write elsewhere)")
+                break
     if "\0" in cfg.state_dir or os.path.realpath(cfg.state_dir).startswith(("/proc/", "/sys/")) \
             or not _creatable(cfg.state_dir):
         problems.append(f"$.state_dir: {cfg.state_dir!r} cannot be created or written")

@@ -556,6 +556,13 @@ fn check_globs(paths: Vec<String>, exclude: Vec<String>) -> Vec<String> {
     }
 }
 
+/// Whether an input's globs would read `path` (its include globs match it and no exclude glob
+/// does), as the core matches: what tailrace itself writes must not be (`check`).
+#[pyfunction]
+fn glob_matches(paths: Vec<String>, exclude: Vec<String>, path: &str) -> bool {
+    tailrace_core::discovery::Discoverer::new(&paths, &exclude, &[]).is_ok_and(|d| d.matches(std::path::Path::new(path)))
+}
+
 /// What an input's globs find now, as `run`'s first look would (`tailrace doctor`): the files,
 /// the directories watched, the files `auto` would poll (with their filesystem), and what could
 /// not be looked at.
@@ -638,6 +645,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(raise_nofile_limit, m)?)?;
     m.add_function(wrap_pyfunction!(read_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(check_globs, m)?)?;
+    m.add_function(wrap_pyfunction!(glob_matches, m)?)?;
     m.add_function(wrap_pyfunction!(flamegraph_svg, m)?)?;
     m.add_function(wrap_pyfunction!(survey, m)?)?;
     m.add_function(wrap_pyfunction!(_inject_regression, m)?)?;
