@@ -612,6 +612,21 @@ mod tests {
     }
 
     #[test]
+    fn a_line_keeps_every_byte_but_its_newline() {
+        // A `\r` before the newline and spaces at either end are the line's (the README's
+        // choice, as Vector's; Fluent Bit drops the `\r`, the Collector trims by default).
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.log");
+        std::fs::write(&p, b" crlf \r\n\ttab \n\n").unwrap();
+        let mut c = Counters::default();
+        let mut r = open(&p, &mut c);
+        let mut sink = Collect::default();
+        r.read(&mut vec![0u8; 64], 1 << 20, 1024, Instant::now(), &mut sink, &mut c).unwrap();
+        let lines: Vec<&[u8]> = sink.0.iter().map(|(l, _, _)| l.as_slice()).collect();
+        assert_eq!(lines, [&b" crlf \r"[..], b"\ttab ", b""]);
+    }
+
+    #[test]
     fn budget_limits_one_pass_and_short_read_means_eof() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.log");
