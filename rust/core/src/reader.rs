@@ -621,7 +621,7 @@ mod tests {
         let mut c = Counters::default();
         let mut r = open(&p, &mut c);
         let mut sink = Collect::default();
-        r.read(&mut vec![0u8; 64], 1 << 20, 1024, Instant::now(), &mut sink, &mut c).unwrap();
+        r.read(&mut [0u8; 64], 1 << 20, 1024, Instant::now(), &mut sink, &mut c).unwrap();
         let lines: Vec<&[u8]> = sink.0.iter().map(|(l, _, _)| l.as_slice()).collect();
         assert_eq!(lines, [&b" crlf \r"[..], b"\ttab ", b""]);
     }
