@@ -153,6 +153,37 @@ def test_the_file_output_moved_away_or_deleted_is_written_again_at_its_path(tmp_
     assert t.log().count("output file moved away or deleted: writing a new one") == 2
 
 
+def test_a_log_directory_made_late_or_made_again_is_tailed_at_once(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """inotify, the rescan and the deleted files' drain an hour away: a glob's directory that does
+    not exist at the start is seen when it is made (its nearest existing ancestor is watched);
+    deleted while a file in it is still held (draining) and made again, the new directory is
+    watched at the look its creation asks for (the old watch, kept alive by that file, no
+    longer hides it); moved away and made again, likewise. Each file is written after the look,
+    so only a watch of the new directory can find it."""
+    app = tmp_path / "app" / "logs"
+    out = tmp_path / "out" / "logs.jsonl"
+    cfg = base_config(tmp_path, [f"{app}/*.log"], watch="inotify", rescan_interval="1h", rotate_wait="1h")
+    t = tailrace(cfg).start()
+    wait_for(lambda: "no file matches" in t.log(), 30, "the glob matching nothing yet")
+    steps = lambda: json.loads(t.get("/stats")[1])["totals"]["steps"]  # noqa: E731
+
+    def made_then_written(name: str, n: int) -> None:
+        before = steps()
+        app.mkdir(parents=True)
+        wait_for(lambda: steps() > before, 30, f"the look {name}'s directory asked for")
+        write_lines(app / name, n, range(5))
+        wait_for(lambda: count_records(out) == 5 * n, 30, f"{name}'s lines")
+
+    made_then_written("a.log", 1)
+    shutil.rmtree(tmp_path / "app")  # a.log stays open, drained for an hour
+    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["deletions"] == 1, 30, "a.log's deletion")
+    made_then_written("b.log", 2)
+    (tmp_path / "app").rename(tmp_path / "app.old")
+    made_then_written("c.log", 3)
+    assert t.stop() == 0
+    assert sorted(body(r) for r in records(out)) == sorted(line(f, n) for f in (1, 2, 3) for n in range(5))
+
+
 def test_binary_invalid_utf8_and_huge_lines(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     logs = tmp_path / "logs"
     logs.mkdir()

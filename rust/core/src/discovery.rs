@@ -148,14 +148,16 @@ impl Discoverer {
     }
 
     /// The directories the include globs start from (their literal prefix): watched so that a
-    /// first file appearing there is seen without waiting for a rescan.
+    /// first file appearing there is seen without waiting for a rescan. One that does not
+    /// exist (yet, or any more) gives its nearest existing ancestor instead: its creation, or
+    /// that of a directory on the way to it, is then seen when it happens.
     pub fn base_dirs(&self) -> Vec<PathBuf> {
         self.include
             .iter()
             .filter_map(|p| {
                 let literal: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
                 let dir = if literal.as_os_str() == p.as_str() { literal.parent()?.to_path_buf() } else { literal };
-                dir.is_dir().then_some(dir)
+                dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf)
             })
             .collect()
     }

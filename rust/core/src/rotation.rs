@@ -126,10 +126,12 @@ impl Tailer {
     /// Expand the globs, watch every directory a file could appear in, report what could not
     /// be read.
     fn scan(&mut self) -> discovery::Scan {
-        let scan = self.discoverer.scan(&mut self.dir_cache, &mut self.counters.syscalls);
+        // Watches first: a file created after the listing below is then an event, not missed
+        // until the next look.
         for dir in self.discoverer.watch_dirs(&mut self.counters.syscalls) {
             self.watcher.watch_dir(&dir, &mut self.counters);
         }
+        let scan = self.discoverer.scan(&mut self.dir_cache, &mut self.counters.syscalls);
         for (path, err) in &scan.errors {
             self.unreadable.insert(PathBuf::from(path));
             let key = format!("scan:{path}");

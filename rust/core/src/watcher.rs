@@ -207,7 +207,7 @@ enum Target {
 const FILE_MASK: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
 /// A steady file: no write events (it is read on the cadence), the rest as before.
 const STEADY_MASK: u32 = libc::IN_MOVE_SELF | libc::IN_ATTRIB | libc::IN_DELETE_SELF;
-const DIR_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ONLYDIR;
+const DIR_MASK: u32 = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_ONLYDIR;
 const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
 
 /// Filesystems whose inotify events cannot be trusted (changes made by other hosts or by a
@@ -357,6 +357,20 @@ impl InotifyWatcher {
                         news.look = true;
                         news.dirs.push(path.clone());
                         news.everywhere |= ev.mask & libc::IN_ISDIR != 0;
+                    }
+                    if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
+                        // The watched directory itself left (a glob's base directory, whose
+                        // parent no other watch sees): a look everywhere watches what is on the
+                        // way to where it was, so its return is seen too. A moved one's watch
+                        // follows it elsewhere: dropped, so the path can be watched again.
+                        news.look = true;
+                        news.everywhere = true;
+                        if ev.mask & libc::IN_MOVE_SELF != 0 {
+                            self.targets.remove(&ev.wd);
+                            self.dirs.remove(&path);
+                            // SAFETY: plain syscall on our descriptor; a stale wd only yields EINVAL.
+                            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), ev.wd) };
+                        }
                     }
                     if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
                         news.look = true;
@@ -543,12 +557,18 @@ impl Watcher for InotifyWatcher {
 
     fn watch_dir(&mut self, dir: &Path, _c: &mut Counters) {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        if self.dirs.contains_key(dir) {
-            return;
-        }
-        if let Ok(wd) = self.add_watch(dir, DIR_MASK) {
+        // Asked every time (at looks everywhere): the directory watched answers with its own
+        // watch; one deleted and made again at this path answers with a new one. (The old
+        // one's IN_IGNORED may never come: a file still open in the deleted directory, being
+        // drained, keeps it alive, and with it a watch that would hide the new directory.)
+        let mask = if self.attrib_dirs.contains(dir) { DIR_MASK | libc::IN_ATTRIB } else { DIR_MASK };
+        if let Ok(wd) = self.add_watch(dir, mask) {
             self.targets.insert(wd, Target::Dir(dir.to_path_buf()));
-            self.dirs.insert(dir.to_path_buf(), wd);
+            if let Some(old) = self.dirs.insert(dir.to_path_buf(), wd).filter(|&old| old != wd) {
+                self.targets.remove(&old);
+                // SAFETY: plain syscall on our descriptor; a stale wd only yields EINVAL.
+                unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), old) };
+            }
         }
     }
 
