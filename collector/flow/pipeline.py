@@ -246,7 +246,7 @@ class Pipeline:
         self.tailer_options = tailer_options_for(cfg, self.outputs)
         self.tailers = [make_tailer(self.checkpointer, o) for o in self.tailer_options]
         for t in self.tailers[1:]:
-            t.share_memory_with(self.tailers[0])  # one memory bound for the process
+            t.share_with(self.tailers[0])  # one memory bound for the process; files read twice said
         for out in self.outputs:
             await out.open()
             resources.push_async_callback(_shielded, out.close)

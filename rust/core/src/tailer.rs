@@ -16,7 +16,7 @@
 //! checkpoints. Every option comes from `TailerConfig`, built by the owner from the
 //! configuration (the one place defaults are written: `collector/flow/config.py`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -120,7 +120,7 @@ pub struct TailerConfig {
     /// Outputs that acknowledge each batch (the ledger commits after the last of them).
     pub outputs: u32,
     /// Bytes all files together may hold for lines not finished yet (`memory.max_pending_bytes`;
-    /// shared by every tailer of the process through `share_memory_with`).
+    /// shared by every tailer of the process through `share_with`).
     pub max_pending_bytes: usize,
 }
 
@@ -157,6 +157,34 @@ impl PendingBudget {
     }
 }
 
+/// Which input holds each file, across the tailers of a process (`share_with`): a file two
+/// inputs match is read by both, and each of its lines shipped twice. Said once, not refused
+/// (two inputs may mean it: other formats, other outputs).
+#[derive(Debug, Default)]
+pub struct Holders(Mutex<HashMap<FileKey, Vec<String>>>);
+
+impl Holders {
+    /// `input` holds `key` now: another input that holds it too, if any.
+    fn claim(&self, key: FileKey, input: &str) -> Option<String> {
+        let mut m = self.0.lock().expect("holders lock");
+        let inputs = m.entry(key).or_default();
+        if !inputs.iter().any(|i| i == input) {
+            inputs.push(input.to_owned());
+        }
+        inputs.iter().find(|i| *i != input).cloned()
+    }
+
+    fn release(&self, key: FileKey, input: &str) {
+        let mut m = self.0.lock().expect("holders lock");
+        if let Some(inputs) = m.get_mut(&key) {
+            inputs.retain(|i| i != input);
+            if inputs.is_empty() {
+                m.remove(&key);
+            }
+        }
+    }
+}
+
 /// What the owner may read without the tailer: published by the binding after each step.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -186,6 +214,7 @@ pub struct Tailer {
     pub(crate) batcher: Batcher,
     codec: Arc<CodecChoice>,
     pending: Arc<PendingBudget>,
+    holders: Arc<Holders>,
     /// This tailer's part of `pending.used` as last published.
     pending_mine: usize,
     pub counters: Counters,
@@ -289,6 +318,7 @@ impl Tailer {
             batcher,
             codec,
             pending: Arc::new(PendingBudget::new(0)),
+            holders: Arc::new(Holders::default()),
             pending_mine: 0,
             counters: Counters::default(),
             buf,
@@ -630,10 +660,27 @@ impl Tailer {
     }
 
     /// Make this tailer count its unfinished lines against `other`'s memory bound (one bound
-    /// for the process, however many inputs).
-    pub fn share_memory_with(&mut self, other: &Tailer) {
+    /// for the process, however many inputs), and say the files `other`'s input reads too.
+    pub fn share_with(&mut self, other: &Tailer) {
         self.publish_held(0);
         self.pending = other.pending.clone();
+        for &key in self.readers.keys() {
+            self.holders.release(key, &self.cfg.name);
+        }
+        self.holders = other.holders.clone();
+        let keys: Vec<FileKey> = self.readers.keys().copied().collect();
+        for key in keys {
+            self.claim(key);
+        }
+    }
+
+    /// Say once when another input of the process reads `key` too.
+    fn claim(&mut self, key: FileKey) {
+        if let Some(other) = self.holders.claim(key, &self.cfg.name) {
+            let path = self.readers.get(&key).map(|r| r.source.path.clone()).unwrap_or_default();
+            let msg = format!("{path} is read by input {other} too: each of its lines is shipped twice (exclude it from one of them)");
+            self.report(format!("twice:{path}"), msg);
+        }
     }
 
     /// Bytes held for unfinished lines by every tailer sharing this one's bound.
@@ -648,6 +695,7 @@ impl Tailer {
         let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
         self.counters.panics += 1;
         if let Some(mut r) = self.readers.remove(&key) {
+            self.holders.release(key, &self.cfg.name);
             let path = r.source.path.clone();
             r.close(&mut self.counters);
             self.watcher.unwatch(key);
@@ -711,6 +759,7 @@ impl Tailer {
         r.parser = Parser::new(self.cfg.format);
         r.max_message = self.cfg.max_line_bytes;
         self.readers.insert(key, r);
+        self.claim(key);
         self.timed.remove(&key);
         self.retime(key);
         self.more.push(key);
@@ -749,6 +798,7 @@ impl Tailer {
         }
         for k in closed {
             self.readers.remove(&k);
+            self.holders.release(k, &self.cfg.name);
             self.timed.remove(&k);
             self.watcher.unwatch(k);
         }
@@ -863,6 +913,9 @@ impl Tailer {
 impl Drop for Tailer {
     fn drop(&mut self) {
         self.publish_held(0); // a shared bound forgets what this tailer held
+        for &key in self.readers.keys() {
+            self.holders.release(key, &self.cfg.name);
+        }
     }
 }
 
@@ -925,6 +978,36 @@ mod tests {
 
     fn records(batches: &[Batch]) -> u64 {
         batches.iter().map(|b| b.records).sum()
+    }
+
+    #[test]
+    fn a_file_two_inputs_read_is_said_once_by_the_second() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("both.log"), "x\n").unwrap();
+        std::fs::create_dir(d.path().join("only")).unwrap();
+        std::fs::write(d.path().join("only/u.log"), "y\n").unwrap();
+        let mut t = tailer(d.path(), |_| {});
+        let mut u = tailer(d.path(), |c| {
+            c.name = "u".into();
+            c.paths.push(format!("{}/only/*.log", d.path().display()));
+        });
+        u.share_with(&t);
+        t.step(Instant::now());
+        assert_eq!(t.take_reports(), Vec::<String>::new());
+        // Both read it (two inputs may mean it): said once, by the input that came second.
+        assert_eq!(records(&u.step(Instant::now())), 2);
+        let both = d.path().join("both.log").display().to_string();
+        assert_eq!(u.take_reports(), vec![format!("{both} is read by input t too: each of its lines is shipped twice (exclude it from one of them)")]);
+        std::fs::write(d.path().join("both.log"), "x\nx\n").unwrap();
+        u.step(Instant::now());
+        assert_eq!(u.take_reports(), Vec::<String>::new());
+        // The first input gone, the file is the second's alone: a third input reading it is
+        // told about `u`.
+        drop(t);
+        let mut v = tailer(d.path(), |c| c.name = "v".into());
+        v.share_with(&u);
+        v.step(Instant::now());
+        assert_eq!(v.take_reports(), vec![format!("{both} is read by input u too: each of its lines is shipped twice (exclude it from one of them)")]);
     }
 
     #[test]

@@ -359,14 +359,14 @@ impl Tailer {
     }
 
     /// Count this tailer's unfinished lines against `other`'s memory bound (one bound for
-    /// every input of the process).
-    fn share_memory_with(&self, py: Python<'_>, other: &Tailer) {
+    /// every input of the process), and say the files both inputs read.
+    fn share_with(&self, py: Python<'_>, other: &Tailer) {
         if std::ptr::eq(self, other) {
             return;
         }
         py.detach(|| {
             let o = other.inner.lock().expect("tailer lock");
-            self.inner.lock().expect("tailer lock").share_memory_with(&o);
+            self.inner.lock().expect("tailer lock").share_with(&o);
         })
     }
 
