@@ -184,6 +184,39 @@ def test_a_log_directory_made_late_or_made_again_is_tailed_at_once(tmp_path: Pat
     assert sorted(body(r) for r in records(out)) == sorted(line(f, n) for f in (1, 2, 3) for n in range(5))
 
 
+def test_files_past_the_descriptor_limit_are_one_warning_and_read_once_it_is_raised(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """300 files, 200 descriptors (the soft limit, lowered once tailrace runs: it raises its soft
+    limit to the hard one at the start): it opens log files up to the limit less a reserve for
+    its own files and sockets (the admin endpoint still answers below), and the rest are one
+    warning per look (how many, the first, the limit, what to do), not a line each (thousands
+    on a node); raised, every line arrives, once."""
+    import re
+    import resource
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "out" / "logs.jsonl"
+    t = tailrace(base_config(tmp_path, [f"{logs}/*.log"])).start()
+    assert t.proc is not None
+    wait_for(lambda: "running" in t.log(), 30, "the start")
+    soft, hard = resource.prlimit(t.proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(t.proc.pid, resource.RLIMIT_NOFILE, (200, hard))
+    for f in range(300):
+        write_lines(logs / f"f{f:03d}.log", f, range(1))
+    said = wait_for(lambda: re.findall(r"cannot open (\d+) files \(the first: [^)]*\): too many open files "
+                                       r"\(this process may hold 200, some kept for its own files and sockets\); "
+                                       r"raise the limit", t.log()), 30, "the warning")
+    stats = json.loads(t.get("/stats")[1])["totals"]
+    assert int(said[0]) == 300 - stats["files_open"] and t.log().count("Too many open files") == 0
+    steps = stats["steps"]
+    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["steps"] >= steps + 10, 30, "more looks (rescan 200 ms)")
+    assert len(re.findall(r"cannot open \d+ files", t.log())) == 1  # said once while it lasts
+    resource.prlimit(t.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for(lambda: count_records(out) == 300, 30, "every file's line once the limit is raised")
+    assert t.stop() == 0
+    assert sorted(body(r) for r in records(out)) == sorted(line(f, 0) for f in range(300))
+
+
 def test_binary_invalid_utf8_and_huge_lines(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     logs = tmp_path / "logs"
     logs.mkdir()

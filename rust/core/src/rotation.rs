@@ -59,6 +59,7 @@ impl Tailer {
         self.dir_cache.clear();
         let first = !self.looked;
         self.looked = true;
+        self.count_open(false);
         let dirs = dirs.filter(|_| !first);
         let scan = match dirs {
             None => {
@@ -99,6 +100,21 @@ impl Tailer {
         self.steady_paths.clear();
         if first {
             self.look_for_checkpointed(&mut cp, &before, now);
+        }
+        self.count_open(true);
+        if self.starved.is_empty() {
+            self.clear_report("nofile");
+        } else {
+            let (n, first) = (self.starved.len(), self.starved[0].display().to_string());
+            self.starved.clear();
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit only writes the struct we pass.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            let msg = format!(
+                "cannot open {n} files (the first: {first}): too many open files (this process may hold {}, some kept for its own files and sockets); raise the limit (LimitNOFILE=, ulimit -n); they are tried again at each look",
+                lim.rlim_cur
+            );
+            self.report("nofile".into(), msg);
         }
         // (A refused path that left stays in `unreadable` until the next look everywhere.)
         let attrib: BTreeSet<PathBuf> = self.unreadable.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
@@ -311,6 +327,12 @@ impl Tailer {
     /// whether it resumed from a checkpoint, or `None` when it could not be opened.
     /// `steady`: its write events start off (see `look_moved`).
     fn adopt(&mut self, cp: &mut Checkpointer, f: &Found, start: Option<u64>, state: FileState, steady: bool, now: Instant) -> Option<bool> {
+        if self.may_open == 0 {
+            // The descriptors left are tailrace's own (`FD_RESERVE`): tried again at the next look.
+            self.counters.open_errors += 1;
+            self.starved.push(f.path.clone());
+            return None;
+        }
         let (mut r, _) = match FileReader::open(f.path.clone(), f.key, 0, now, &self.discoverer.roots, &mut self.counters) {
             Ok(x) => x,
             Err(e) if OutsideRoots::of(&e).is_some() => {
@@ -319,6 +341,11 @@ impl Tailer {
                 self.refused.insert(f.key);
                 let msg = format!("not reading {}: {e}", f.path.display());
                 self.report(format!("outside:{}", f.path.display()), msg);
+                return None;
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.counters.open_errors += 1;
+                self.starved.push(f.path.clone());
                 return None;
             }
             Err(e) => {
@@ -366,6 +393,7 @@ impl Tailer {
             Ok(false) => {}
         }
         self.hold(f.key, r);
+        self.may_open -= 1;
         self.clear_report(&format!("open:{}", f.path.display()));
         self.unreadable.remove(&f.path);
         Some(resumed)

@@ -160,10 +160,24 @@ impl PendingBudget {
 /// Which input holds each file, across the tailers of a process (`share_with`): a file two
 /// inputs match is read by both, and each of its lines shipped twice. Said once, not refused
 /// (two inputs may mean it: other formats, other outputs).
+/// Also the log files the tailers hold open, each tailer's count published at its looks: they
+/// stop short of the descriptor limit by `FD_RESERVE`, which is left for what tailrace itself
+/// needs (checkpoints, the spool, connections, the admin endpoint): log files taking every
+/// descriptor left no checkpoint written and no admin answer.
 #[derive(Debug, Default)]
-pub struct Holders(Mutex<HashMap<FileKey, Vec<String>>>);
+pub struct Holders(Mutex<HashMap<FileKey, Vec<String>>>, std::sync::atomic::AtomicUsize);
+
+/// Descriptors left to tailrace's own files and sockets (a quarter of the limit when lower).
+const FD_RESERVE: u64 = 64;
 
 impl Holders {
+    /// A tailer's open log files went from `old` to `new`; the others' total after.
+    fn publish_open(&self, old: usize, new: usize) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = if new >= old { self.1.fetch_add(new - old, Relaxed) } else { self.1.fetch_sub(old - new, Relaxed) };
+        before.saturating_sub(old)
+    }
+
     /// `input` holds `key` now: another input that holds it too, if any.
     fn claim(&self, key: FileKey, input: &str) -> Option<String> {
         let mut m = self.0.lock().expect("holders lock");
@@ -238,6 +252,14 @@ pub struct Tailer {
     /// Paths that could not be opened or listed (permissions): retried at every look of
     /// their directory, and a chmod there asks for that look (`Watcher::watch_attribs`).
     pub(crate) unreadable: BTreeSet<PathBuf>,
+    /// Files a look could not open for want of descriptors (EMFILE, ENFILE, or past the limit
+    /// less `FD_RESERVE`): said once per look as one line, not a line each (thousands on a
+    /// node past its limit).
+    pub(crate) starved: Vec<PathBuf>,
+    /// Log files this look may still open (see `Holders`), and how many this tailer last
+    /// published as open.
+    pub(crate) may_open: usize,
+    open_published: usize,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: BTreeSet<FileKey>,
     /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
@@ -332,6 +354,9 @@ impl Tailer {
             steady_paths: HashSet::new(),
             refused: HashSet::new(),
             unreadable: BTreeSet::new(),
+            starved: Vec::new(),
+            may_open: usize::MAX,
+            open_published: 0,
             timed: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
@@ -667,10 +692,27 @@ impl Tailer {
         for &key in self.readers.keys() {
             self.holders.release(key, &self.cfg.name);
         }
+        self.holders.publish_open(self.open_published, 0);
+        self.open_published = 0;
         self.holders = other.holders.clone();
         let keys: Vec<FileKey> = self.readers.keys().copied().collect();
         for key in keys {
             self.claim(key);
+        }
+    }
+
+    /// At a look: how many log files it may open, from the descriptor limit less `FD_RESERVE`
+    /// and what every tailer of the process holds open. At its end (`done`): what it holds now.
+    pub(crate) fn count_open(&mut self, done: bool) {
+        let mine = self.readers.values().filter(|r| r.is_open()).count();
+        let others = self.holders.publish_open(self.open_published, mine);
+        self.open_published = mine;
+        if !done {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit only writes the struct we pass.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            let cap = lim.rlim_cur.saturating_sub(FD_RESERVE.min(lim.rlim_cur / 4));
+            self.may_open = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(others + mine);
         }
     }
 
@@ -916,6 +958,7 @@ impl Drop for Tailer {
         for &key in self.readers.keys() {
             self.holders.release(key, &self.cfg.name);
         }
+        self.holders.publish_open(self.open_published, 0);
     }
 }
 
