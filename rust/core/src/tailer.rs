@@ -704,7 +704,9 @@ impl Tailer {
     /// At a look: how many log files it may open, from the descriptor limit less `FD_RESERVE`
     /// and what every tailer of the process holds open. At its end (`done`): what it holds now.
     pub(crate) fn count_open(&mut self, done: bool) {
-        let mine = self.readers.values().filter(|r| r.is_open()).count();
+        // Every close is counted (`hold` closes a reader it replaces): O(1), so a look of one
+        // directory still costs what is in it.
+        let mine = usize::try_from(self.counters.files_opened.saturating_sub(self.counters.files_closed)).unwrap_or(usize::MAX);
         let others = self.holders.publish_open(self.open_published, mine);
         self.open_published = mine;
         if !done {
@@ -800,7 +802,9 @@ impl Tailer {
     pub(crate) fn hold(&mut self, key: FileKey, mut r: FileReader) {
         r.parser = Parser::new(self.cfg.format);
         r.max_message = self.cfg.max_line_bytes;
-        self.readers.insert(key, r);
+        if let Some(mut replaced) = self.readers.insert(key, r) {
+            replaced.close(&mut self.counters); // counted, as every close (`count_open`)
+        }
         self.claim(key);
         self.timed.remove(&key);
         self.retime(key);

@@ -159,6 +159,10 @@ impl Harness {
             let batches = self.tailer.as_mut().unwrap().step(self.now);
             self.deliver(batches);
         }
+        // Every descriptor opened and closed is counted: the open count the descriptor limit
+        // is checked against (`count_open`) is the files actually open.
+        let s = self.tailer.as_ref().unwrap().status();
+        assert_eq!(s.counters.files_opened - s.counters.files_closed, s.files_open as u64, "{:?}", s.counters);
     }
 
     fn restart(&mut self) {
