@@ -206,7 +206,10 @@ def test_files_past_the_descriptor_limit_are_one_warning_and_read_once_it_is_rai
                                        r"\(this process may hold 200, some kept for its own files and sockets\); "
                                        r"raise the limit", t.log()), 30, "the warning")
     stats = json.loads(t.get("/stats")[1])["totals"]
-    assert int(said[0]) == 300 - stats["files_open"] and t.log().count("Too many open files") == 0
+    # The limit less the reserve (a quarter of 200) is what it holds; the warning counts the
+    # files its look could not open (files keep appearing: later looks find more).
+    assert (stats["files_open"], t.log().count("Too many open files")) == (150, 0)
+    assert 1 <= int(said[0]) <= 150
     steps = stats["steps"]
     wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["steps"] >= steps + 10, 30, "more looks (rescan 200 ms)")
     assert len(re.findall(r"cannot open \d+ files", t.log())) == 1  # said once while it lasts
