@@ -47,7 +47,7 @@ pub struct Roots(Vec<PathBuf>);
 impl Roots {
     pub fn new(include: &[String], allowed: &[String]) -> Self {
         let fixed = include.iter().map(|p| {
-            let literal: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+            let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
             if literal.as_os_str() == p.as_str() {
                 literal.parent().map(Path::to_path_buf).unwrap_or_default()
             } else {
@@ -110,7 +110,7 @@ impl Discoverer {
         for p in &self.include {
             let Some(dir) = Path::new(p).parent() else { continue };
             let parts: Vec<_> = dir.components().collect();
-            let literal = parts.iter().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).count();
+            let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
             for n in literal + 1..=parts.len() {
                 let prefix: PathBuf = parts[..n].iter().collect();
                 let Ok(paths) = glob::glob(&prefix.to_string_lossy()) else { continue };
@@ -155,7 +155,7 @@ impl Discoverer {
         self.include
             .iter()
             .filter_map(|p| {
-                let literal: PathBuf = Path::new(p).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+                let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
                 let dir = if literal.as_os_str() == p.as_str() { literal.parent()?.to_path_buf() } else { literal };
                 dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf)
             })
@@ -170,25 +170,16 @@ impl Discoverer {
     /// The paths `pattern` matches, sorted: its directory part through `glob` (a pattern whose
     /// last component holds `**` wholly), the last component against each directory's listing.
     fn expand(&self, pattern: &str, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
-        let has_meta = |s: &str| s.contains(['*', '?', '[']);
         let path = Path::new(pattern);
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(|n| n.to_string_lossy())) else {
             return Ok(vec![path.to_path_buf()]);
         };
-        if !has_meta(&name) {
+        if !has_wildcard(&name) {
             // A literal name: the path itself (a missing one is not found by its stat).
             return self.expand_dirs(&dir.to_string_lossy(), sys, errors).map(|dirs| dirs.into_iter().map(|d| d.join(&*name)).collect());
         }
         if name.contains("**") {
-            sys.readdir += 1;
-            let mut out = Vec::new();
-            for entry in glob::glob(pattern)? {
-                match entry {
-                    Ok(p) => out.push(p),
-                    Err(e) => errors.push((e.path().display().to_string(), e.error().to_string())),
-                }
-            }
-            return Ok(out);
+            return globbed(pattern, sys, errors);
         }
         let last = glob::Pattern::new(&name)?;
         let mut out = Vec::new();
@@ -209,23 +200,16 @@ impl Discoverer {
     /// The directories `dir` (a glob, or a literal path) names: through `glob` when it has a
     /// wildcard (a directory it cannot read is an error with its path).
     fn expand_dirs(&self, dir: &str, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
-        if !dir.contains(['*', '?', '[']) {
+        if !has_wildcard(dir) {
             return Ok(vec![PathBuf::from(if dir.is_empty() { "." } else { dir })]);
         }
-        sys.readdir += 1;
         // `x/**/*.log` matches `x/a.log` too (`**` is zero directories or more), but `glob`
         // expands `x/**` to what is below `x` only.
         let mut out = match dir.strip_suffix("/**") {
             Some(above) => self.expand_dirs(above, sys, errors)?,
             None => Vec::new(),
         };
-        for entry in glob::glob(dir)? {
-            match entry {
-                Ok(p) if p.is_dir() => out.push(p),
-                Ok(_) => {}
-                Err(e) => errors.push((e.path().display().to_string(), e.error().to_string())),
-            }
-        }
+        out.extend(globbed(dir, sys, errors)?.into_iter().filter(|p| p.is_dir()));
         out.sort();
         out.dedup();
         Ok(out)
@@ -346,6 +330,24 @@ impl DirCache {
         }
         Ok(&self.listings[dir])
     }
+}
+
+/// Whether a glob (or one component of it) has a wildcard.
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// What `glob` expands `pattern` to; a directory it cannot read is an error with its path.
+fn globbed(pattern: &str, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
+    sys.readdir += 1;
+    let mut out = Vec::new();
+    for entry in glob::glob(pattern)? {
+        match entry {
+            Ok(p) => out.push(p),
+            Err(e) => errors.push((e.path().display().to_string(), e.error().to_string())),
+        }
+    }
+    Ok(out)
 }
 
 /// Names of compressed or temporary files: never read as text (the kubelet compresses rotated
