@@ -165,7 +165,10 @@ impl PendingBudget {
 /// needs (checkpoints, the spool, connections, the admin endpoint): log files taking every
 /// descriptor left no checkpoint written and no admin answer.
 #[derive(Debug, Default)]
-pub struct Holders(Mutex<HashMap<FileKey, Vec<String>>>, std::sync::atomic::AtomicUsize);
+pub struct Holders {
+    inputs: Mutex<HashMap<FileKey, Vec<String>>>,
+    open: std::sync::atomic::AtomicUsize,
+}
 
 /// Descriptors left to tailrace's own files and sockets (a quarter of the limit when lower).
 const FD_RESERVE: u64 = 64;
@@ -174,13 +177,13 @@ impl Holders {
     /// A tailer's open log files went from `old` to `new`; the others' total after.
     fn publish_open(&self, old: usize, new: usize) -> usize {
         use std::sync::atomic::Ordering::Relaxed;
-        let before = if new >= old { self.1.fetch_add(new - old, Relaxed) } else { self.1.fetch_sub(old - new, Relaxed) };
+        let before = if new >= old { self.open.fetch_add(new - old, Relaxed) } else { self.open.fetch_sub(old - new, Relaxed) };
         before.saturating_sub(old)
     }
 
     /// `input` holds `key` now: another input that holds it too, if any.
     fn claim(&self, key: FileKey, input: &str) -> Option<String> {
-        let mut m = self.0.lock().expect("holders lock");
+        let mut m = self.inputs.lock().expect("holders lock");
         let inputs = m.entry(key).or_default();
         if !inputs.iter().any(|i| i == input) {
             inputs.push(input.to_owned());
@@ -189,7 +192,7 @@ impl Holders {
     }
 
     fn release(&self, key: FileKey, input: &str) {
-        let mut m = self.0.lock().expect("holders lock");
+        let mut m = self.inputs.lock().expect("holders lock");
         if let Some(inputs) = m.get_mut(&key) {
             inputs.retain(|i| i != input);
             if inputs.is_empty() {
@@ -689,16 +692,21 @@ impl Tailer {
     pub fn share_with(&mut self, other: &Tailer) {
         self.publish_held(0);
         self.pending = other.pending.clone();
-        for &key in self.readers.keys() {
-            self.holders.release(key, &self.cfg.name);
-        }
-        self.holders.publish_open(self.open_published, 0);
-        self.open_published = 0;
+        self.leave_holders();
         self.holders = other.holders.clone();
         let keys: Vec<FileKey> = self.readers.keys().copied().collect();
         for key in keys {
             self.claim(key);
         }
+    }
+
+    /// Forget, in the shared `Holders`, every file this tailer holds (it leaves them).
+    fn leave_holders(&mut self) {
+        for &key in self.readers.keys() {
+            self.holders.release(key, &self.cfg.name);
+        }
+        self.holders.publish_open(self.open_published, 0);
+        self.open_published = 0;
     }
 
     /// At a look: how many log files it may open, from the descriptor limit less `FD_RESERVE`
@@ -959,10 +967,7 @@ impl Tailer {
 impl Drop for Tailer {
     fn drop(&mut self) {
         self.publish_held(0); // a shared bound forgets what this tailer held
-        for &key in self.readers.keys() {
-            self.holders.release(key, &self.cfg.name);
-        }
-        self.holders.publish_open(self.open_published, 0);
+        self.leave_holders();
     }
 }
 
