@@ -303,6 +303,10 @@ def test_an_input_that_would_read_what_tailrace_writes_is_refused(tmp_path: Path
     assert not out.exists() and not state.exists()
     r = check_config(tmp_path, cfg([f"{tmp_path}/**"], [f"{out}/*"]), command)
     assert r.returncode == 2 and f"would read {state}/checkpoints.json ($.state_dir)" in r.stderr, r.stderr
+    spool = (f"state_dir: {state}\ninputs: [{{paths: ['{state}/spool/up/*']}}]\n"
+             "outputs: [{type: otlp_http, name: up, endpoint: 'http://127.0.0.1:4318'}]\n")
+    r = check_config(tmp_path, spool, command)
+    assert r.returncode == 2 and f"would read {state}/spool/up/00000000000000000001.seg ($.state_dir)" in r.stderr
     # Excluded, or `*` not reaching into the directory below: accepted.
     r = check_config(tmp_path, cfg([f"{tmp_path}/**"], [f"{out}/*", f"{state}/**"]), "check-config")
     assert r.returncode == 0, r.stderr

@@ -721,8 +721,9 @@ def check(cfg: Config) -> list[str]:
     # What tailrace writes, which no input may read: it would ship it, then what it wrote of
     # that, and so on (the output file), or ship its own state.
     own = [(f"$.outputs[{i}].path", _abs(o.path)) for i, o in enumerate(cfg.outputs) if isinstance(o, FileOutput)]
-    own += [("$.state_dir", os.path.join(_abs(cfg.state_dir), n))
-            for n in ("checkpoints.json", "checkpoints.journal", "spool/otlp/00000000000000000001.seg")]
+    own += [("$.state_dir", os.path.join(_abs(cfg.state_dir), n)) for n in (
+        "checkpoints.json", "checkpoints.journal",
+        *(f"spool/{o.name}/00000000000000000001.seg" for o in cfg.outputs if isinstance(o, OtlpHttpOutput)))]
     for i, inp in enumerate(cfg.inputs):
         from collector._native import check_globs, glob_matches
 
