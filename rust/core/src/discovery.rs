@@ -392,15 +392,20 @@ pub fn compressed_siblings(path: &Path, cache: &mut DirCache, sys: &mut Syscalls
     out
 }
 
+/// The open-files limit (soft, hard); `None` when it cannot be read.
+pub fn nofile_limit() -> Option<(u64, u64)> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0).then_some((rl.rlim_cur, rl.rlim_max))
+}
+
 /// Raise the open-files soft limit to the hard limit (a node can hold thousands of log files).
 /// Returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    let Some((soft, hard)) = nofile_limit() else { return 0 };
+    // SAFETY: setrlimit only reads the struct we pass.
     unsafe {
-        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 0;
-        }
+        let rl = libc::rlimit { rlim_cur: soft, rlim_max: hard };
         if rl.rlim_cur < rl.rlim_max {
             let want = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
@@ -464,9 +469,8 @@ mod tests {
     #[test]
     fn raise_limit_reaches_hard_limit() {
         let soft = raise_nofile_limit();
-        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-        assert_eq!(soft, rl.rlim_max);
-        assert_eq!(rl.rlim_cur, rl.rlim_max);
+        let (cur, max) = nofile_limit().unwrap();
+        assert_eq!(soft, max);
+        assert_eq!(cur, max);
     }
 }

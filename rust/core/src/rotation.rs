@@ -107,12 +107,9 @@ impl Tailer {
         } else {
             let (n, first) = (self.starved.len(), self.starved[0].display().to_string());
             self.starved.clear();
-            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit only writes the struct we pass.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
             let msg = format!(
                 "cannot open {n} files (the first: {first}): too many open files (this process may hold {}, some kept for its own files and sockets); raise the limit (LimitNOFILE=, ulimit -n); they are tried again at each look",
-                lim.rlim_cur
+                self.nofile
             );
             self.report("nofile".into(), msg);
         }

@@ -263,6 +263,8 @@ pub struct Tailer {
     /// published as open.
     pub(crate) may_open: usize,
     open_published: usize,
+    /// The open-files soft limit as the last look read it.
+    pub(crate) nofile: u64,
     /// Files with a timer of their own: a carried partial line, or draining.
     timed: BTreeSet<FileKey>,
     /// Files said to be written, not read yet (they wait `read_delay` from `waiting_since`).
@@ -360,6 +362,7 @@ impl Tailer {
             starved: Vec::new(),
             may_open: usize::MAX,
             open_published: 0,
+            nofile: u64::MAX,
             timed: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_since: None,
@@ -718,10 +721,9 @@ impl Tailer {
         let others = self.holders.publish_open(self.open_published, mine);
         self.open_published = mine;
         if !done {
-            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit only writes the struct we pass.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-            let cap = lim.rlim_cur.saturating_sub(FD_RESERVE.min(lim.rlim_cur / 4));
+            // Read at every look: an operator may raise it on the running process (`prlimit`).
+            self.nofile = discovery::nofile_limit().map_or(u64::MAX, |(soft, _)| soft);
+            let cap = self.nofile.saturating_sub(FD_RESERVE.min(self.nofile / 4));
             self.may_open = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(others + mine);
         }
     }
