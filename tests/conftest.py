@@ -97,6 +97,12 @@ class Tailrace:
         found = wait_for(lambda: re.findall(r"admin endpoint on (http://[0-9.:]+)/", self.log()), 30, "the admin line")
         return str(found[-1])
 
+    def totals(self) -> dict[str, Any]:
+        """The admin endpoint's `/stats` totals (the core's counters, deliveries, checkpoints)."""
+        import json
+
+        return dict(json.loads(self.get("/stats")[1])["totals"])
+
     def get(self, path: str) -> tuple[int, bytes]:
         import urllib.error
         import urllib.request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 import select
 import shutil
@@ -85,7 +84,7 @@ def test_missing_and_unreadable_paths_are_reported_and_others_flow(tmp_path: Pat
     assert f"no file matches {tmp_path}/nonexistent/*.log" in log
     # Reported once, not at every look: counted after 40 more steps (a step per 50 ms poll, a
     # look per 200 ms rescan: about ten looks).
-    steps = lambda: json.loads(t.get("/stats")[1])["totals"]["steps"]  # noqa: E731
+    steps = lambda: t.totals()["steps"]  # noqa: E731
     seen = steps()
     wait_for(lambda: steps() >= seen + 40, 30, "40 more steps")
     assert t.log().count(f"cannot open {secret}") == 1
@@ -164,7 +163,7 @@ def test_a_log_directory_made_late_or_made_again_is_tailed_at_once(tmp_path: Pat
     cfg = base_config(tmp_path, [f"{app}/*.log"], watch="inotify", rescan_interval="1h", rotate_wait="1h")
     t = tailrace(cfg).start()
     wait_for(lambda: "no file matches" in t.log(), 30, "the glob matching nothing yet")
-    steps = lambda: json.loads(t.get("/stats")[1])["totals"]["steps"]  # noqa: E731
+    steps = lambda: t.totals()["steps"]  # noqa: E731
 
     def made_then_written(name: str, n: int) -> None:
         before = steps()
@@ -175,7 +174,7 @@ def test_a_log_directory_made_late_or_made_again_is_tailed_at_once(tmp_path: Pat
 
     made_then_written("a.log", 1)
     shutil.rmtree(tmp_path / "app")  # a.log stays open, drained for an hour
-    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["deletions"] == 1, 30, "a.log's deletion")
+    wait_for(lambda: t.totals()["deletions"] == 1, 30, "a.log's deletion")
     made_then_written("b.log", 2)
     (tmp_path / "app").rename(tmp_path / "app.old")
     made_then_written("c.log", 3)
@@ -205,13 +204,13 @@ def test_files_past_the_descriptor_limit_are_one_warning_and_read_once_it_is_rai
     said = wait_for(lambda: re.findall(r"cannot open (\d+) files \(the first: [^)]*\): too many open files "
                                        r"\(this process may hold 200, some kept for its own files and sockets\); "
                                        r"raise the limit", t.log()), 30, "the warning")
-    stats = json.loads(t.get("/stats")[1])["totals"]
+    stats = t.totals()
     # The limit less the reserve (a quarter of 200) is what it holds; the warning counts the
     # files its look could not open (files keep appearing: later looks find more).
     assert (stats["files_open"], t.log().count("Too many open files")) == (150, 0)
     assert 1 <= int(said[0]) <= 150
     steps = stats["steps"]
-    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["steps"] >= steps + 10, 30, "more looks (rescan 200 ms)")
+    wait_for(lambda: t.totals()["steps"] >= steps + 10, 30, "more looks (rescan 200 ms)")
     assert len(re.findall(r"cannot open \d+ files", t.log())) == 1  # said once while it lasts
     resource.prlimit(t.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
     wait_for(lambda: count_records(out) == 300, 30, "every file's line once the limit is raised")

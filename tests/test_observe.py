@@ -151,7 +151,7 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
     (logs / "a.log").write_text("".join(f"line {i}\n" for i in range(n)))
     cfg = base_config(tmp_path, [str(logs / "*.log")])
     t = tailrace(cfg).start()
-    wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["records_delivered"] == n, 30, f"{n} records")
+    wait_for(lambda: t.totals()["records_delivered"] == n, 30, f"{n} records")
     assert t.get("/healthz") == (200, b"ok\n")
     assert t.get("/readyz") == (200, b"ready\n")
     status, body = t.get("/metrics")
@@ -172,7 +172,7 @@ def test_metrics_health_readiness_and_top(tmp_path: Path, tailrace: Any) -> None
     # The loop's wakeups: it slept and woke to read these lines (a metric never fed is 0), and
     # the metric is the counter /stats shows (not above what /stats says after it).
     woke = [s.value for s in families["tailrace_event_loop_wakeups"].samples if s.name.endswith("_total")]
-    assert len(woke) == 1 and 1 <= woke[0] <= json.loads(t.get("/stats")[1])["totals"]["loop_wakeups"]
+    assert len(woke) == 1 and 1 <= woke[0] <= t.totals()["loop_wakeups"]
     # What alerts are built on: per input error counts (zero here), every output's drops and
     # retries (the file output's too), build info, the process's start and descriptors.
     for name in ("open_errors", "read_errors", "inotify_overflows", "deletions", "parse_errors", "panics"):

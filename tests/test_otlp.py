@@ -304,7 +304,7 @@ def test_429_is_retried_and_500_is_dropped_and_counted_as_the_otlp_spec_says(tmp
         cfg = otlp_config(tmp_path, r.endpoint, retry={"initial": "50ms", "max": "100ms"}, max_in_flight=1)
         cfg["batch"]["max_records"] = 100  # 20 batches: the one answered 500 is dropped, not the rest
         t = tailrace(cfg).start()
-        wait_for(lambda: json.loads(t.get("/stats")[1])["totals"]["records_delivered"] == 2000, 30,
+        wait_for(lambda: t.totals()["records_delivered"] == 2000, 30,
                  "every record acknowledged (one batch dropped)")
         assert t.stop() == 0
     s = stopped_stats(t.log())

@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,6 @@ def config(tmp_path: Path, paths: list[str], **top: Any) -> dict[str, Any]:
         "admin": {"address": "127.0.0.1:0"},
         **top,
     }
-
-
-def stats(t: Any) -> dict[str, Any]:
-    with urllib.request.urlopen(t.admin() + "/stats", timeout=10) as r:
-        return dict(json.loads(r.read()))
 
 
 def proc_io(pid: int) -> dict[str, int]:
@@ -66,8 +60,8 @@ def test_checkpoint_io_grows_with_the_files_that_moved_not_with_the_files_tracke
     t = tailrace(config(tmp_path, [str(logs / "*.log")], checkpoint_interval="1s")).start()
     assert t.proc is not None
     # Everything read and acknowledged, and the state compacted once with every entry.
-    wait_for(lambda: stats(t)["totals"]["records_delivered"] == 220_000, 120, "every line delivered")
-    wait_for(lambda: stats(t)["totals"]["checkpoint_snapshots"] >= 1 and len(read_checkpoints(str(tmp_path / "state")))
+    wait_for(lambda: t.totals()["records_delivered"] == 220_000, 120, "every line delivered")
+    wait_for(lambda: t.totals()["checkpoint_snapshots"] >= 1 and len(read_checkpoints(str(tmp_path / "state")))
              == 10_000, 60, "10,000 entries in the state")
     stop = threading.Event()
     written = [0] * 5
@@ -86,10 +80,10 @@ def test_checkpoint_io_grows_with_the_files_that_moved_not_with_the_files_tracke
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        wait_for(lambda: stats(t)["totals"]["records_delivered"] > 220_000, 30, "the writes flowing")
-        before, snap0 = proc_io(t.proc.pid), stats(t)["totals"]["checkpoint_snapshots"]
+        wait_for(lambda: t.totals()["records_delivered"] > 220_000, 30, "the writes flowing")
+        before, snap0 = proc_io(t.proc.pid), t.totals()["checkpoint_snapshots"]
         time.sleep(5.0)  # the measurement window (nothing is waited for: bytes are counted over it)
-        after, snap1 = proc_io(t.proc.pid), stats(t)["totals"]["checkpoint_snapshots"]
+        after, snap1 = proc_io(t.proc.pid), t.totals()["checkpoint_snapshots"]
     finally:
         stop.set()
         writer.join()
@@ -100,7 +94,7 @@ def test_checkpoint_io_grows_with_the_files_that_moved_not_with_the_files_tracke
     assert per_s["write_bytes"] <= 100_000
     assert per_s["wchar"] <= 100_000
     # And the offsets moved: each written file's checkpoint covers what was delivered.
-    wait_for(lambda: stats(t)["totals"]["records_delivered"] == 220_000 + sum(written), 30, "the window's lines")
+    wait_for(lambda: t.totals()["records_delivered"] == 220_000 + sum(written), 30, "the window's lines")
     assert t.stop() == 0
     ends = {Path(str(e["path"])).name: e["offset"] for e in read_checkpoints(str(tmp_path / "state"))}
     assert [ends[f"f{i:05d}.log"] for i in range(5)] == [(logs / f"f{i:05d}.log").stat().st_size for i in range(5)]
@@ -119,13 +113,13 @@ def test_unfinished_lines_of_many_files_stay_under_the_memory_bound(tmp_path: Pa
     total = 500 * (11 + len(tail))
     t = tailrace(config(tmp_path, [str(logs / "*.log")])).start()
     assert t.proc is not None
-    wait_for(lambda: stats(t)["totals"]["lines"] >= 500 and stats(t)["totals"]["memory_spills"] > 0, 120,
+    wait_for(lambda: t.totals()["lines"] >= 500 and t.totals()["memory_spills"] > 0, 120,
              "every file read, spills made")
     # Partial lines flush after `partial_flush` (5 s) idle: then every byte is in a record.
-    wait_for(lambda: stats(t)["totals"]["bytes"] == total, 60, f"all {total} bytes in records")
+    wait_for(lambda: t.totals()["bytes"] == total, 60, f"all {total} bytes in records")
     hwm = next(int(ln.split()[1]) for ln in Path(f"/proc/{t.proc.pid}/status").read_text().splitlines()
                if ln.startswith("VmHWM:"))
-    s = stats(t)["totals"]
+    s = t.totals()
     print(f"500 × 800 KB unfinished lines: peak RSS {hwm / 1024:.0f} MiB, {s['memory_spills']} spills")
     assert hwm < 150 * 1024
     assert s["pending_bytes"] == 0
@@ -143,7 +137,7 @@ def test_a_symlink_to_etc_passwd_ships_nothing_and_is_reported_once(tmp_path: Pa
     t = tailrace(cfg).start()
     wait_for(lambda: out.exists() and b"mine" in out.read_bytes(), 30, "the real file's line")
     # Looked at again at every rescan (100 ms): still refused, still reported once.
-    wait_for(lambda: stats(t)["totals"]["steps"] >= 20, 30, "20 steps")
+    wait_for(lambda: t.totals()["steps"] >= 20, 30, "20 steps")
     assert t.stop() == 0
     bodies = [r["body"]["stringValue"] for doc in out.read_text().splitlines()
               for rl in json.loads(doc)["resourceLogs"] for r in rl["scopeLogs"][0]["logRecords"]]
@@ -185,7 +179,7 @@ def test_a_second_sigterm_stops_at_once_and_a_restart_loses_nothing(tmp_path: Pa
                                 spool={"enabled": False})
     t = tailrace(cfg).start()
     assert t.proc is not None
-    wait_for(lambda: stats(t)["totals"]["lines"] == 500, 30, "every line read (none deliverable)")
+    wait_for(lambda: t.totals()["lines"] == 500, 30, "every line read (none deliverable)")
     t.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "stopping; flushing" in t.log(), 10, "the first signal's stop")
     t.proc.send_signal(signal.SIGTERM)
@@ -253,14 +247,14 @@ def test_checkpoints_that_cannot_be_written_are_said_and_retried_until_there_is_
     assert f"write checkpoints in {state}: File too large" in t.log()
     assert not (state / "checkpoints.json.tmp").exists()  # no partial snapshot holding the room
     # Retried with nothing new to acknowledge (every line was delivered before the first try).
-    wait_for(lambda: stats(t)["totals"]["checkpoint_write_errors"] >= 4, 30, "four tries")
+    wait_for(lambda: t.totals()["checkpoint_write_errors"] >= 4, 30, "four tries")
     subprocess.run([prlimit, "--pid", str(t.proc.pid), "--fsize=unlimited:unlimited"], check=True)
     wait_for(lambda: "checkpoints written again" in t.log(), 30, "the write retried with nothing new")
     assert (state / "checkpoints.json").stat().st_size > 150_000
     t.kill()
     t.start()
     wait_for(lambda: t.log().count("admin endpoint on") == 2, 30, "the restart's admin endpoint")
-    steps = lambda: stats(t)["totals"]["steps"]  # noqa: E731
+    steps = lambda: t.totals()["steps"]  # noqa: E731
     wait_for(lambda: steps() >= 1, 30, "the restart's first step (its look reads what the state says is unread)")
     assert t.stop() == 0
     assert sorted(str(r["body"]["stringValue"]) for r in records(out)) == sorted(lines.values())
