@@ -224,7 +224,7 @@ def test_a_full_disk_under_the_spool_loses_nothing(tmp_path: Path, tailrace) -> 
 def test_checkpoints_that_cannot_be_written_are_said_and_retried_until_there_is_room(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
     """The state's filesystem is full for the snapshot (RLIMIT_FSIZE: 200 files' heads make a
     ~200 KB snapshot, the limit is 150 KB; the journal and the output fit): the error names the
-    state directory, the write is retried every `checkpoint_interval` with nothing new
+    state directory, the write is retried (backing off from `checkpoint_interval`) with nothing new
     acknowledged (before, it waited for the next acknowledgement: a quiet node kept its state
     unwritten), recovery is said, and a kill -9 after it costs no line."""
     import subprocess

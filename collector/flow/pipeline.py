@@ -428,7 +428,7 @@ class Pipeline:
         since the last write, it waits for an acknowledgement, not for a timer. The first write
         is made whatever was acknowledged: that tailrace ran here is state too (`read_from: end`
         applies to a first start only)."""
-        written = -1
+        written, failing = -1, 0
         due = trio.current_time() + self.cfg.checkpoint_interval
         while True:
             if self._commits == written:
@@ -439,8 +439,12 @@ class Pipeline:
             self._checkpoint_wait = None
             commits = self._commits
             if await self._write_checkpoints():
-                written = commits  # else retried after the interval, acknowledged or not
-            due = trio.current_time() + self.cfg.checkpoint_interval
+                written, failing = commits, 0
+            else:
+                # Retried, acknowledged or not, backing off to 32 intervals: a snapshot owed on
+                # a full disk formats every entry at each try (~20 MB at 10,000 files).
+                failing = min(failing + 1, 6)
+            due = trio.current_time() + self.cfg.checkpoint_interval * (1 << max(failing - 1, 0))
 
     async def _write_checkpoints(self, final: bool = False) -> bool:
         """Every `checkpoint_interval`: the journal made durable (fsync), compacted when due.
@@ -452,8 +456,8 @@ class Pipeline:
         except OSError as e:
             self.checkpoint_write_errors += 1
             self._checkpoints_failing = True
-            log.log("error", f"cannot write checkpoints (retried every checkpoint_interval; lines acknowledged "
-                    f"since the last write are read again after a crash): {e}", every=10.0)
+            log.log("error", "cannot write checkpoints (retried, backing off from checkpoint_interval to 32 of "
+                    f"them; lines acknowledged since the last write are read again after a crash): {e}", every=10.0)
         else:
             if self._checkpoints_failing:
                 self._checkpoints_failing = False

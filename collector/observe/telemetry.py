@@ -115,8 +115,8 @@ class Telemetry:
              lambda: [Observation(n, {"result": r}) for r, n in self.reloads.items()]),
             ("tailrace_checkpoint_written_bytes", "By", "Bytes written to the state directory's checkpoints, by kind",
              self._checkpoint_bytes),
-            ("tailrace_checkpoint_write_errors", "1", "Checkpoint writes that failed (a full disk: retried every "
-             "checkpoint_interval)", lambda: [Observation(self.pipeline.checkpoint_write_errors)]),
+            ("tailrace_checkpoint_write_errors", "1", "Checkpoint writes that failed (a full disk: retried, backing "
+             "off from checkpoint_interval)", lambda: [Observation(self.pipeline.checkpoint_write_errors)]),
             ("tailrace_event_loop_wakeups", "1", "Times the trio loop slept and woke (each costs CPU: ~0.4 ms on a VM)",
              lambda: [Observation(self.pipeline.wakeups.n)]),
             ("tailrace_process_cpu_seconds", "s", "CPU time of the tailrace process",
