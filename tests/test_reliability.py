@@ -302,3 +302,42 @@ def test_a_journal_record_of_a_newer_version_is_cut_off_named_and_costs_no_line(
     warned = [ln for ln in t.log().splitlines() if "checkpoint journal" in ln]
     assert len(warned) == 1 and "does not read" in warned[0] and "kind=9" in warned[0], warned
     assert str(journal) in warned[0]
+
+
+def test_an_input_renamed_by_a_reload_ships_nothing_again(tmp_path: Path, tailrace) -> None:  # type: ignore[no-untyped-def]
+    """Checkpoints are kept per input name. An input renamed (here by SIGHUP; a restart goes
+    through the same start) takes over its old name's entries: what was shipped under the old
+    name is not shipped again, what was written after is. Without the take-over the new name
+    finds no checkpoint and reads all three files from their start again (`read_from: beginning`):
+    300 lines twice. A second input added in the same reload on other files keeps nothing of
+    the old name's (its file is read whole)."""
+    import signal
+
+    import yaml
+
+    logs, other = tmp_path / "logs", tmp_path / "other"
+    logs.mkdir()
+    other.mkdir()
+    for i in range(3):
+        (logs / f"{i}.log").write_text("".join(f"{i} before {n}\n" for n in range(100)))
+    (other / "o.log").write_text("".join(f"o {n}\n" for n in range(20)))
+    cfg = base_config(tmp_path, [str(logs / "*.log")], read_from="beginning")
+    out = Path(cfg["outputs"][0]["path"])
+    t = tailrace(cfg).start()
+    assert t.proc is not None
+    wait_for(lambda: count_records(out) >= 300, 30, "the first 300 lines")
+    cfg["inputs"][0]["name"] = "renamed"
+    cfg["inputs"].append({"name": "added", "paths": [str(other / "*.log")], "read_from": "beginning"})
+    t.config.write_text(yaml.safe_dump(cfg))
+    t.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in t.log() and count_records(out) >= 320, 30, "the reload")
+    for i in range(3):
+        with open(logs / f"{i}.log", "a") as f:
+            f.write("".join(f"{i} after {n}\n" for n in range(50)))
+    wait_for(lambda: count_records(out) >= 470, 30, "the 150 lines written after the reload")
+    assert t.stop() == 0
+    want = [f"{i} {when} {n}" for i in range(3) for when, m in (("before", 100), ("after", 50)) for n in range(m)]
+    want += [f"o {n}" for n in range(20)]
+    assert sorted(r["body"]["stringValue"] for r in records(out)) == sorted(want)
+    taken = [ln for ln in t.log().splitlines() if "taken over" in ln]
+    assert len(taken) == 1 and "input=renamed" in taken[0] and "was=test" in taken[0] and "files=3" in taken[0], taken

@@ -244,12 +244,27 @@ class Pipeline:
         resources.push_async_callback(_shielded, functools.partial(self._write_checkpoints, final=True))
         raise_nofile_limit()
         self.tailer_options = tailer_options_for(cfg, self.outputs)
+        self._adopt_renamed()
         self.tailers = [make_tailer(self.checkpointer, o) for o in self.tailer_options]
         for t in self.tailers[1:]:
             t.share_with(self.tailers[0])  # one memory bound for the process; files read twice said
         for out in self.outputs:
             await out.open()
             resources.push_async_callback(_shielded, out.close)
+
+    def _adopt_renamed(self) -> None:
+        """An input renamed (in the file, or by a reload) keeps its files' checkpoints: the
+        entries of an input no longer configured go to the input whose globs read their files
+        (the core's rule, `Checkpointer::adopt_renamed`), so nothing is shipped again."""
+        inputs = [(o.name, o.paths, o.exclude) for o in self.tailer_options]
+        for was, to, files in self.checkpointer.adopt_renamed(inputs):
+            if len(to) == 1:
+                log.info("checkpoints of an input no longer configured taken over by the input that reads its files "
+                         "(renamed?): they are not read again", input=to[0], was=was, files=files)
+            else:
+                log.warning("checkpoints of an input no longer configured match several inputs, so none takes them "
+                            "over: each reads those files as new ones (read_from)", was=was, inputs=", ".join(to),
+                            files=files)
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as services:

@@ -85,6 +85,15 @@ struct FileFormat {
     entries: Vec<FileEntry>,
 }
 
+/// Entries of an input no longer configured, handed over (`adopt_renamed`): to one input, or,
+/// when `to` names several, left where they were because each of those inputs matches them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adoption {
+    pub from: String,
+    pub to: Vec<String>,
+    pub files: usize,
+}
+
 /// Bytes written to the state directory, by kind (a test reads them; `/metrics` shows them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -382,6 +391,60 @@ impl Checkpointer {
 
     pub fn entries_for(&self, input: &str) -> Vec<(FileKey, Entry)> {
         self.entries.get(input).map(|m| m.iter().map(|(k, e)| (*k, e.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Hand the entries of inputs no longer configured (`names` are the configured ones) to the
+    /// input that reads their files now: an input renamed would otherwise find no checkpoint
+    /// under its new name and ship its files again. An entry goes to the one configured input
+    /// whose globs match its path (`matches(i, path)`); one matched by none (a rotated name)
+    /// follows the others when they all went to one input; one matched by several stays, and
+    /// is reported (which input's is it?). An input that has an entry for the file already
+    /// keeps its own. Nothing is written: the caller writes a snapshot before any reading
+    /// (`compact`), so the move and what is journaled after it cannot be torn apart.
+    pub fn adopt_renamed(&mut self, names: &[&str], matches: impl Fn(usize, &Path) -> bool) -> Vec<Adoption> {
+        let mut orphans: Vec<String> = self.entries.keys().filter(|n| !names.contains(&n.as_str())).cloned().collect();
+        orphans.sort();
+        let mut out = Vec::new();
+        for from in orphans {
+            let mut left = self.entries.remove(&from).unwrap_or_default();
+            let hits: Vec<(FileKey, Vec<usize>)> =
+                left.iter().map(|(k, e)| (*k, (0..names.len()).filter(|&i| matches(i, Path::new(&e.path))).collect())).collect();
+            let mut sole: Vec<usize> = hits.iter().filter(|(_, h)| h.len() == 1).map(|(_, h)| h[0]).collect();
+            sole.sort_unstable();
+            sole.dedup();
+            let mut moved = vec![0usize; names.len()];
+            let mut several: Vec<usize> = Vec::new();
+            let mut unclear = 0;
+            for (key, h) in hits {
+                let to = match h.as_slice() {
+                    [one] => *one,
+                    [] if sole.len() == 1 => sole[0],
+                    [] => continue,
+                    _ => {
+                        several.extend(h);
+                        unclear += 1;
+                        continue;
+                    }
+                };
+                let m = self.entries.entry(names[to].to_string()).or_default();
+                if let std::collections::hash_map::Entry::Vacant(slot) = m.entry(key) {
+                    slot.insert(left.remove(&key).expect("listed above"));
+                    moved[to] += 1;
+                }
+            }
+            for (i, n) in moved.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                out.push(Adoption { from: from.clone(), to: vec![names[i].to_string()], files: n });
+            }
+            if unclear > 0 {
+                several.sort_unstable();
+                several.dedup();
+                out.push(Adoption { from: from.clone(), to: several.iter().map(|&i| names[i].to_string()).collect(), files: unclear });
+            }
+            if !left.is_empty() {
+                self.entries.insert(from, left);
+            }
+        }
+        out
     }
 
     /// Start tracking a file at `offset` (a new file, or one resumed/replaced at a known offset).
@@ -772,6 +835,42 @@ mod tests {
         let err = Checkpointer::open(d.path(), Duration::from_secs(1)).err().unwrap();
         assert!(matches!(&err, Error::CorruptState { path, .. } if path.ends_with(FILE_NAME)), "{err}");
         assert!(err.to_string().contains("checkpoint version 99"), "{err}");
+    }
+
+    /// A renamed input finds its files' offsets under its new name; what is unclear stays.
+    #[test]
+    fn entries_of_an_input_no_longer_configured_go_to_the_one_that_reads_their_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = open(d.path());
+        let fp = Fingerprint { bytes: b"head".to_vec() };
+        let add = |c: &mut Checkpointer, input: &str, ino: u64, path: &str, offset: u64| {
+            let k = FileKey { dev: 1, ino };
+            let e = c.register(input, k, &fp, path, 0);
+            c.commit(input, k, e, offset, None);
+        };
+        add(&mut c, "web", 1, "/logs/web/a.log", 100);
+        add(&mut c, "web", 2, "/logs/web/b.log", 200);
+        add(&mut c, "web", 3, "/logs/web/a.log.1", 300); // rotated: no glob matches it now
+        add(&mut c, "web", 4, "/logs/web/c.log", 400);
+        add(&mut c, "nginx", 4, "/logs/web/c.log", 450); // the new name's own entry is kept
+        add(&mut c, "old", 5, "/logs/both/x.log", 500); // two inputs read /logs/both
+        add(&mut c, "db", 6, "/logs/db/d.log", 600); // still configured: untouched
+        add(&mut c, "gone", 7, "/elsewhere/e.log", 700); // nothing reads it now
+        let names = ["nginx", "db", "both1", "both2"];
+        let globs = ["/logs/web/", "/logs/db/", "/logs/both/", "/logs/both/"];
+        let moved = c.adopt_renamed(&names, |i, p| p.to_str().unwrap().starts_with(globs[i]) && p.extension().is_some_and(|e| e == "log"));
+        let a = |from: &str, to: &[&str], files| Adoption { from: from.into(), to: to.iter().map(|s| s.to_string()).collect(), files };
+        assert_eq!(moved, vec![a("old", &["both1", "both2"], 1), a("web", &["nginx"], 3)]);
+        c.compact().unwrap();
+        let c = open(d.path());
+        let at = |input: &str, ino| c.get(input, FileKey { dev: 1, ino }).map(|e| e.offset);
+        // Taken over with their offsets: the rotated one with its siblings.
+        assert_eq!([at("nginx", 1), at("nginx", 2), at("nginx", 3), at("nginx", 4)], [Some(100), Some(200), Some(300), Some(450)]);
+        // The duplicate stays under the old name (forgotten in time), the unclear and the
+        // unread too; a configured input's entries move nowhere.
+        assert_eq!([at("web", 4), at("old", 5), at("gone", 7), at("db", 6)], [Some(400), Some(500), Some(700), Some(600)]);
+        assert_eq!([at("web", 1), at("both1", 5), at("both2", 5), at("nginx", 7)], [None; 4]);
+        assert_eq!(c.len(), 8);
     }
 
     /// `n` files registered and committed to `offset` (each with a full 1 KiB head).

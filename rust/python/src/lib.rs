@@ -83,6 +83,27 @@ impl Checkpointer {
         self.with(py, |c| c.compact()).map_err(|e| to_py_err(Error::io(format!("write checkpoints in {}", self.state_dir), e)))
     }
 
+    /// Hand the entries of inputs no longer configured to the input whose globs read their
+    /// files now (a renamed input; `Checkpointer::adopt_renamed`), and write a snapshot when
+    /// any moved, before anything is read. `inputs`: every configured input's (name, paths,
+    /// exclude). Returns (from, to, files): one `to` when moved, several when left as unclear.
+    #[allow(clippy::type_complexity)]
+    fn adopt_renamed(&self, py: Python<'_>, inputs: Vec<(String, Vec<String>, Vec<String>)>) -> PyResult<Vec<(String, Vec<String>, usize)>> {
+        use tailrace_core::discovery::Discoverer;
+        let names: Vec<&str> = inputs.iter().map(|(n, _, _)| n.as_str()).collect();
+        // A glob the core cannot compile matches nothing here (check-config names it).
+        let found: Vec<Option<Discoverer>> = inputs.iter().map(|(_, p, x)| Discoverer::new(p, x, &[]).ok()).collect();
+        let moved = self.with(py, |c| {
+            let moved = c.adopt_renamed(&names, |i, path| found[i].as_ref().is_some_and(|d| d.matches(path)));
+            if moved.iter().any(|a| a.to.len() == 1) {
+                c.compact()?;
+            }
+            Ok::<_, std::io::Error>(moved)
+        });
+        let moved = moved.map_err(|e| to_py_err(Error::io(format!("write checkpoints in {}", self.state_dir), e)))?;
+        Ok(moved.into_iter().map(|a| (a.from, a.to, a.files)).collect())
+    }
+
     /// What was written to the state directory: journal appends and bytes, fsyncs, snapshots
     /// and their bytes.
     fn write_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
