@@ -119,6 +119,12 @@ pub fn proto_resource_logs_head(resource_attrs: &[u8], scope: &[u8], records_len
     h
 }
 
+/// Bytes enough for `proto_resource_logs_head` of this resource and scope, whatever the
+/// records' length: the fields' own bytes and four tags with their longest lengths.
+pub fn head_room(resource_attrs: &[u8], scope: &[u8]) -> usize {
+    resource_attrs.len() + scope.len() + 4 * (1 + 10)
+}
+
 /// `InstrumentationScope { name, version }`.
 pub fn proto_scope(name: &str, version: &str) -> Vec<u8> {
     let mut s = Vec::new();
