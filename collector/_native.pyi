@@ -7,6 +7,7 @@ __all__ = [
     "BUILD_COMMIT",
     "BUILD_RUSTC",
     "CORE_VERSION",
+    "CHECKPOINT_FILES",
     "Batch",
     "Checkpointer",
     "ConfigError",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 CORE_VERSION: str
+CHECKPOINT_FILES: tuple[str, str]
 BUILD_COMMIT: str
 BUILD_RUSTC: str
 CODECS: list[str]

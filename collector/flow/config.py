@@ -721,9 +721,13 @@ def check(cfg: Config) -> list[str]:
     # What tailrace writes, which no input may read: it would ship it, then what it wrote of
     # that, and so on (the output file), or ship its own state.
     own = [(f"$.outputs[{i}].path", _abs(o.path)) for i, o in enumerate(cfg.outputs) if isinstance(o, FileOutput)]
-    own += [("$.state_dir", os.path.join(_abs(cfg.state_dir), n)) for n in (
-        "checkpoints.json", "checkpoints.journal",
-        *(f"spool/{o.name}/00000000000000000001.seg" for o in cfg.outputs if isinstance(o, OtlpHttpOutput)))]
+    from collector._native import CHECKPOINT_FILES
+    from collector.flow.spool import segment_name, spool_dir
+
+    state = _abs(cfg.state_dir)
+    own += [("$.state_dir", os.path.join(state, n)) for n in CHECKPOINT_FILES]
+    own += [("$.state_dir", str(spool_dir(state, o.name) / segment_name(1)))
+            for o in cfg.outputs if isinstance(o, OtlpHttpOutput)]
     for i, inp in enumerate(cfg.inputs):
         from collector._native import check_globs, glob_matches
 

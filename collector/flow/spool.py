@@ -30,6 +30,16 @@ _HEAD = struct.Struct("<4sBIII")
 _FIELDS = struct.Struct("<4sBII")  # the header before its CRC
 
 
+def spool_dir(state_dir: str | Path, output: str) -> Path:
+    """Where an output's spool keeps its segments."""
+    return Path(state_dir) / "spool" / output
+
+
+def segment_name(seq: int) -> str:
+    """A segment's file name: its sequence number, zero-padded so names sort in writing order."""
+    return f"{seq:020d}.seg"
+
+
 def decode_segment(raw: bytes) -> tuple[str, int, bytes]:
     """(codec, records, payload) of a segment's bytes; ValueError for anything else (short,
     wrong magic, codec, length or checksum). Fuzzed on arbitrary bytes (tests/test_fuzz.py)."""
@@ -131,7 +141,7 @@ class Spool:
         self.full = False
         seq = self._next_seq  # taken before any await: concurrent appends never share one
         self._next_seq += 1
-        path = self.dir / f"{seq:020d}.seg"
+        path = self.dir / segment_name(seq)
         head = encode_segment(payload, codec, records)
 
         def _write() -> None:

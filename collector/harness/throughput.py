@@ -33,6 +33,7 @@ from pathlib import Path
 
 import orjson
 
+from collector._native import CHECKPOINT_FILES
 from collector.harness.watchmodes import CHECKOUT, RESULTS, ROOT, _shown, trees, warm_bytecode
 
 WORDS = (
@@ -156,7 +157,7 @@ def one_run(data: Path, size: int, lines: int, work: Path, output: str, tree: Pa
     last = 0.0
     # An empty input (`size` 0) measures start-up and shutdown: it ends once the first look is
     # made and the first checkpoints written (a snapshot even of nothing).
-    while (done := committed(state)) < size or (size == 0 and not (state / "checkpoints.json").exists()):
+    while (done := committed(state)) < size or (size == 0 and not (state / CHECKPOINT_FILES[0]).exists()):
         if proc.poll() is not None:
             raise SystemExit(f"tailrace exited early with {proc.returncode}")
         if time.monotonic() - last > 2:

@@ -33,7 +33,7 @@ from collector import __version__, log
 from collector._native import Batch, default_level, transcode
 from collector.flow.config import OtlpHttpOutput
 from collector.flow.outputs import Output
-from collector.flow.spool import Entry, Spool
+from collector.flow.spool import Entry, Spool, spool_dir
 from collector.http import Client, HttpError, Response, signal_url
 
 RETRYABLE = {429, 502, 503, 504}
@@ -134,7 +134,7 @@ class OtlpHttp(Output):
         self.spool: Spool | None = None
         if cfg.spool.enabled:
             self.spool = Spool(
-                Path(state_dir) / "spool" / cfg.name, cfg.spool.max_bytes, cfg.name, cfg.spool.warn_every
+                spool_dir(state_dir, cfg.name), cfg.spool.max_bytes, cfg.name, cfg.spool.warn_every
             )
         self._spooling = False
         self._not_before = 0.0  # trio time before which no request is sent (Retry-After)

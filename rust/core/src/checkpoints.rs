@@ -33,8 +33,9 @@ use crate::identity::{FileKey, Fingerprint, KeyMap};
 use crate::otlp::put_varint;
 
 pub const VERSION: u32 = 2;
-const FILE_NAME: &str = "checkpoints.json";
-const JOURNAL_NAME: &str = "checkpoints.journal";
+/// The snapshot's and the journal's names in `state_dir` (the binding's `CHECKPOINT_FILES`).
+pub const FILE_NAME: &str = "checkpoints.json";
+pub const JOURNAL_NAME: &str = "checkpoints.journal";
 const JOURNAL_MAGIC: &[u8; 8] = b"TRJOURN1";
 /// The journal is compacted once it is larger than the snapshot and than this.
 pub const COMPACT_MIN: u64 = 1 << 20;

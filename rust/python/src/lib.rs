@@ -671,6 +671,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(survey, m)?)?;
     m.add_function(wrap_pyfunction!(_inject_regression, m)?)?;
     m.add("CORE_VERSION", env!("CARGO_PKG_VERSION"))?;
+    // What the checkpointer writes in `state_dir` (no input may read them: `check`).
+    m.add("CHECKPOINT_FILES", (tailrace_core::checkpoints::FILE_NAME, tailrace_core::checkpoints::JOURNAL_NAME))?;
     m.add("BUILD_COMMIT", env!("TAILRACE_COMMIT"))?;
     m.add("BUILD_RUSTC", env!("TAILRACE_RUSTC"))?;
     // The codecs by their spool byte (index): the spool's segment headers use these.
