@@ -162,6 +162,15 @@ impl Discoverer {
             .collect()
     }
 
+    /// Whether `dir` is a glob's literal base directory or on the way to one: when it leaves,
+    /// only a look everywhere watches what is left of the way (its return is then seen).
+    pub fn leads_to_a_base(&self, dir: &Path) -> bool {
+        self.include.iter().any(|p| {
+            let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
+            literal.starts_with(dir)
+        })
+    }
+
     pub fn is_excluded(&self, path: &Path) -> bool {
         let text = path.to_string_lossy();
         self.exclude.iter().any(|p| p.matches(&text))

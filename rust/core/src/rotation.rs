@@ -51,8 +51,9 @@ impl Tailer {
     /// Look at the paths (every one, or those directly in `dirs`): new files, rotation,
     /// truncation, deletion, inactive files that grew. A look of directories costs what is in
     /// them, not what the input tails: a rotation on a node of 10,000 files lists one
-    /// directory and touches the readers of that directory only. (A directory appearing or
-    /// leaving asks for a look everywhere: see `News::everywhere`.)
+    /// directory and touches the readers of that directory only. (A directory appearing asks
+    /// for a look everywhere, `News::everywhere`; one leaving, for a look of the directories
+    /// its files were read in, `News::left`.)
     pub(crate) fn look(&mut self, now: Instant, dirs: Option<&BTreeSet<PathBuf>>) {
         let checkpoints = self.checkpoints.clone();
         let mut cp = checkpoints.lock().expect("checkpointer lock");

@@ -29,9 +29,12 @@ pub struct News {
     pub look: bool,
     /// The directories the changes were in (a look of those is enough), unless `everywhere`.
     pub dirs: Vec<PathBuf>,
-    /// A look of every path is needed (the event queue overflowed, or a directory appeared or
-    /// left).
+    /// A look of every path is needed (the event queue overflowed, or a directory appeared).
     pub everywhere: bool,
+    /// Directories that left (deleted, or moved away): what was read below them is gone with
+    /// them. The tailer looks at those files' directories, or everywhere when one was on the
+    /// way to a glob's base (see `Tailer::collect`).
+    pub left: Vec<PathBuf>,
     /// Problems to report once (a watch that could not be added).
     pub reports: Vec<String>,
 }
@@ -325,6 +328,9 @@ impl InotifyWatcher {
         while off + EVENT_HEADER <= n {
             // SAFETY: an event header lies at `off`; read_unaligned copes with any alignment.
             let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(bytes[off..].as_ptr() as *const libc::inotify_event) };
+            // A directory's event names the entry (NUL-padded).
+            let name = &bytes[(off + EVENT_HEADER).min(n)..(off + EVENT_HEADER + ev.len as usize).min(n)];
+            let name = std::ffi::OsStr::from_bytes(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]);
             off += EVENT_HEADER + ev.len as usize;
             *events += 1;
             if ev.mask & libc::IN_Q_OVERFLOW != 0 {
@@ -359,12 +365,11 @@ impl InotifyWatcher {
                         news.everywhere |= ev.mask & libc::IN_ISDIR != 0;
                     }
                     if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
-                        // The watched directory itself left (a glob's base directory, whose
-                        // parent no other watch sees): a look everywhere watches what is on the
-                        // way to where it was, so its return is seen too. A moved one's watch
+                        // The watched directory itself left (for a glob's base directory, whose
+                        // parent no other watch sees, the only word of it). A moved one's watch
                         // follows it elsewhere: dropped, so the path can be watched again.
                         news.look = true;
-                        news.everywhere = true;
+                        news.left.push(path.clone());
                         if ev.mask & libc::IN_MOVE_SELF != 0 {
                             self.targets.remove(&ev.wd);
                             self.dirs.remove(&path);
@@ -375,10 +380,17 @@ impl InotifyWatcher {
                     if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
                         news.look = true;
                         news.dirs.push(path.clone());
-                        // A directory appeared or left (a new pod's, a new container's): what
-                        // matches may be deeper, and new directories need watches. Only a look
-                        // everywhere expands the globs and watches what they cross.
-                        news.everywhere |= ev.mask & libc::IN_ISDIR != 0;
+                        if ev.mask & libc::IN_ISDIR != 0 {
+                            if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+                                // A directory appeared (a new pod's, a new container's): what
+                                // matches may be deeper, and it needs a watch. Only a look
+                                // everywhere expands the globs and watches what they cross.
+                                news.everywhere = true;
+                            } else {
+                                // One left (a pod deleted): nothing new can be found by it.
+                                news.left.push(path.join(name));
+                            }
+                        }
                     }
                     if ev.mask & libc::IN_IGNORED != 0 {
                         self.targets.remove(&ev.wd);
