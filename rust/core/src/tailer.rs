@@ -1103,7 +1103,7 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(container(0, 0).join("0.log")).unwrap().write_all(b"last\n").unwrap();
         std::fs::remove_dir_all(pods.join("ns_pod0_uid0")).unwrap();
         std::fs::rename(pods.join("ns_pod1_uid1"), d.path().join("away")).unwrap();
-        let before = t.counters.clone();
+        let before = t.counters;
         let mut read = 0;
         for _ in 0..50 {
             read += records(&t.step(Instant::now()));
