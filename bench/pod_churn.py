@@ -1,6 +1,7 @@
-"""What a pod deleted costs a node's tailrace: the core's CPU and syscalls in the steps after
-a pod's directory is removed, on a node of `--pods` pods × 2 containers (one `0.log` each,
-four rotated names beside it), against the same steps with nothing deleted.
+"""What a pod deleted or created costs a node's tailrace: the core's CPU and syscalls in the
+steps after a pod's directory is removed (or made, with a container's `0.log`: a look
+everywhere), on a node of `--pods` pods × 2 containers (one `0.log` each, four rotated names
+beside it), against the same steps with nothing changed.
 
     python -m bench.pod_churn --pods 5000 [--trials 3] [--json OUT]
 
@@ -53,24 +54,30 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.05)
             step()
 
-        def window(delete: int | None) -> dict[str, Any]:
+        def window(delete: int | None, create: int | None = None) -> dict[str, Any]:
             s0 = dict(t.stats())
             if delete is not None:
                 shutil.rmtree(pods / f"ns_pod{delete}_uid{delete:08d}")
+            if create is not None:
+                new = pods / f"ns_new{create}_uid{create:08d}" / "c0"
+                new.mkdir(parents=True)
+                (new / "0.log").write_text("x\n")
             steps = []
             for _ in range(40):
                 time.sleep(0.05)
                 steps.append(step())
             s1 = t.stats()
             moved = {k: s1[k] - s0[k] for k in s1 if isinstance(s1[k], int) and s1[k] != s0[k]}
-            return {"deleted": delete is not None, "cpu_ms": round(sum(steps) * 1e3, 1),
+            return {"deleted": delete is not None, "created": create is not None, "cpu_ms": round(sum(steps) * 1e3, 1),
                     "largest_step_ms": round(max(steps) * 1e3, 1), "counters": moved}
 
         rows = [window(i) for i in range(a.trials)] + [window(None)]
+        rows += [window(None, i) for i in range(a.trials)] + [window(None)]
         out = {"pods": a.pods, "files_open": t.stats()["files_open"], "first_look_s": round(first, 3), "windows": rows}
         for r in rows:
             c = r["counters"]
-            print(f"{'pod deleted' if r['deleted'] else 'nothing deleted'}: {r['cpu_ms']} ms of CPU in 40 steps "
+            what = "pod deleted" if r["deleted"] else "pod created" if r["created"] else "nothing changed"
+            print(f"{what}: {r['cpu_ms']} ms of CPU in 40 steps "
                   f"(largest {r['largest_step_ms']}), {c.get('syscalls_readdir', 0)} listings, "
                   f"{c.get('stat_family', 0)} stats, {c.get('scoped_looks', 0)} scoped looks")
         if a.json:

@@ -105,22 +105,58 @@ impl Discoverer {
     /// base and every directory its directory part expands to (`/var/log/pods`,
     /// `/var/log/pods/*`, `/var/log/pods/*/*` for `/var/log/pods/*/*/*.log`). All are watched,
     /// so a new pod's or container's directory is seen when it appears, not at the next rescan.
+    /// (A look everywhere gets them from `scan_watching`'s walk.)
     pub fn watch_dirs(&self, sys: &mut Syscalls) -> Vec<PathBuf> {
-        let mut out = self.base_dirs();
-        for p in &self.include {
-            let Some(dir) = Path::new(p).parent() else { continue };
-            let parts: Vec<_> = dir.components().collect();
-            let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
-            for n in literal + 1..=parts.len() {
-                let prefix: PathBuf = parts[..n].iter().collect();
-                let Ok(paths) = glob::glob(&prefix.to_string_lossy()) else { continue };
-                sys.readdir += 1;
-                out.extend(paths.flatten().filter(|d| d.is_dir()));
-            }
-        }
+        let mut out = Vec::new();
+        self.scan_watching(&mut DirCache::default(), sys, &mut |d| out.push(d.to_path_buf()));
         out.sort();
-        out.dedup();
         out
+    }
+
+    /// The directories a directory glob without `**` names (`dir`: a pattern's directory part),
+    /// walked level by level from its literal base: at each level the subdirectories of the
+    /// level above whose names match, from their listing (`cache`; a name's kind from the
+    /// listing, a stat only for a symlink or an unknown kind). Each directory is given to
+    /// `watch` before it is listed, so what appears in it after its listing is an event.
+    /// Names match as text with invalid UTF-8 replaced (`glob`'s own walk skips such a name).
+    fn walk(&self, dir: &Path, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>, watch: &mut dyn FnMut(&Path)) -> Result<Vec<PathBuf>, glob::PatternError> {
+        let parts: Vec<_> = dir.components().collect();
+        let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
+        let base: PathBuf = parts[..literal].iter().collect();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        sys.stat += 1;
+        if !base.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut level = vec![base];
+        for part in &parts[literal..] {
+            let name = part.as_os_str().to_string_lossy();
+            let pattern = if has_wildcard(&name) { Some(glob::Pattern::new(&name)?) } else { None };
+            let mut next = Vec::new();
+            for d in &level {
+                watch(d);
+                match &pattern {
+                    Some(p) => match cache.subdirs(d, sys) {
+                        Ok(subs) => next.extend(subs.into_iter().filter(|s| s.file_name().is_some_and(|n| p.matches_with(&n.to_string_lossy(), MATCH)))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => errors.push((d.display().to_string(), e.to_string())),
+                    },
+                    None => {
+                        let sub = d.join(part);
+                        sys.stat += 1;
+                        if sub.is_dir() {
+                            next.push(sub);
+                        }
+                    }
+                }
+            }
+            next.sort();
+            level = next;
+        }
+        for d in &level {
+            watch(d);
+        }
+        Ok(level)
     }
 
     /// Whether `path` is one the include globs match (and no exclude glob does), as text with
@@ -176,23 +212,36 @@ impl Discoverer {
         self.exclude.iter().any(|p| p.matches(&text))
     }
 
-    /// The paths `pattern` matches, sorted: its directory part through `glob` (a pattern whose
-    /// last component holds `**` wholly), the last component against each directory's listing.
-    fn expand(&self, pattern: &str, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>) -> Result<Vec<PathBuf>, glob::PatternError> {
+    /// The paths `pattern` matches, sorted: its directory part walked (`walk`; through `glob`
+    /// where it holds `**`, or wholly when the last component does), the last component
+    /// against each directory's listing. The directories are given to `watch` on the way.
+    fn expand(&self, pattern: &str, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>, watch: &mut dyn FnMut(&Path)) -> Result<Vec<PathBuf>, glob::PatternError> {
         let path = Path::new(pattern);
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(|n| n.to_string_lossy())) else {
             return Ok(vec![path.to_path_buf()]);
         };
+        let dir_text = dir.to_string_lossy();
+        let dirs = if name.contains("**") || dir_text.contains("**") {
+            // `**` crosses any number of directories: `glob` walks it, and each directory it
+            // names is watched (as the levels above it are).
+            let dirs = self.expand_dirs(&dir_text, sys, errors)?;
+            for d in self.deep_watch_dirs(dir, sys) {
+                watch(&d);
+            }
+            if name.contains("**") {
+                return globbed(pattern, sys, errors);
+            }
+            dirs
+        } else {
+            self.walk(dir, cache, sys, errors, watch)?
+        };
         if !has_wildcard(&name) {
             // A literal name: the path itself (a missing one is not found by its stat).
-            return self.expand_dirs(&dir.to_string_lossy(), sys, errors).map(|dirs| dirs.into_iter().map(|d| d.join(&*name)).collect());
-        }
-        if name.contains("**") {
-            return globbed(pattern, sys, errors);
+            return Ok(dirs.into_iter().map(|d| d.join(&*name)).collect());
         }
         let last = glob::Pattern::new(&name)?;
         let mut out = Vec::new();
-        for dir in self.expand_dirs(&dir.to_string_lossy(), sys, errors)? {
+        for dir in dirs {
             match cache.listing(&dir, sys) {
                 Ok(names) => {
                     let mut here: Vec<PathBuf> = names.iter().filter(|n| last.matches_with(&n.to_string_lossy(), MATCH)).map(|n| dir.join(n)).collect();
@@ -229,11 +278,27 @@ impl Discoverer {
     /// matched as text with invalid UTF-8 replaced: `glob`'s own walk skips a name that is not
     /// UTF-8, and a log file so named would never be read, and never said.
     pub fn scan(&self, cache: &mut DirCache, sys: &mut Syscalls) -> Scan {
+        self.scan_watching(cache, sys, &mut |_| {})
+    }
+
+    /// `scan`, giving `watch` on the way every directory a matching file could appear in or
+    /// below (`watch_dirs`), each before it is listed: one walk of the tree per look everywhere
+    /// (each directory listed once, no stat of a directory's entries to tell subdirectories).
+    pub fn scan_watching(&self, cache: &mut DirCache, sys: &mut Syscalls, watch: &mut dyn FnMut(&Path)) -> Scan {
+        let mut watched = std::collections::HashSet::new();
+        let mut watch = |d: &Path| {
+            if watched.insert(d.to_path_buf()) {
+                watch(d);
+            }
+        };
+        for dir in self.base_dirs() {
+            watch(&dir);
+        }
         let mut scan = Scan::default();
         let mut seen = std::collections::HashSet::new();
         for pattern in &self.include {
             let mut matched = false;
-            let paths = match self.expand(pattern, cache, sys, &mut scan.errors) {
+            let paths = match self.expand(pattern, cache, sys, &mut scan.errors, &mut watch) {
                 Ok(p) => p,
                 Err(e) => {
                     scan.errors.push((pattern.clone(), e.to_string()));
@@ -301,12 +366,29 @@ pub fn stat_matched(path: &Path, report_dirs: bool, sys: &mut Syscalls, errors: 
     }
 }
 
+impl Discoverer {
+    /// For a directory glob holding `**`: every directory each of its prefixes names, through
+    /// `glob` (what `watch_dirs` was for every glob before the walk).
+    fn deep_watch_dirs(&self, dir: &Path, sys: &mut Syscalls) -> Vec<PathBuf> {
+        let parts: Vec<_> = dir.components().collect();
+        let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
+        let mut out = Vec::new();
+        for n in literal + 1..=parts.len() {
+            let prefix: PathBuf = parts[..n].iter().collect();
+            let Ok(paths) = glob::glob(&prefix.to_string_lossy()) else { continue };
+            sys.readdir += 1;
+            out.extend(paths.flatten().filter(|d| d.is_dir()));
+        }
+        out
+    }
+}
+
 /// Directory listings and sibling stats shared by one look, so that tailing many files of one
 /// directory costs one listing per look, not one per file, and a rotated sibling is stat'ed
 /// once per look however many rules ask about it.
 #[derive(Default)]
 pub struct DirCache {
-    listings: std::collections::HashMap<PathBuf, Vec<std::ffi::OsString>>,
+    listings: std::collections::HashMap<PathBuf, Listing>,
     stats: std::collections::HashMap<PathBuf, Option<Found>>,
 }
 
@@ -332,13 +414,51 @@ impl DirCache {
     /// The names in `dir`, listed once per look; a directory that cannot be listed says why
     /// (and is tried again when asked again).
     pub fn listing(&mut self, dir: &Path, sys: &mut Syscalls) -> std::io::Result<&[std::ffi::OsString]> {
+        Ok(&self.listed(dir, sys)?.names)
+    }
+
+    fn listed(&mut self, dir: &Path, sys: &mut Syscalls) -> std::io::Result<&Listing> {
         if !self.listings.contains_key(dir) {
             sys.readdir += 1;
-            let names = std::fs::read_dir(dir)?.flatten().map(|e| e.file_name()).collect();
-            self.listings.insert(dir.to_path_buf(), names);
+            let mut l = Listing::default();
+            for e in std::fs::read_dir(dir)?.flatten() {
+                // The kind the directory entry gives (no stat); a symlink's is its target's.
+                l.is_dir.push(e.file_type().ok().filter(|t| !t.is_symlink()).map(|t| t.is_dir()));
+                l.names.push(e.file_name());
+            }
+            self.listings.insert(dir.to_path_buf(), l);
         }
         Ok(&self.listings[dir])
     }
+
+    /// The subdirectories of `dir` (symlinks to directories included), from its listing.
+    fn subdirs(&mut self, dir: &Path, sys: &mut Syscalls) -> std::io::Result<Vec<PathBuf>> {
+        let l = self.listed(dir, sys)?;
+        let mut unknown = Vec::new();
+        let mut out = Vec::new();
+        for (name, kind) in l.names.iter().zip(&l.is_dir) {
+            match kind {
+                Some(true) => out.push(dir.join(name)),
+                Some(false) => {}
+                None => unknown.push(dir.join(name)),
+            }
+        }
+        for p in unknown {
+            sys.stat += 1;
+            if p.is_dir() {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One directory's names, and whether each is a directory (`None`: a symlink, or a kind the
+/// filesystem does not give in its listing: a stat tells).
+#[derive(Default)]
+struct Listing {
+    names: Vec<std::ffi::OsString>,
+    is_dir: Vec<Option<bool>>,
 }
 
 /// Whether a glob (or one component of it) has a wildcard.
@@ -473,6 +593,14 @@ mod tests {
         let before = sys.readdir;
         assert_eq!(cache.names(&sub, &mut sys).len(), 4);
         assert_eq!(sys.readdir, before);
+        // A directory so named in the middle of a glob is walked into too (`glob` skipped it),
+        // and watched.
+        let pod = d.path().join(std::ffi::OsStr::from_bytes(b"pod\xff"));
+        std::fs::create_dir(&pod).unwrap();
+        std::fs::write(pod.join("x.log"), "1\n").unwrap();
+        let found: Vec<PathBuf> = disc.scan(&mut DirCache::default(), &mut sys).files.into_iter().map(|f| f.path).collect();
+        assert_eq!(found, vec![bad.clone(), sub.join("ok.log"), pod.join("x.log")]);
+        assert!(disc.watch_dirs(&mut sys).contains(&pod));
     }
 
     #[test]

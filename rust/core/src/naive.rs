@@ -49,8 +49,8 @@ impl Watcher for NaiveWatcher {
     fn polled_fallback(&self) -> usize {
         self.inner.polled_fallback()
     }
-    fn watch_dir(&mut self, dir: &Path, c: &mut Counters) {
-        self.inner.watch_dir(dir, c)
+    fn watch_dir(&mut self, dir: &Path) {
+        self.inner.watch_dir(dir)
     }
     fn defers_reads(&self) -> bool {
         false

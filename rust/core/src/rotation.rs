@@ -140,12 +140,10 @@ impl Tailer {
     /// Expand the globs, watch every directory a file could appear in, report what could not
     /// be read.
     fn scan(&mut self) -> discovery::Scan {
-        // Watches first: a file created after the listing below is then an event, not missed
-        // until the next look.
-        for dir in self.discoverer.watch_dirs(&mut self.counters.syscalls) {
-            self.watcher.watch_dir(&dir, &mut self.counters);
-        }
-        let scan = self.discoverer.scan(&mut self.dir_cache, &mut self.counters.syscalls);
+        // Each directory watched before it is listed: a file created after its listing is then
+        // an event, not missed until the next look.
+        let watcher = &mut self.watcher;
+        let scan = self.discoverer.scan_watching(&mut self.dir_cache, &mut self.counters.syscalls, &mut |d| watcher.watch_dir(d));
         for (path, err) in &scan.errors {
             self.unreadable.insert(PathBuf::from(path));
             let key = format!("scan:{path}");

@@ -117,7 +117,7 @@ pub trait Watcher: Send {
     }
     fn unwatch(&mut self, _key: FileKey) {}
     /// Watch a directory for new and renamed files (idempotent).
-    fn watch_dir(&mut self, _dir: &Path, _c: &mut Counters) {}
+    fn watch_dir(&mut self, _dir: &Path) {}
     /// Say attribute changes (chmod, chown) of what is in these watched directories, and only
     /// these (the set replaces the last one), as news of the directory: the directories of
     /// paths that could not be opened or listed, so one made readable is read at once, not at
@@ -521,7 +521,7 @@ impl Watcher for InotifyWatcher {
         self.polled.len()
     }
 
-    fn watch(&mut self, key: FileKey, path: &Path, steady: bool, c: &mut Counters) -> Result<bool, String> {
+    fn watch(&mut self, key: FileKey, path: &Path, steady: bool, _c: &mut Counters) -> Result<bool, String> {
         if self.by_key.contains_key(&key) || self.polled.contains(&key) {
             return Ok(self.steady.contains(&key));
         }
@@ -532,7 +532,7 @@ impl Watcher for InotifyWatcher {
             }
         }
         if let Some(dir) = path.parent() {
-            self.watch_dir(dir, c);
+            self.watch_dir(dir);
         }
         let steady = steady && !self.one_event;
         let added = match self.watch_limit {
@@ -567,7 +567,7 @@ impl Watcher for InotifyWatcher {
         }
     }
 
-    fn watch_dir(&mut self, dir: &Path, _c: &mut Counters) {
+    fn watch_dir(&mut self, dir: &Path) {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         // Asked every time (at looks everywhere): the directory watched answers with its own
         // watch; one deleted and made again at this path answers with a new one. (The old
@@ -733,8 +733,8 @@ mod attrib_tests {
         std::fs::create_dir(a.join("sub")).unwrap();
         let mut w = InotifyWatcher::new(Duration::from_secs(1), false, false).unwrap();
         let mut c = Counters::default();
-        w.watch_dir(&a, &mut c);
-        w.watch_dir(&b, &mut c);
+        w.watch_dir(&a);
+        w.watch_dir(&b);
         let collect = |w: &mut InotifyWatcher, c: &mut Counters| w.collect(Instant::now(), &mut std::iter::empty(), &mut Vec::new(), c);
         // Not asked for: a chmod in either directory is no news (nothing pays for it).
         chmod(&a.join("x.log"), 0o600);
