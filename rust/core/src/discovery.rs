@@ -128,8 +128,19 @@ impl Discoverer {
         if !base.is_dir() {
             return Ok(Vec::new());
         }
-        let mut level = vec![base];
-        for part in &parts[literal..] {
+        Self::walk_from(vec![base], &parts[literal..], cache, sys, errors, watch)
+    }
+
+    /// `walk`'s levels below `level`, `parts` the directory glob's components still to walk.
+    fn walk_from(
+        mut level: Vec<PathBuf>,
+        parts: &[std::path::Component<'_>],
+        cache: &mut DirCache,
+        sys: &mut Syscalls,
+        errors: &mut Vec<(String, String)>,
+        watch: &mut dyn FnMut(&Path),
+    ) -> Result<Vec<PathBuf>, glob::PatternError> {
+        for part in parts {
             let name = part.as_os_str().to_string_lossy();
             let pattern = if has_wildcard(&name) { Some(glob::Pattern::new(&name)?) } else { None };
             let mut next = Vec::new();
@@ -157,6 +168,39 @@ impl Discoverer {
             watch(d);
         }
         Ok(level)
+    }
+
+    /// A directory that appeared at `root` (a new pod's, a new container's): the directories
+    /// below it where the globs' files may be, each watched before it is listed (as `walk`
+    /// does from a glob's base), for a look of those only. `None` when only a look everywhere
+    /// will do: a glob with `**`, a directory on the way to a glob's base, or one that could
+    /// not be listed (the look everywhere says so).
+    pub fn dirs_under(&self, root: &Path, cache: &mut DirCache, sys: &mut Syscalls, watch: &mut dyn FnMut(&Path)) -> Option<Vec<PathBuf>> {
+        if self.leads_to_a_base(root) {
+            return None;
+        }
+        let at: Vec<_> = root.components().collect();
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for p in &self.include {
+            let dir = Path::new(p).parent()?;
+            if dir.to_string_lossy().contains("**") {
+                return None;
+            }
+            let parts: Vec<_> = dir.components().collect();
+            // `root` is at one of the glob's directory levels, and each of its components
+            // matches that level's.
+            let fits = at.len() <= parts.len()
+                && at.iter().zip(&parts).all(|(a, g)| {
+                    let g = g.as_os_str().to_string_lossy();
+                    let a = a.as_os_str().to_string_lossy();
+                    if has_wildcard(&g) { glob::Pattern::new(&g).is_ok_and(|g| g.matches_with(&a, MATCH)) } else { g == a }
+                });
+            if fits {
+                out.extend(Self::walk_from(vec![root.to_path_buf()], &parts[at.len()..], cache, sys, &mut errors, watch).ok()?);
+            }
+        }
+        errors.is_empty().then_some(out)
     }
 
     /// Whether `path` is one the include globs match (and no exclude glob does), as text with

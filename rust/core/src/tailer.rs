@@ -515,6 +515,16 @@ impl Tailer {
                 let below = self.readers.values().map(|r| Path::new(&r.source.path)).filter(|p| p.starts_with(&gone));
                 news.dirs.extend(below.filter_map(|p| p.parent().map(Path::to_path_buf)));
             }
+            // A directory that appeared: the globs walked below it (each directory watched, then
+            // listed), and a look of the directories where its files may be; a look everywhere
+            // (every directory of the input listed) only where that walk cannot say.
+            for new in std::mem::take(&mut news.appeared) {
+                let watcher = &mut self.watcher;
+                match self.discoverer.dirs_under(&new, &mut self.dir_cache, &mut self.counters.syscalls, &mut |d| watcher.watch_dir(d)) {
+                    Some(dirs) => news.dirs.extend(dirs),
+                    None => news.everywhere = true,
+                }
+            }
             self.look_scope = match (self.look_scope.take(), news.everywhere) {
                 (Some(Scope::Everywhere), _) | (_, true) => Some(Scope::Everywhere),
                 (Some(Scope::Dirs(mut d)), false) => {
@@ -1646,7 +1656,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_costs_a_look_of_its_directory_and_a_new_directory_a_look_everywhere() {
+    fn a_rotation_or_a_new_directory_costs_a_look_of_its_directories_and_a_rescan_lists_each_once() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..20 {
             std::fs::create_dir_all(d.path().join(format!("pod{i}/c"))).unwrap();
@@ -1670,23 +1680,27 @@ mod tests {
         let after = t.counters.syscalls;
         assert_eq!((after.readdir - before.readdir, after.stat - before.stat, t.counters.scoped_looks), (1, 2, 1));
         assert_eq!(t.counters.rotations, 1);
-        // A new pod's directory: a look everywhere (the directory event) watches it and its
-        // container's directory, so its first file is found as soon as it appears (a look of
-        // that directory), without waiting for the rescan timer.
+        // A new pod's directory: the globs walked below it (`pod20/c` stat'ed, watched), then a
+        // look of the base (the event's directory) and of `pod20/c`: two listings and a stat,
+        // not the look everywhere's 44 stats and 22 listings below. Its first file is then
+        // found as soon as it appears (a look of its directory), without the rescan timer.
         std::fs::create_dir_all(d.path().join("pod20/c")).unwrap();
         let before = t.counters.syscalls;
         assert_eq!(records(&t.step(t0 + Duration::from_millis(20))), 0);
-        assert_eq!(t.counters.scoped_looks, 1, "a new directory is a look everywhere");
-        // Every path the globs match was looked at (20), and the walk's stats of the literal
-        // level `c` under each of the 22 directories `*` names (21 pods and `state`) and of
-        // the base: its other levels come from listings, whose entries say what is a directory.
-        assert_eq!(t.counters.syscalls.stat - before.stat, 20 + 22 + 1);
-        // Each directory listed once: the base, and the 21 `c` directories (one walk of the
-        // tree for the watches and the files both; it was two walks and a third of the base).
-        assert_eq!(t.counters.syscalls.readdir - before.readdir, 1 + 21);
+        assert_eq!(t.counters.scoped_looks, 2, "a new directory is a look of its directories");
+        assert_eq!((t.counters.syscalls.readdir - before.readdir, t.counters.syscalls.stat - before.stat), (2, 1));
         std::fs::write(d.path().join("pod20/c/0.log"), "new\n").unwrap();
         assert_eq!(records(&t.step(t0 + Duration::from_millis(30))), 1);
-        assert_eq!(t.counters.scoped_looks, 2, "the new file: a look of its directory");
+        assert_eq!(t.counters.scoped_looks, 3, "the new file: a look of its directory");
+        // The rescan (a look everywhere): every path the globs match stat'ed (21), and the
+        // walk's stats of the literal level `c` under each of the 22 directories `*` names (21
+        // pods and `state`) and of the base; each directory listed once: the base and the 21
+        // `c` directories (one walk for the watches and the files both; it was two walks and a
+        // third of the base, and a stat of every entry to tell the directories).
+        let before = t.counters.syscalls;
+        t.step(t0 + Duration::from_secs(7200));
+        assert_eq!(t.counters.scoped_looks, 3);
+        assert_eq!((t.counters.syscalls.readdir - before.readdir, t.counters.syscalls.stat - before.stat), (1 + 21, 21 + 22 + 1));
     }
 
     /// `n` numbered lines of 101 bytes from `from`.

@@ -35,6 +35,9 @@ pub struct News {
     /// them. The tailer looks at those files' directories, or everywhere when one was on the
     /// way to a glob's base (see `Tailer::collect`).
     pub left: Vec<PathBuf>,
+    /// Directories that appeared (made, or moved in): the globs are walked below them, watching
+    /// what they cross, or everywhere when that is not enough (see `Tailer::collect`).
+    pub appeared: Vec<PathBuf>,
     /// Problems to report once (a watch that could not be added).
     pub reports: Vec<String>,
 }
@@ -383,9 +386,8 @@ impl InotifyWatcher {
                         if ev.mask & libc::IN_ISDIR != 0 {
                             if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
                                 // A directory appeared (a new pod's, a new container's): what
-                                // matches may be deeper, and it needs a watch. Only a look
-                                // everywhere expands the globs and watches what they cross.
-                                news.everywhere = true;
+                                // matches may be deeper, and it needs a watch.
+                                news.appeared.push(path.join(name));
                             } else {
                                 // One left (a pod deleted): nothing new can be found by it.
                                 news.left.push(path.join(name));
