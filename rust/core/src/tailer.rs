@@ -17,7 +17,7 @@
 //! configuration (the one place defaults are written: `collector/flow/config.py`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -511,9 +511,12 @@ impl Tailer {
                     news.everywhere = true;
                     continue;
                 }
-                news.dirs.push(gone.clone());
-                let below = self.readers.values().map(|r| Path::new(&r.source.path)).filter(|p| p.starts_with(&gone));
-                news.dirs.extend(below.filter_map(|p| p.parent().map(Path::to_path_buf)));
+                // Readers below it by their path's bytes (no component-wise comparison of every
+                // reader's path), each giving its directory.
+                let g = gone.as_os_str().as_encoded_bytes();
+                let below = self.readers.values().map(|r| r.source.path.as_str()).filter(|p| p.as_bytes().starts_with(g) && p.as_bytes().get(g.len()) == Some(&b'/'));
+                news.dirs.extend(below.filter_map(|p| p.rfind('/').map(|i| PathBuf::from(&p[..i]))));
+                news.dirs.push(gone);
             }
             // A directory that appeared: the globs walked below it (each directory watched, then
             // listed), and a look of the directories where its files may be; a look everywhere
