@@ -47,7 +47,7 @@ pub struct Roots(Vec<PathBuf>);
 impl Roots {
     pub fn new(include: &[String], allowed: &[String]) -> Self {
         let fixed = include.iter().map(|p| {
-            let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
+            let literal = literal_prefix(Path::new(p));
             if literal.as_os_str() == p.as_str() {
                 literal.parent().map(Path::to_path_buf).unwrap_or_default()
             } else {
@@ -101,18 +101,6 @@ impl Discoverer {
         Ok(Discoverer { include: include.to_vec(), patterns, exclude, roots: Roots::new(include, allowed_roots) })
     }
 
-    /// Every directory a matching file could appear in or below: each include glob's literal
-    /// base and every directory its directory part expands to (`/var/log/pods`,
-    /// `/var/log/pods/*`, `/var/log/pods/*/*` for `/var/log/pods/*/*/*.log`). All are watched,
-    /// so a new pod's or container's directory is seen when it appears, not at the next rescan.
-    /// (A look everywhere gets them from `scan_watching`'s walk.)
-    pub fn watch_dirs(&self, sys: &mut Syscalls) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        self.scan_watching(&mut DirCache::default(), sys, &mut |d| out.push(d.to_path_buf()));
-        out.sort();
-        out
-    }
-
     /// The directories a directory glob without `**` names (`dir`: a pattern's directory part),
     /// walked level by level from its literal base: at each level the subdirectories of the
     /// level above whose names match, from their listing (`cache`; a name's kind from the
@@ -121,7 +109,7 @@ impl Discoverer {
     /// Names match as text with invalid UTF-8 replaced (`glob`'s own walk skips such a name).
     fn walk(&self, dir: &Path, cache: &mut DirCache, sys: &mut Syscalls, errors: &mut Vec<(String, String)>, watch: &mut dyn FnMut(&Path)) -> Result<Vec<PathBuf>, glob::PatternError> {
         let parts: Vec<_> = dir.components().collect();
-        let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
+        let literal = literal_len(&parts);
         let base: PathBuf = parts[..literal].iter().collect();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         sys.stat += 1;
@@ -235,7 +223,7 @@ impl Discoverer {
         self.include
             .iter()
             .filter_map(|p| {
-                let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
+                let literal = literal_prefix(Path::new(p));
                 let dir = if literal.as_os_str() == p.as_str() { literal.parent()?.to_path_buf() } else { literal };
                 dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf)
             })
@@ -245,10 +233,7 @@ impl Discoverer {
     /// Whether `dir` is a glob's literal base directory or on the way to one: when it leaves,
     /// only a look everywhere watches what is left of the way (its return is then seen).
     pub fn leads_to_a_base(&self, dir: &Path) -> bool {
-        self.include.iter().any(|p| {
-            let literal: PathBuf = Path::new(p).components().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).collect();
-            literal.starts_with(dir)
-        })
+        self.include.iter().any(|p| literal_prefix(Path::new(p)).starts_with(dir))
     }
 
     pub fn is_excluded(&self, path: &Path) -> bool {
@@ -317,17 +302,20 @@ impl Discoverer {
         Ok(out)
     }
 
-    /// Every path the include globs match. The directories are expanded by `glob`; the names
-    /// in the last of them are listed here (`cache`, shared with the rest of the look) and
-    /// matched as text with invalid UTF-8 replaced: `glob`'s own walk skips a name that is not
-    /// UTF-8, and a log file so named would never be read, and never said.
+    /// Every path the include globs match. The directories are walked here (`walk`; `glob`
+    /// only for `**`) and listed through `cache`, shared with the rest of the look, their
+    /// names matched as text with invalid UTF-8 replaced: `glob`'s own walk skips a name that
+    /// is not UTF-8, and a log file so named would never be read, and never said.
     pub fn scan(&self, cache: &mut DirCache, sys: &mut Syscalls) -> Scan {
         self.scan_watching(cache, sys, &mut |_| {})
     }
 
     /// `scan`, giving `watch` on the way every directory a matching file could appear in or
-    /// below (`watch_dirs`), each before it is listed: one walk of the tree per look everywhere
-    /// (each directory listed once, no stat of a directory's entries to tell subdirectories).
+    /// below — each glob's literal base (or its nearest existing ancestor) and every directory
+    /// its directory part expands to (`/var/log/pods`, `/var/log/pods/*`, `/var/log/pods/*/*`
+    /// for `/var/log/pods/*/*/*.log`) — each before it is listed, so a new pod's or container's
+    /// directory is seen when it appears: one walk of the tree per look everywhere (each
+    /// directory listed once, no stat of a directory's entries to tell subdirectories).
     pub fn scan_watching(&self, cache: &mut DirCache, sys: &mut Syscalls, watch: &mut dyn FnMut(&Path)) -> Scan {
         let mut watched = std::collections::HashSet::new();
         let mut watch = |d: &Path| {
@@ -412,12 +400,11 @@ pub fn stat_matched(path: &Path, report_dirs: bool, sys: &mut Syscalls, errors: 
 
 impl Discoverer {
     /// For a directory glob holding `**`: every directory each of its prefixes names, through
-    /// `glob` (what `watch_dirs` was for every glob before the walk).
+    /// `glob` (what every glob's watches were before the walk).
     fn deep_watch_dirs(&self, dir: &Path, sys: &mut Syscalls) -> Vec<PathBuf> {
         let parts: Vec<_> = dir.components().collect();
-        let literal = parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count();
         let mut out = Vec::new();
-        for n in literal + 1..=parts.len() {
+        for n in literal_len(&parts) + 1..=parts.len() {
             let prefix: PathBuf = parts[..n].iter().collect();
             let Ok(paths) = glob::glob(&prefix.to_string_lossy()) else { continue };
             sys.readdir += 1;
@@ -508,6 +495,18 @@ struct Listing {
 /// Whether a glob (or one component of it) has a wildcard.
 fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
+}
+
+/// How many of a glob's leading components have no wildcard.
+fn literal_len(parts: &[std::path::Component<'_>]) -> usize {
+    parts.iter().take_while(|c| !has_wildcard(&c.as_os_str().to_string_lossy())).count()
+}
+
+/// A glob's leading components without a wildcard (`/var/log/pods` for
+/// `/var/log/pods/*/*/*.log`; the whole path when it has none).
+fn literal_prefix(pattern: &Path) -> PathBuf {
+    let parts: Vec<_> = pattern.components().collect();
+    parts[..literal_len(&parts)].iter().collect()
 }
 
 /// What `glob` expands `pattern` to; a directory it cannot read is an error with its path.
@@ -644,7 +643,9 @@ mod tests {
         std::fs::write(pod.join("x.log"), "1\n").unwrap();
         let found: Vec<PathBuf> = disc.scan(&mut DirCache::default(), &mut sys).files.into_iter().map(|f| f.path).collect();
         assert_eq!(found, vec![bad.clone(), sub.join("ok.log"), pod.join("x.log")]);
-        assert!(disc.watch_dirs(&mut sys).contains(&pod));
+        let mut watched = Vec::new();
+        disc.scan_watching(&mut DirCache::default(), &mut sys, &mut |d| watched.push(d.to_path_buf()));
+        assert!(watched.contains(&pod));
     }
 
     #[test]

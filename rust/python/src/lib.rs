@@ -592,8 +592,10 @@ fn survey<'py>(py: Python<'py>, paths: Vec<String>, exclude: Vec<String>, allowe
     use tailrace_core::discovery::{DirCache, Discoverer};
     let d = Discoverer::new(&paths, &exclude, &allowed_roots).map_err(to_py_err)?;
     let (scan, dirs) = py.detach(|| {
-        let mut sys = tailrace_core::Syscalls::default();
-        (d.scan(&mut DirCache::default(), &mut sys), d.watch_dirs(&mut sys))
+        let mut dirs = Vec::new();
+        let scan = d.scan_watching(&mut DirCache::default(), &mut tailrace_core::Syscalls::default(), &mut |dir| dirs.push(dir.to_path_buf()));
+        dirs.sort();
+        (scan, dirs)
     });
     let files: Vec<String> = scan.files.iter().map(|f| f.path.display().to_string()).collect();
     let polled = PyDict::new(py);
