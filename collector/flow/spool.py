@@ -40,6 +40,12 @@ def segment_name(seq: int) -> str:
     return f"{seq:020d}.seg"
 
 
+def segment_seq(name: str) -> int | None:
+    """The sequence number a segment's file name carries (`segment_name`), else None."""
+    stem, dot, ext = name.partition(".")
+    return int(stem) if dot and ext == "seg" and stem.isdigit() else None
+
+
 def decode_segment(raw: bytes) -> tuple[str, int, bytes]:
     """(codec, records, payload) of a segment's bytes; ValueError for anything else (short,
     wrong magic, codec, length or checksum). Fuzzed on arbitrary bytes (tests/test_fuzz.py)."""
@@ -105,8 +111,8 @@ class Spool:
         for p in self.dir.iterdir():
             if p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)  # never renamed, so never acknowledged
-            elif p.suffix == ".seg" and p.stem.isdigit():
-                self._segments.append(Segment(int(p.stem), p, p.stat().st_size))
+            elif (seq := segment_seq(p.name)) is not None:
+                self._segments.append(Segment(seq, p, p.stat().st_size))
         self._segments.sort(key=lambda s: s.seq)
         self._next_seq = max(self._next_seq, self._segments[-1].seq + 1 if self._segments else 0)
         self.bytes = sum(s.size for s in self._segments)

@@ -63,6 +63,18 @@ pub struct Source {
     pub encoded_attrs: std::sync::OnceLock<crate::batcher::SourceAttrs>,
 }
 
+impl Source {
+    /// The directory part of `path` (`/` for a file at the root), as text: what a look of a few
+    /// directories compares against every reader's, cheaper than a `Path` comparison.
+    pub fn dir(&self) -> &str {
+        match self.path.rfind('/') {
+            Some(0) => "/",
+            Some(i) => &self.path[..i],
+            None => ".",
+        }
+    }
+}
+
 /// A container's output stream (`log.iostream`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {

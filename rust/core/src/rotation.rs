@@ -168,13 +168,11 @@ impl Tailer {
         // bytes (a hash or a component-wise comparison of every reader's path was most of a
         // look of one directory at 10,000 files).
         let scope: Option<std::collections::HashSet<&[u8]>> = dirs.map(|d| d.iter().map(|p| p.as_os_str().as_encoded_bytes()).collect());
-        let looked_at = |p: &str| {
-            scope.as_ref().is_none_or(|s| p.rfind('/').is_some_and(|i| s.contains(&p.as_bytes()[..if i == 0 { 1 } else { i }])))
-        };
+        let looked_at = |r: &FileReader| scope.as_ref().is_none_or(|s| s.contains(r.source.dir().as_bytes()));
         let mut moved: Vec<FileKey> = self
             .readers
             .values()
-            .filter(|r| r.state == FileState::Active && looked_at(&r.source.path) && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .filter(|r| r.state == FileState::Active && looked_at(r) && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
             .map(|r| r.key())
             .collect();
         moved.sort_unstable(); // in key order, whatever the map's

@@ -514,8 +514,8 @@ impl Tailer {
                 // Readers below it by their path's bytes (no component-wise comparison of every
                 // reader's path), each giving its directory.
                 let g = gone.as_os_str().as_encoded_bytes();
-                let below = self.readers.values().map(|r| r.source.path.as_str()).filter(|p| p.as_bytes().starts_with(g) && p.as_bytes().get(g.len()) == Some(&b'/'));
-                news.dirs.extend(below.filter_map(|p| p.rfind('/').map(|i| PathBuf::from(&p[..i]))));
+                let below = self.readers.values().map(|r| &r.source).filter(|s| s.path.as_bytes().starts_with(g) && s.path.as_bytes().get(g.len()) == Some(&b'/'));
+                news.dirs.extend(below.map(|s| PathBuf::from(s.dir())));
                 news.dirs.push(gone);
             }
             // A directory that appeared: the globs walked below it (each directory watched, then
