@@ -9,8 +9,11 @@ client, and h11's per-event validation was a quarter of tailrace's Python CPU pe
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,6 +25,10 @@ from collector.flow.config import TlsConfig
 MAX_ANSWER_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 * 1024
 _READ = 65536
+
+
+# What to wait for before reading an answer (the pipeline's next pass: `Output.settle`).
+Settle = Callable[[], Awaitable[None]]
 
 
 class HttpError(OSError):
@@ -38,6 +45,30 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    # How long the answer lay in the socket before it was read (a `settle` held it): the
+    # request's duration is the time to read it less this.
+    unread_for: float = 0.0
+
+
+# `struct tcp_info`'s `tcpi_last_data_recv`: milliseconds since data last arrived (linux/tcp.h).
+_LAST_DATA_RECV = struct.Struct("=52xI")
+
+
+def unread_for(stream: trio.abc.Stream, held: float) -> float:
+    """How long the answer just read had arrived before it was read, after a wait of `held`
+    seconds between the request and the read: the kernel's time of the last data received
+    (`TCP_INFO`, a tick's precision) — at most `held`, 0 where the socket does not say."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    sock = getattr(stream, "socket", None)
+    if sock is None or held <= 0:
+        return 0.0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _LAST_DATA_RECV.size)
+        (ms,) = _LAST_DATA_RECV.unpack(info)
+    except (OSError, struct.error):
+        return 0.0
+    return min(held, int(ms) / 1000)
 
 
 @dataclass(frozen=True)
@@ -191,19 +222,25 @@ class Connection:
         self.reader = Reader(stream)
         self.reusable = True
 
-    async def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+                      settle: Settle | None = None) -> Response:
         head = [f"{method} {_check(target, 'the request target')} HTTP/1.1"]
         head += [f"{k}: {_check(v, f'header {k}')}" for k, v in headers]
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         self.reusable = False  # until the whole answer is read
         await self.stream.send_all(b"".join(("\r\n".join(head).encode("latin-1"), body)))
+        held = 0.0
+        if settle is not None:
+            t0 = trio.current_time()
+            await settle()
+            held = trio.current_time() - t0
         version, status, answer_headers = await self.reader.head()
         data, keep = await self.reader.body(answer_headers)
         conn = answer_headers.get("connection", "").lower()
         self.reusable = keep and not self.reader.buf and (
             "keep-alive" in conn if version == "HTTP/1.0" else "close" not in conn
         )
-        return Response(status, answer_headers, data)
+        return Response(status, answer_headers, data, unread_for(self.stream, held))
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
@@ -253,8 +290,10 @@ class Client:
         if reader.buf:
             raise HttpError("proxy sent data before the tunnel was up")
 
-    async def request(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Response:
-        """One request; a stale keep-alive connection is retried once on a fresh one."""
+    async def request(self, method: str, headers: list[tuple[str, str]], body: bytes,
+                      settle: Settle | None = None) -> Response:
+        """One request; a stale keep-alive connection is retried once on a fresh one. `settle`,
+        if given, is awaited between the request sent and its answer read."""
         target = self.target.path
         if self.proxy and not self._tls:
             target = f"http://{self.target.authority}{self.target.path}"
@@ -266,7 +305,7 @@ class Client:
                 with trio.fail_after(self.timeout):
                     if conn is None:
                         conn = await self._connect()
-                    answer = await conn.request(method, target, hdrs, body)
+                    answer = await conn.request(method, target, hdrs, body, settle)
             except trio.TooSlowError:
                 if conn is not None:
                     await conn.aclose()

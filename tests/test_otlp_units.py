@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import email.utils
+import functools
 import ssl
 import subprocess
 from pathlib import Path
@@ -211,6 +212,50 @@ async def test_http_answers_are_framed_correctly(pieces: list[bytes], status: in
     resp = await c.request("POST", "/v1/logs", [("Host", "h")], b"payload")
     assert (resp.status, resp.body, c.reusable) == (status, body, reusable)
     assert c.stream.sent == b"POST /v1/logs HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\npayload"  # type: ignore[attr-defined]
+
+
+async def test_an_answer_held_by_a_settle_is_not_counted_in_the_requests_duration() -> None:
+    """While a `settle` holds the reading of an answer (the pipeline's next pass), the answer
+    lies in the socket: `unread_for` says how long, from the kernel's time of its arrival (not
+    the whole hold), so the export latency is not the pass period. Without a settle it is 0."""
+    from collector.http import Connection
+
+    holding = trio.Event()
+    delay = 0.0
+
+    async def server(stream: trio.SocketStream) -> None:
+        got = b""
+        while not got.endswith(b"\r\n\r\npayload"):
+            got += await stream.receive_some(65536)
+        await holding.wait()
+        await trio.sleep(delay)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await trio.sleep_forever()
+
+    async def settle() -> None:
+        holding.set()
+        await trio.sleep(0.3)
+
+    async with trio.open_nursery() as n:
+        listeners = await n.start(functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        for delay, hold in ((0.0, settle), (0.2, settle), (0.0, None)):
+            holding = trio.Event()
+            if hold is None:
+                holding.set()
+            c = Connection(await trio.open_tcp_stream("127.0.0.1", port))
+            t0 = trio.current_time()
+            resp = await c.request("POST", "/v1/logs", [("Host", "h")], b"payload", hold)
+            took = trio.current_time() - t0
+            assert resp.status == 200
+            if hold is None:
+                assert resp.unread_for == 0.0
+            else:
+                # The hold less the answer's delay, within a kernel tick (the answer cannot
+                # have come sooner than `delay` into the hold, nor the hold end sooner than 0.3).
+                assert 0.28 - delay <= resp.unread_for <= took - delay + 0.02, (delay, resp.unread_for, took)
+            await c.aclose()
+        n.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(

@@ -178,3 +178,60 @@ async def test_an_event_loop_stall_shows_in_the_loop_lag_and_loses_nothing(tmp_p
         n.cancel_scope.cancel()
     assert sum(b.records for b in stalling.got) == 1000
     assert [e["offset"] for e in read_checkpoints(str(tmp_path / "state"))] == [log.stat().st_size]
+
+
+async def test_answers_and_checkpoint_writes_ride_on_the_next_pass_one_wakeup_a_pass(tmp_path: Path) -> None:
+    """At a steady rate the event loop wakes once a pass: the HTTP answer to a pass's batch is
+    read, and a checkpoint write's completion taken up, in the next pass's wakeup, not in
+    wakeups of their own (~0.15-0.4 ms of CPU each on a VM; they were six of eleven a second at
+    1,000 files). Every line is still delivered once and checkpointed exactly."""
+    import threading
+
+    from collector.harness.receiver import Receiver
+
+    logs = [tmp_path / f"f{i}.log" for i in range(4)]
+    for f in logs:
+        f.write_bytes(b"")
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:  # another thread: its sleeps are not this event loop's wakeups
+        while not stop.wait(0.01):
+            for f in logs:
+                with f.open("ab") as fh:
+                    fh.write(b"line %d\n" % written[0])
+                written[0] += 1
+
+    with Receiver() as r:
+        cfg = config.parse(
+            f"state_dir: {tmp_path}/state\n"
+            f"inputs: [{{paths: ['{tmp_path}/*.log'], watch: inotify, rescan_interval: 60s}}]\n"
+            f"outputs: [{{type: otlp_http, endpoint: '{r.endpoint}'}}]\n"
+            "batch: {max_age: 100ms}\ncheckpoint_interval: 300ms\nprogress_interval: 0s"
+        )
+        p = Pipeline(cfg)
+        thread = threading.Thread(target=writer)
+        async with trio.open_nursery() as n:
+            await n.start(p.run)
+            thread.start()
+            with trio.fail_after(10):
+                while p.records_delivered < 100:  # noqa: ASYNC110 (the pipeline's own counter)
+                    await trio.sleep(0.05)
+            s0, w0 = p.stats(), p.wakeups.n
+            await trio.sleep(3.0)  # one wakeup of this test's own
+            s1, w1 = p.stats(), p.wakeups.n
+            stop.set()
+            await trio.to_thread.run_sync(thread.join)
+            with trio.fail_after(10):
+                while p.records_delivered < written[0]:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            p.request_stop()
+        steps = s1["steps"] - s0["steps"]
+        requests = s1["otlp_http0.requests"] - s0["otlp_http0.requests"]
+        writes = s1["checkpoint_fsyncs"] - s0["checkpoint_fsyncs"]
+        # ~30 passes, each shipping a batch; ~10 checkpoint writes. Each answer and write
+        # completion in a wakeup of its own would make it ~70.
+        assert steps >= 20 and requests >= steps - 2 and writes >= 5, (steps, requests, writes)
+        assert w1 - w0 <= steps + 2, (w1 - w0, steps, requests, writes)
+        assert r.records() == written[0] == p.records_delivered
+    assert [e["offset"] for e in read_checkpoints(str(tmp_path / "state"))] == [f.stat().st_size for f in logs]

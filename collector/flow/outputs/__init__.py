@@ -6,7 +6,7 @@ core must write for it; `serve` runs for the output's lifetime (spool replay).""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ClassVar, Literal
 
 from collector._native import Batch
@@ -32,6 +32,9 @@ class Output:
             ("delivered_batches", "delivered_records", "retries", "dropped_batches", "dropped_records"), 0
         )
         self.observe: Observer | None = None
+        # Awaited between a request sent and its answer read, when set (by the pipeline): the
+        # answer is then read in the wakeup of the tail loops' next pass, not in one of its own.
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     def precompress(self) -> tuple[str, int] | None:
         """The (codec, level) the core should compress this output's batches with as they

@@ -34,7 +34,7 @@ from collector._native import Batch, default_level, transcode
 from collector.flow.config import OtlpHttpOutput
 from collector.flow.outputs import Output
 from collector.flow.spool import Entry, Spool, spool_dir
-from collector.http import Client, HttpError, Response, signal_url
+from collector.http import Client, HttpError, Response, Settle, signal_url
 
 RETRYABLE = {429, 502, 503, 504}
 MISCONFIGURED = {401, 403, 404}
@@ -214,7 +214,7 @@ class OtlpHttp(Output):
             async def make(codec: str, start: int = start, end: int = end) -> bytes:
                 return await self._encode(batch, codec, start, end)
 
-            outcome = await self._post(make, end - start, deadline)
+            outcome = await self._post(make, end - start, deadline, self.settle)
             if outcome is Outcome.LATE:
                 self._spooling = True
                 await self._spool(batch, ranges)
@@ -252,7 +252,8 @@ class OtlpHttp(Output):
         cap = min(self.cfg.retry.max, self.cfg.retry.initial * 2**attempt)
         return random.uniform(cap / 2, cap)
 
-    async def _post(self, make: Callable[[str], Awaitable[bytes]], records: int, deadline: float) -> Outcome:
+    async def _post(self, make: Callable[[str], Awaitable[bytes]], records: int, deadline: float,
+                    settle: Settle | None = None) -> Outcome:
         """POST until delivered, dropped, too large, or the deadline: what happened."""
         attempt = 0
         while True:
@@ -267,7 +268,7 @@ class OtlpHttp(Output):
             self.stats["requests"] += 1
             t0 = trio.current_time()
             try:
-                resp = await self.client.request("POST", self._headers_for(codec), payload)
+                resp = await self.client.request("POST", self._headers_for(codec), payload, settle)
             except HttpError as e:
                 if self.observe:
                     self.observe(self.name, trio.current_time() - t0, e.kind)
@@ -277,7 +278,7 @@ class OtlpHttp(Output):
             else:
                 s = resp.status
                 if self.observe:
-                    self.observe(self.name, trio.current_time() - t0, s)
+                    self.observe(self.name, trio.current_time() - t0 - resp.unread_for, s)
                 self.last_error = None if 200 <= s < 300 else f"{self.url} answered {s}"
                 if 200 <= s < 300:
                     rejected, message = partial_success(resp.body)
