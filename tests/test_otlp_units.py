@@ -258,6 +258,39 @@ async def test_an_answer_held_by_a_settle_is_not_counted_in_the_requests_duratio
         n.cancel_scope.cancel()
 
 
+async def test_the_export_latency_leaves_out_the_pipelines_hold_on_an_answer(tmp_path: Path) -> None:
+    """`otlp_http` reports each request's duration to `observe` less the time its answer lay
+    unread while the pipeline's `settle` held it (the next pass): 0.3 s held here, and the
+    loopback answer took milliseconds. Fails if the hold is counted."""
+    from collector.flow.outputs.otlp_http import OtlpHttp
+    from collector.flow.pipeline import standalone_tailer
+
+    (tmp_path / "a.log").write_bytes(b"one\ntwo\n")
+    with Receiver() as r:
+        cfg = config.parse(
+            f"state_dir: {tmp_path}/state\ninputs: [{{paths: ['{tmp_path}/*.log']}}]\n"
+            f"outputs: [{{type: otlp_http, endpoint: '{r.endpoint}'}}]\nbatch: {{max_age: 0s}}"
+        )
+        _, tailer = standalone_tailer(cfg)
+        batches = tailer.step() + tailer.flush()
+        assert [b.records for b in batches] == [2]
+        out = OtlpHttp(cfg.outputs[0], cfg.state_dir)  # type: ignore[arg-type]
+        seen: list[tuple[float, int | str]] = []
+        out.observe = lambda name, seconds, status: seen.append((seconds, status))
+
+        async def hold() -> None:
+            await trio.sleep(0.3)
+
+        out.settle = hold
+        t0 = trio.current_time()
+        await out.send(batches[0])
+        took = trio.current_time() - t0
+        await out.close()
+    assert took >= 0.3 and len(seen) == 1 and seen[0][1] == 200, (took, seen)
+    assert 0 <= seen[0][0] < 0.1, seen  # the request's own milliseconds, not the 0.3-s hold
+    assert r.records() == 2
+
+
 @pytest.mark.parametrize(
     "pieces",
     [

@@ -150,9 +150,9 @@ class Wakeups(trio.abc.Instrument):
 class Passes:
     """The tail loops' passes, for work that can wait for the next one: an HTTP answer due a
     millisecond after its request, a checkpoint write's completion. Taken up in the wakeup of
-    the next pass (within `within` at the latest) rather than in one of their own: on a VM a
-    wakeup costs ~0.3 ms of CPU (`bench.floors`), more than the work it wakes for, and at a
-    steady rate these were six of eleven wakeups a second."""
+    the next pass (within `within` at the latest) rather than in one of their own: at a steady
+    rate these were six of eleven wakeups a second, ~0.15 ms of CPU each on this VM (more than
+    the work they woke for; `bench/results/issue13/README.md`, session 15)."""
 
     def __init__(self) -> None:
         self._next = trio.Event()

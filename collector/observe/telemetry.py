@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from collector.flow.pipeline import Pipeline
     from collector.observe.profiler import Profiler
 
+# Export latencies wait in a list until a collection records them in the SDK's histogram (or
+# this many wait): a record costs ~16 µs of CPU here warm, more on the cold event loop of a pass.
+PENDING_LATENCIES = 4096
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -152,6 +155,7 @@ class Telemetry:
         self.export_latency = meter.create_histogram(
             "tailrace_export_latency", unit="s", description="Export request duration, by output and status"
         )
+        self._latencies: list[tuple[float, str, int | str]] = []
 
     def _per_input(self, key: str) -> Callable[[], Iterable[Observation]]:
         def f() -> Iterable[Observation]:
@@ -203,7 +207,14 @@ class Telemetry:
         return [Observation(v, {"syscall": k}) for k, v in shares.items()]
 
     def observe_export(self, output: str, seconds: float, status: int | str) -> None:
-        self.export_latency.record(seconds, {"output": output, "status": str(status)})
+        self._latencies.append((seconds, output, status))
+        if len(self._latencies) >= PENDING_LATENCIES:
+            self._record_latencies()
+
+    def _record_latencies(self) -> None:
+        pending, self._latencies = self._latencies, []
+        for seconds, output, status in pending:
+            self.export_latency.record(seconds, {"output": output, "status": str(status)})
 
     @property
     def loop_lag(self) -> float:
@@ -237,6 +248,7 @@ class Telemetry:
                 await client.aclose()
 
     def collect(self) -> MetricsData | None:
+        self._record_latencies()
         return self.reader.get_metrics_data()
 
     def prometheus(self) -> str:

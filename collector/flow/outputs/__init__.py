@@ -6,11 +6,12 @@ core must write for it; `serve` runs for the output's lifetime (spool replay).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from collector._native import Batch
 from collector.flow.config import BlackholeOutput, FileOutput, OtlpHttpOutput, OutputConfig, StdoutOutput
+from collector.http import Settle
 
 # Export latency hook (telemetry): (output, seconds, HTTP status or 0 without an answer).
 # (output, seconds, HTTP status or why there was none: connect, tls, timeout, protocol)
@@ -34,7 +35,7 @@ class Output:
         self.observe: Observer | None = None
         # Awaited between a request sent and its answer read, when set (by the pipeline): the
         # answer is then read in the wakeup of the tail loops' next pass, not in one of its own.
-        self.settle: Callable[[], Awaitable[None]] | None = None
+        self.settle: Settle | None = None
 
     def precompress(self) -> tuple[str, int] | None:
         """The (codec, level) the core should compress this output's batches with as they
