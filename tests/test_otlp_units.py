@@ -258,6 +258,31 @@ async def test_an_answer_held_by_a_settle_is_not_counted_in_the_requests_duratio
         n.cancel_scope.cancel()
 
 
+async def test_unread_for_reads_the_tcp_socket_under_tls_and_is_bounded_by_the_hold() -> None:
+    """`unread_for` finds the TCP socket under a TLS stream (an https endpoint), reads when data
+    last arrived there, and never says more than the hold; 0 for a stream with no socket."""
+    from collector.http import unread_for
+
+    async def server(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"answer")
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as n:
+        listeners = await n.start(functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await client.receive_some(64) == b"answer"
+        await trio.sleep(0.2)
+        tls = trio.SSLStream(client, ssl.create_default_context(), server_hostname="h")
+        lay = unread_for(tls, 10.0)
+        assert 0.18 <= lay <= 0.5, lay  # 0.2 s since the data came (a kernel tick's precision)
+        assert unread_for(tls, 0.05) == 0.05  # no more than the hold
+        assert unread_for(client, 0.0) == 0.0  # no hold, nothing to leave out
+        await client.aclose()
+        n.cancel_scope.cancel()
+    assert unread_for(_Script([]), 1.0) == 0.0  # not a socket
+
+
 async def test_the_export_latency_leaves_out_the_pipelines_hold_on_an_answer(tmp_path: Path) -> None:
     """`otlp_http` reports each request's duration to `observe` less the time its answer lay
     unread while the pipeline's `settle` held it (the next pass): 0.3 s held here, and the
