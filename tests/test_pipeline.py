@@ -230,8 +230,9 @@ async def test_answers_and_checkpoint_writes_ride_on_the_next_pass_one_wakeup_a_
         requests = s1["otlp_http0.requests"] - s0["otlp_http0.requests"]
         writes = s1["checkpoint_fsyncs"] - s0["checkpoint_fsyncs"]
         # ~30 passes, each shipping a batch; ~10 checkpoint writes. Each answer and write
-        # completion in a wakeup of its own would make it ~70.
+        # completion in a wakeup of its own would make it ~70 (either alone, 40 or 60). The
+        # margin: this test's own sleep, and a slow step's successor run on a worker thread.
         assert steps >= 20 and requests >= steps - 2 and writes >= 5, (steps, requests, writes)
-        assert w1 - w0 <= steps + 2, (w1 - w0, steps, requests, writes)
+        assert w1 - w0 <= steps + 5, (w1 - w0, steps, requests, writes)
         assert r.records() == written[0] == p.records_delivered
     assert [e["offset"] for e in read_checkpoints(str(tmp_path / "state"))] == [f.stat().st_size for f in logs]
