@@ -1,7 +1,9 @@
 """The pipeline: tailer tasks (one per input, driving the Rust core on a worker thread) →
 bounded channel → dispatcher → one bounded channel and task per output. Each output's
 acknowledgement goes to the core's ledger, which commits a batch (its checkpoints may advance)
-when every output has acknowledged it. Stopping: tailers stop
+when every output has acknowledged it. At a steady rate the event loop wakes once a pass: an
+HTTP answer and a checkpoint write's completion are taken up in the next pass's wakeup
+(`Passes`). Stopping: tailers stop
 reading and flush their open batch, channels close downstream, outputs drain within
 `shutdown_grace`, and the checkpoints are written one last time."""
 
