@@ -291,7 +291,7 @@ impl Batcher {
     /// The resource of a source: from its path, interned (files of one container share it).
     fn resource_of(&mut self, source: &Source) -> Arc<Resource> {
         let mut attrs = self.base.clone();
-        attrs.extend(resource::path_attrs(&source.path));
+        attrs.extend(resource::path_attrs(&source.path.to_string_lossy()));
         self.resources
             .entry(attrs)
             .or_insert_with_key(|a| Arc::new(Resource::new(&a.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())))
@@ -408,7 +408,7 @@ pub struct SourceAttrs {
 
 fn source_attrs(source: &Source, which: FileAttrs, resource: impl FnOnce() -> Arc<Resource>) -> &SourceAttrs {
     source.encoded_attrs.get_or_init(|| {
-        let path = String::from_utf8_lossy(source.path.as_bytes());
+        let path = source.path.to_string_lossy();
         let name = path.rsplit('/').next().unwrap_or(&path);
         let mut json = Vec::with_capacity(128 + 2 * path.len());
         let mut proto = Vec::with_capacity(64 + 2 * path.len());
@@ -692,7 +692,7 @@ mod tests {
         let mut b = Batcher::with_compression(limits, Encodings { proto: true, json: true }, "n1", Some("node-a"), 1, Arc::new(CodecChoice::default()));
         b.set_clock(Instant::now(), 42);
         let uid = "49cc7c1fd3702c40b2686ea7486091d3";
-        let src = |ino: u64, path: String| Arc::new(Source { key: FileKey { dev: 1, ino }, path, epoch: 1, encoded_attrs: Default::default() });
+        let src = |ino: u64, path: String| Arc::new(Source { key: FileKey { dev: 1, ino }, path: path.into(), epoch: 1, encoded_attrs: Default::default() });
         let app = src(1, format!("/var/log/pods/shop_cart_{uid}/app/0.log"));
         let app_rotated = src(2, format!("/var/log/pods/shop_cart_{uid}/app/0.log.20261201-101500"));
         let side = src(3, format!("/var/log/pods/shop_cart_{uid}/sidecar/1.log"));

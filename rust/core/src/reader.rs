@@ -55,8 +55,10 @@ pub fn open_noatime(path: &Path) -> std::io::Result<File> {
 #[derive(Debug)]
 pub struct Source {
     pub key: FileKey,
-    /// The path the file was discovered at (stays the same after it is rotated away).
-    pub path: String,
+    /// The path the file was discovered at (stays the same after it is rotated away), as the
+    /// bytes the filesystem knows it by: records show it as text (`display`), lossily where it
+    /// is not UTF-8, but it is looked for, compared and reopened by its bytes.
+    pub path: PathBuf,
     /// The checkpoint epoch the records belong to (bumped at truncation).
     pub epoch: u32,
     /// The encoded attributes of this source, filled once by the batcher.
@@ -64,13 +66,14 @@ pub struct Source {
 }
 
 impl Source {
-    /// The directory part of `path` (`/` for a file at the root), as text: what a look of a few
-    /// directories compares against every reader's, cheaper than a `Path` comparison.
-    pub fn dir(&self) -> &str {
-        match self.path.rfind('/') {
-            Some(0) => "/",
-            Some(i) => &self.path[..i],
-            None => ".",
+    /// The directory part of `path` (`/` for a file at the root), as bytes: what a look of a
+    /// few directories compares against every reader's, cheaper than a `Path` comparison.
+    pub fn dir(&self) -> &[u8] {
+        let p = self.path.as_os_str().as_encoded_bytes();
+        match p.iter().rposition(|&b| b == b'/') {
+            Some(0) => b"/",
+            Some(i) => &p[..i],
+            None => b".",
         }
     }
 }
@@ -202,13 +205,13 @@ impl FileReader {
             c.syscalls.close += 1;
             return Err(std::io::Error::other("file replaced while opening"));
         }
-        Self::with_file(file, key, path.display().to_string(), meta.size(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), offset, now, c)
+        Self::with_file(file, key, path, meta.size(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), offset, now, c)
     }
 
     /// A reader of an open `file` standing for the file known as `key` (for a file recovered
     /// from its compressed copy: a memory file holding its bytes).
     #[allow(clippy::too_many_arguments)]
-    pub fn with_file(file: File, key: FileKey, path: String, size: u64, mtime: SystemTime, offset: u64, now: Instant, c: &mut Counters) -> std::io::Result<(FileReader, bool)> {
+    pub fn with_file(file: File, key: FileKey, path: PathBuf, size: u64, mtime: SystemTime, offset: u64, now: Instant, c: &mut Counters) -> std::io::Result<(FileReader, bool)> {
         let fp = Fingerprint::read(&file, &mut c.syscalls)?;
         let truncated = size < offset;
         let offset = if truncated { 0 } else { offset };
@@ -244,7 +247,7 @@ impl FileReader {
     }
 
     /// Records from now on carry this path and checkpoint epoch.
-    pub fn set_source(&mut self, path: String, epoch: u32) {
+    pub fn set_source(&mut self, path: PathBuf, epoch: u32) {
         self.source = Arc::new(Source { key: self.source.key, path, epoch, encoded_attrs: Default::default() });
     }
 
@@ -316,7 +319,7 @@ impl FileReader {
     /// Reopen a file closed by `close_inactive` at its read position.
     pub fn reopen(&mut self, c: &mut Counters) -> std::io::Result<()> {
         c.syscalls.open += 1;
-        let f = open_noatime(Path::new(&self.source.path))?;
+        let f = open_noatime(&self.source.path)?;
         c.files_opened += 1;
         self.file = Some(f);
         self.eof = false;
@@ -404,7 +407,7 @@ impl FileReader {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::FileExt;
         #[cfg(test)]
-        if self.source.path.ends_with("panic.log") {
+        if self.source.path.as_os_str().as_encoded_bytes().ends_with(b"panic.log") {
             panic!("a test's bug");
         }
         let mut total = 0usize;

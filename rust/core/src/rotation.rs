@@ -41,8 +41,8 @@ use crate::tailer::{ReadFrom, Tailer};
 
 /// Start a reading of `r` at `offset`: its checkpoint entry (a new epoch) and the source its
 /// records carry (`path`, that epoch). The one place both are set.
-fn register(input: &str, cp: &mut Checkpointer, r: &mut FileReader, path: String, offset: u64) {
-    let epoch = cp.register(input, r.key(), &r.fp, &path, offset);
+fn register(input: &str, cp: &mut Checkpointer, r: &mut FileReader, path: PathBuf, offset: u64) {
+    let epoch = cp.register(input, r.key(), &r.fp, &path.to_string_lossy(), offset);
     r.start_at(offset);
     r.set_source(path, epoch);
 }
@@ -168,11 +168,11 @@ impl Tailer {
         // bytes (a hash or a component-wise comparison of every reader's path was most of a
         // look of one directory at 10,000 files).
         let scope: Option<std::collections::HashSet<&[u8]>> = dirs.map(|d| d.iter().map(|p| p.as_os_str().as_encoded_bytes()).collect());
-        let looked_at = |r: &FileReader| scope.as_ref().is_none_or(|s| s.contains(r.source.dir().as_bytes()));
+        let looked_at = |r: &FileReader| scope.as_ref().is_none_or(|s| s.contains(r.source.dir()));
         let mut moved: Vec<FileKey> = self
             .readers
             .values()
-            .filter(|r| r.state == FileState::Active && looked_at(r) && at_path.get(Path::new(&r.source.path)) != Some(&r.key()))
+            .filter(|r| r.state == FileState::Active && looked_at(r) && at_path.get(r.source.path.as_path()) != Some(&r.key()))
             .map(|r| r.key())
             .collect();
         moved.sort_unstable(); // in key order, whatever the map's
@@ -182,7 +182,7 @@ impl Tailer {
             if !r.is_open() {
                 let _ = r.reopen(&mut self.counters);
             }
-            let path = PathBuf::from(&r.source.path);
+            let path = r.source.path.clone();
             // What is at the path now was found by this look (a regular file the globs match).
             if at_path.contains_key(path.as_path()) {
                 self.counters.rotations += 1;
@@ -258,7 +258,7 @@ impl Tailer {
         }
         let mut held_in: HashMap<PathBuf, Vec<Fingerprint>> = HashMap::new();
         for r in self.readers.values().filter(|r| r.fp.is_evidence()) {
-            held_in.entry(Path::new(&r.source.path).parent().unwrap_or(Path::new("")).to_path_buf()).or_default().push(r.fp.clone());
+            held_in.entry(r.source.path.parent().unwrap_or(Path::new("")).to_path_buf()).or_default().push(r.fp.clone());
         }
         for path in by_path.keys() {
             let dir = Path::new(path).parent().unwrap_or(Path::new(""));
@@ -302,12 +302,12 @@ impl Tailer {
             // own identity (the original's inode may have been reused by now).
             let key = FileKey { dev: meta.dev(), ino: meta.ino() };
             let matches = |e: &crate::checkpoints::Entry| e.fp.is_evidence() && e.fp.compatible(&head_fp);
-            let own = cp.get(&self.cfg.name, key).filter(|e| matches(e)).map(|e| (e.offset, e.path.clone()));
-            let known = own.or_else(|| entries.iter().find(|e| matches(e)).map(|e| (e.offset, e.path.clone())));
+            let own = cp.get(&self.cfg.name, key).filter(|e| matches(e)).map(|e| (e.offset, PathBuf::from(&e.path)));
+            let known = own.or_else(|| entries.iter().find(|e| matches(e)).map(|e| (e.offset, PathBuf::from(&e.path))));
             let compressed_ns = meta.mtime().max(0) as u64 * 1_000_000_000 + meta.mtime_nsec().max(0) as u64;
             let (offset, src_path) = match known {
                 Some(k) => k,
-                None if compressed_ns > cp.written_ns() => (0, gz.with_extension("").display().to_string()),
+                None if compressed_ns > cp.written_ns() => (0, gz.with_extension("")),
                 None => continue,
             };
             if self.readers.contains_key(&key) {
@@ -382,7 +382,7 @@ impl Tailer {
         };
         let resumed = resume.is_some();
         // A file resumed at a rotated path keeps the path it was discovered at.
-        let path = resume.map(|(_, p)| p).filter(|_| state != FileState::Active).unwrap_or_else(|| f.path.display().to_string());
+        let path = resume.map(|(_, p)| PathBuf::from(p)).filter(|_| state != FileState::Active).unwrap_or_else(|| f.path.clone());
         register(&self.cfg.name, cp, &mut r, path, offset);
         r.state = state;
         r.look_size = f.size;
@@ -454,7 +454,7 @@ impl Tailer {
                 copy.close(&mut self.counters);
                 continue;
             }
-            register(&self.cfg.name, cp, &mut copy, path.display().to_string(), emitted);
+            register(&self.cfg.name, cp, &mut copy, path.to_path_buf(), emitted);
             copy.state = FileState::Draining { since: now };
             if let Err(msg) = self.watcher.watch(s.key, &s.path, false, &mut self.counters) {
                 self.report(format!("watch:{}", s.path.display()), msg);
@@ -478,7 +478,7 @@ impl Tailer {
         self.counters.truncations += 1;
         let (path, emitted, fp, carried) = {
             let r = &self.readers[&key];
-            (PathBuf::from(&r.source.path), r.emitted, r.fp.clone(), r.carried())
+            (r.source.path.clone(), r.emitted, r.fp.clone(), r.carried())
         };
         let recovered = self.recover_copy(cp, &path, &fp, emitted, carried, now);
         let r = self.readers.get_mut(&key).expect("truncated file is held");
@@ -491,7 +491,7 @@ impl Tailer {
             r.parser.flush(&source, now, None, &mut self.batcher, &mut self.counters);
         }
         r.restart_at_zero();
-        register(&self.cfg.name, cp, r, path.display().to_string(), 0);
+        register(&self.cfg.name, cp, r, path, 0);
         self.retime(key);
         self.more.push(key); // read again from 0 in this step (or the next, from the read loop)
     }

@@ -16,6 +16,8 @@
 //! checkpoints. Every option comes from `TailerConfig`, built by the owner from the
 //! configuration (the one place defaults are written: `collector/flow/config.py`).
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -514,8 +516,11 @@ impl Tailer {
                 // Readers below it by their path's bytes (no component-wise comparison of every
                 // reader's path), each giving its directory.
                 let g = gone.as_os_str().as_encoded_bytes();
-                let below = self.readers.values().map(|r| &r.source).filter(|s| s.path.as_bytes().starts_with(g) && s.path.as_bytes().get(g.len()) == Some(&b'/'));
-                news.dirs.extend(below.map(|s| PathBuf::from(s.dir())));
+                let below = self.readers.values().map(|r| &r.source).filter(|s| {
+                    let p = s.path.as_os_str().as_encoded_bytes();
+                    p.starts_with(g) && p.get(g.len()) == Some(&b'/')
+                });
+                news.dirs.extend(below.map(|s| PathBuf::from(OsStr::from_bytes(s.dir()))));
                 news.dirs.push(gone);
             }
             // A directory that appeared: the globs walked below it (each directory watched, then
@@ -757,7 +762,7 @@ impl Tailer {
     /// Say once when another input of the process reads `key` too.
     fn claim(&mut self, key: FileKey) {
         if let Some(other) = self.holders.claim(key, &self.cfg.name) {
-            let path = self.readers.get(&key).map(|r| r.source.path.clone()).unwrap_or_default();
+            let path = self.readers.get(&key).map(|r| r.source.path.display().to_string()).unwrap_or_default();
             let msg = format!("{path} is read by input {other} too: each of its lines is shipped twice (exclude it from one of them)");
             self.report(format!("twice:{path}"), msg);
         }
@@ -776,7 +781,7 @@ impl Tailer {
         self.counters.panics += 1;
         if let Some(mut r) = self.readers.remove(&key) {
             self.holders.release(key, &self.cfg.name);
-            let path = r.source.path.clone();
+            let path = r.source.path.display().to_string();
             r.close(&mut self.counters);
             self.watcher.unwatch(key);
             self.timed.remove(&key);
@@ -821,7 +826,7 @@ impl Tailer {
             Ok(res) => Outcome::Read(res.bytes > 0),
             Err(e) => {
                 self.counters.read_errors += 1;
-                let msg = format!("read {}: {e}", r.source.path);
+                let msg = format!("read {}: {e}", r.source.path.display());
                 r.close(&mut self.counters);
                 let after = r.held_bytes();
                 self.report(format!("read:{}", key.ino), msg);
@@ -1622,6 +1627,31 @@ mod tests {
         assert_eq!(records(&t.step(t0 + Duration::from_secs(62))), 1);
         assert_eq!(t.status().files_open, 1);
         assert_eq!((t.counters.files_opened, t.counters.files_closed), (2, 1));
+    }
+
+    #[test]
+    fn a_file_whose_name_is_not_utf8_is_followed_like_any_other() {
+        // Its path is known by its bytes: a look does not take it for deleted (its name as text
+        // is not where it is), and it is reopened by its real name after closing as inactive.
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(std::ffi::OsStr::from_bytes(b"a\xff.log"));
+        std::fs::write(&p, "one\n").unwrap();
+        let mut t = tailer(d.path(), |c| c.close_inactive = Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(records(&t.step(t0)), 1);
+        for i in 1..4 {
+            std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"more\n").unwrap();
+            assert_eq!(records(&t.step(t0 + Duration::from_secs(i))), 1); // each step a look everywhere
+        }
+        assert_eq!((t.counters.deletions, t.counters.rotations), (0, 0));
+        assert!(t.readers.values().all(|r| r.state == FileState::Active));
+        assert_eq!(records(&t.step(t0 + Duration::from_secs(65))), 0);
+        assert_eq!(t.status().files_open, 0);
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"after\n").unwrap();
+        assert_eq!(records(&t.step(t0 + Duration::from_secs(66))), 1);
+        assert_eq!((t.counters.files_opened, t.counters.files_closed, t.counters.open_errors), (2, 1, 0));
+        assert_eq!(t.counters.deletions, 0);
     }
 
     #[test]
