@@ -164,17 +164,19 @@ impl Tailer {
     /// steady file's successor at its path starts steady (`steady_paths`): a busy container's
     /// new log is as busy. Returns the files that left.
     fn look_moved(&mut self, cp: &mut Checkpointer, at_path: &HashMap<&Path, FileKey>, dirs: Option<&BTreeSet<PathBuf>>, now: Instant) -> Vec<FileKey> {
-        // Whether a reader's file is in a directory looked at: its path's directory part as
-        // bytes (a hash or a component-wise comparison of every reader's path was most of a
-        // look of one directory at 10,000 files).
-        let scope: Option<std::collections::HashSet<&[u8]>> = dirs.map(|d| d.iter().map(|p| p.as_os_str().as_encoded_bytes()).collect());
-        let looked_at = |r: &FileReader| scope.as_ref().is_none_or(|s| s.contains(r.source.dir()));
-        let mut moved: Vec<FileKey> = self
-            .readers
-            .values()
-            .filter(|r| r.state == FileState::Active && looked_at(r) && at_path.get(r.source.path.as_path()) != Some(&r.key()))
-            .map(|r| r.key())
-            .collect();
+        // The readers of the directories looked at, from `by_dir` (a pass over every reader was
+        // most of a look of one directory at 10,000 files); every reader at a look everywhere.
+        let left_its_path = |r: &FileReader| r.state == FileState::Active && at_path.get(r.source.path.as_path()) != Some(&r.key());
+        let mut moved: Vec<FileKey> = match dirs {
+            None => self.readers.values().filter(|r| left_its_path(r)).map(|r| r.key()).collect(),
+            Some(d) => d
+                .iter()
+                .filter_map(|p| self.by_dir.get(p.as_os_str().as_encoded_bytes()))
+                .flatten()
+                .filter(|k| self.readers.get(k).is_some_and(left_its_path))
+                .copied()
+                .collect(),
+        };
         moved.sort_unstable(); // in key order, whatever the map's
         for &key in &moved {
             let r = self.readers.get_mut(&key).expect("listed above");
