@@ -40,8 +40,8 @@ impl Watcher for NaiveWatcher {
     fn event_driven(&self) -> bool {
         true
     }
-    fn watch(&mut self, key: FileKey, path: &Path, steady: bool, c: &mut Counters) -> Result<bool, String> {
-        self.inner.watch(key, path, steady, c)
+    fn watch(&mut self, key: FileKey, path: &Path, steady: bool) -> Result<bool, String> {
+        self.inner.watch(key, path, steady)
     }
     fn unwatch(&mut self, key: FileKey) {
         self.inner.unwatch(key)

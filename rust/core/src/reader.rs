@@ -66,8 +66,8 @@ pub struct Source {
 }
 
 impl Source {
-    /// The directory part of `path` (`/` for a file at the root), as bytes: what a look of a
-    /// few directories compares against every reader's, cheaper than a `Path` comparison.
+    /// The directory part of `path` (`/` for a file at the root), as bytes: the key readers are
+    /// indexed by for a look of a few directories (`Tailer::by_dir`).
     pub fn dir(&self) -> &[u8] {
         let p = self.path.as_os_str().as_encoded_bytes();
         match p.iter().rposition(|&b| b == b'/') {

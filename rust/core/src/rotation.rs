@@ -389,7 +389,7 @@ impl Tailer {
         r.state = state;
         r.look_size = f.size;
         r.look_mtime = f.mtime;
-        match self.watcher.watch(f.key, &f.path, steady, &mut self.counters) {
+        match self.watcher.watch(f.key, &f.path, steady) {
             Err(msg) => self.report(format!("watch:{}", f.path.display()), msg),
             Ok(true) => r.steady.set(true),
             Ok(false) => {}
@@ -458,7 +458,7 @@ impl Tailer {
             }
             register(&self.cfg.name, cp, &mut copy, path.to_path_buf(), emitted);
             copy.state = FileState::Draining { since: now };
-            if let Err(msg) = self.watcher.watch(s.key, &s.path, false, &mut self.counters) {
+            if let Err(msg) = self.watcher.watch(s.key, &s.path, false) {
                 self.report(format!("watch:{}", s.path.display()), msg);
             }
             self.hold(s.key, copy);

@@ -115,7 +115,7 @@ pub trait Watcher: Send {
     /// Watch a file's writes, with its write events off from the start when `steady` (a busy
     /// file's successor). Returns whether it starts steady, or the problem to report (the file
     /// is polled instead).
-    fn watch(&mut self, _key: FileKey, _path: &Path, _steady: bool, _c: &mut Counters) -> Result<bool, String> {
+    fn watch(&mut self, _key: FileKey, _path: &Path, _steady: bool) -> Result<bool, String> {
         Ok(false)
     }
     fn unwatch(&mut self, _key: FileKey) {}
@@ -523,7 +523,7 @@ impl Watcher for InotifyWatcher {
         self.polled.len()
     }
 
-    fn watch(&mut self, key: FileKey, path: &Path, steady: bool, _c: &mut Counters) -> Result<bool, String> {
+    fn watch(&mut self, key: FileKey, path: &Path, steady: bool) -> Result<bool, String> {
         if self.by_key.contains_key(&key) || self.polled.contains(&key) {
             return Ok(self.steady.contains(&key));
         }
