@@ -58,10 +58,12 @@ def unread_for(stream: trio.abc.Stream, held: float) -> float:
     """How long the answer just read had arrived before it was read, after a wait of `held`
     seconds between the request and the read: the kernel's time of the last data received
     (`TCP_INFO`, a tick's precision) — at most `held`, 0 where the socket does not say."""
+    if held <= 0:
+        return 0.0  # nothing held: every request without a settle, or one whose settle did not wait
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
     sock = getattr(stream, "socket", None)
-    if sock is None or held <= 0:
+    if sock is None:
         return 0.0
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _LAST_DATA_RECV.size)
